@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs every build, runtime and test dependency of edgevirt from the distribution's own
+# repositories: apt on Debian 12, dnf (with EPEL and CRB) on AlmaLinux 9. Nothing is downloaded
+# from anywhere else. Idempotent: when everything is present it changes nothing.
+set -euo pipefail
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "install-deps: run as root (it installs distribution packages)" >&2
+  exit 1
+fi
+
+. /etc/os-release
+
+# Debian 12 (bookworm).
+DEB_PACKAGES=(
+  # toolchain
+  build-essential cmake ninja-build pkg-config git clang-format
+  # libraries
+  liblmdb-dev lmdb-utils libboost-dev libsystemd-dev libyaml-cpp-dev nlohmann-json3-dev
+  libsqlite3-dev
+  # tests: Catch2, the cpp-httplib client, a standalone journald and journalctl, unshare
+  catch2 libcpp-httplib-dev systemd util-linux python3 curl procps
+)
+
+# AlmaLinux 9 (EPEL provides yaml-cpp, json, catch2 and cpp-httplib; CRB provides lmdb-devel).
+RPM_PACKAGES=(
+  gcc-c++ cmake ninja-build pkgconf-pkg-config git clang-tools-extra
+  lmdb-devel lmdb boost-devel systemd-devel yaml-cpp-devel json-devel sqlite-devel
+  catch2-devel cpp-httplib-devel systemd util-linux python3 curl procps-ng
+)
+
+case "${ID}:${ID_LIKE:-}" in
+  debian:* | *:*debian*)
+    missing=()
+    for p in "${DEB_PACKAGES[@]}"; do
+      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if ((${#missing[@]})); then
+      echo "install-deps: installing ${missing[*]}"
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -q
+      apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+    ;;
+  almalinux:* | rhel:* | rocky:* | *:*rhel*)
+    missing=()
+    for p in "${RPM_PACKAGES[@]}"; do
+      rpm -q "$p" >/dev/null 2>&1 || missing+=("$p")
+    done
+    if ((${#missing[@]})); then
+      echo "install-deps: installing ${missing[*]}"
+      rpm -q epel-release >/dev/null 2>&1 || dnf install -y epel-release
+      dnf config-manager --set-enabled crb
+      dnf install -y "${missing[@]}"
+    fi
+    ;;
+  *)
+    echo "install-deps: unsupported distribution '${ID}' (Debian 12 and AlmaLinux 9 are supported)" >&2
+    exit 1
+    ;;
+esac
+echo "install-deps: all dependencies present"
