@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "common/clock.h"
 #include "common/result.h"
 
 namespace edgevirt::store {
@@ -64,6 +65,9 @@ struct Options {
   uint64_t event_retention_count = 100000;         // events kept at most
   std::chrono::seconds event_retention_age{3600};  // events kept at most this long
   size_t watch_queue_limit = 10000;  // events buffered per watcher before it is cut off
+  // The wall clock used for creationTimestamp, event commit times and age-based retention.
+  // Empty = WallClock::now. Tests inject a fake clock to exercise retention without sleeping.
+  std::function<WallClock::time_point()> clock;
 };
 
 // A precondition and effect for one object in an atomic write.
@@ -106,14 +110,16 @@ class Watch {
   virtual Result<std::optional<Event>> TryNext() = 0;
   // Registers a callback run (on the committer thread, must not block) whenever events become
   // available or the watch breaks; lets asynchronous servers poll TryNext without a thread.
+  // If events are already available when it is set, it also runs once from SetNotify itself.
+  // It may call TryNext; it must not destroy the Watch.
   virtual void SetNotify(std::function<void()> notify) = 0;
   // The highest RV delivered so far (or the starting RV).
   virtual uint64_t last_rv() const = 0;
 };
 
 struct WatchOptions {
-  std::string group;
-  std::string kind;
+  std::string group;     // with kind: exact match ("" is the core group)
+  std::string kind;      // "" = every object of every group and kind
   std::string ns;        // "" = all namespaces
   std::string name;      // "" = all names
   uint64_t from_rv = 0;  // deliver events with RV > from_rv; see Store::Watch
@@ -123,8 +129,11 @@ struct Stats {
   uint64_t resource_version = 0;
   uint64_t compacted_rv = 0;  // events with RV <= this are no longer in the log
   uint64_t map_size = 0;
-  uint64_t commits = 0;  // LMDB write transactions committed
-  uint64_t writes = 0;   // mutations committed
+  uint64_t commits = 0;      // LMDB write transactions committed
+  uint64_t writes = 0;       // mutations committed
+  uint64_t raw_writes = 0;   // PutRaw/DeleteRaw committed
+  uint64_t map_resizes = 0;  // times the map was grown after MDB_MAP_FULL
+  uint64_t watches = 0;      // watches currently registered
 };
 
 class Store {
@@ -136,7 +145,8 @@ class Store {
 
   // Object writes. Errors: kAlreadyExists (create of an existing key), kNotFound (update or
   // delete of a missing key), kConflict (expected_rv or expected_uid mismatch), kInvalid (bad
-  // key), kUnavailable (store closing). Returned records carry the assigned RV.
+  // key), kTooLarge (data over 8 MiB), kUnavailable (store closing). Returned records carry the
+  // assigned RV.
   virtual Result<Record> Create(const ObjectKey& key, std::string data) = 0;
   virtual Result<Record> Update(const ObjectKey& key, std::string data, uint64_t expected_rv,
                                 bool bump_generation) = 0;
@@ -146,26 +156,44 @@ class Store {
   // none does and the first failure is returned.
   virtual Result<std::vector<Record>> Apply(std::vector<Mutation> mutations) = 0;
 
+  // Get: kNotFound if absent, kInvalid for a bad key. List: kInvalid if kind is empty; items
+  // are sorted by (namespace, name).
   virtual Result<Record> Get(const ObjectKey& key) const = 0;
   virtual Result<ListResult> List(const ListOptions& options) const = 0;
 
   // Starts a watch. from_rv == 0 means "from now" (no replay). from_rv older than the log's
-  // retention gives kGone. from_rv greater than the current RV is treated as "from now".
+  // retention gives kGone: events with RV <= compacted_rv are gone, so from_rv < compacted_rv
+  // fails and from_rv == compacted_rv still replays everything retained. from_rv greater than
+  // the current RV is treated as "from now". If events are trimmed while an old watch is still
+  // replaying them, its Next fails with kGone. kUnavailable once the store is closing.
   virtual Result<std::unique_ptr<Watch>> StartWatch(const WatchOptions& options) = 0;
 
-  // Durable key/value records for drivers (device rules, image cache, leases), in their own
-  // LMDB database per `space`. Same durability as object writes; no RV, no events.
+  // Durable key/value records for drivers (device rules, image cache, leases), in a separate
+  // keyspace per `space`. Same durability and group commit as object writes; no RV, no events.
+  // (All spaces share one `raw` LMDB database with keys "space\0key"; invisible here.)
+  // `space`: 1-64 bytes without NUL; `key`: 1-446 arbitrary bytes (else kInvalid); values up to
+  // 64 MiB (else kTooLarge). DeleteRaw of a missing key succeeds (idempotent). GetRaw gives
+  // kNotFound if absent. ListRaw returns the pairs whose key starts with `prefix`, in key order.
   virtual Status PutRaw(const std::string& space, const std::string& key, std::string value) = 0;
   virtual Status DeleteRaw(const std::string& space, const std::string& key) = 0;
   virtual Result<std::string> GetRaw(const std::string& space, const std::string& key) const = 0;
   virtual Result<std::vector<std::pair<std::string, std::string>>> ListRaw(
       const std::string& space, const std::string& prefix) const = 0;
 
+  // The RV of the last durable commit.
   virtual uint64_t CurrentResourceVersion() const = 0;
   virtual Stats GetStats() const = 0;
 
+  // Scans every database in one read transaction, decodes every record and checks the
+  // invariants (schema version; compacted_rv <= rv; events exactly compacted_rv+1 .. rv in order;
+  // object RVs unique, <= rv and matching their event when it is retained; raw keys well
+  // formed). kInternal describes the first violation. For tests and offline fsck; it reads
+  // everything, so it is slow on big stores.
+  virtual Status Verify() const = 0;
+
   // Fails pending and future writes with kUnavailable, breaks all watches, waits for the
-  // committer thread. Called by the destructor too.
+  // committer thread. Called by the destructor too. Idempotent; reads keep working until the
+  // Store is destroyed.
   virtual void Close() = 0;
 };
 
