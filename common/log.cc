@@ -1,3 +1,7 @@
+// sd-journal.h otherwise turns sd_journal_sendv into a macro that appends *this* file's
+// CODE_FILE/CODE_LINE/CODE_FUNC, duplicating the call site's fields we send ourselves.
+#define SD_JOURNAL_SUPPRESS_LOCATION
+
 #include "common/log.h"
 
 #include <sys/socket.h>

@@ -1,0 +1,445 @@
+#include "daemon/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <charconv>
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+#include <system_error>
+
+#include "api/http_server.h"
+
+namespace edgevirt::daemon {
+namespace {
+
+using std::chrono::milliseconds;
+
+// Where a node sits, for "SOURCE:LINE:COLUMN: " prefixes. yaml-cpp marks are 0-based.
+std::string Where(std::string_view source, const YAML::Mark& mark) {
+  std::string out(source);
+  if (mark.line >= 0) {
+    out += ':' + std::to_string(mark.line + 1) + ':' + std::to_string(mark.column + 1);
+  }
+  return out;
+}
+
+Error Invalid(std::string_view source, const YAML::Mark& mark, std::string_view message) {
+  return MakeError(Code::kInvalid, Where(source, mark) + ": " + std::string(message));
+}
+
+std::string Quote(std::string_view s) { return "\"" + std::string(s) + "\""; }
+
+// What the node is, for "expected X, got Y" messages.
+std::string Describe(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Null:
+      return "null";
+    case YAML::NodeType::Scalar:
+      return Quote(node.Scalar());
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Map:
+      return "a mapping";
+    case YAML::NodeType::Undefined:
+      break;
+  }
+  return "nothing";
+}
+
+struct Ctx {
+  std::string_view source;
+  std::string path;  // key path of the node being read: "api.ioThreads"
+
+  Error Fail(const YAML::Node& node, std::string_view message) const {
+    return Invalid(source, node.Mark(), path + ": " + std::string(message));
+  }
+};
+
+Result<std::string> ReadString(const YAML::Node& node, const Ctx& ctx) {
+  if (!node.IsScalar()) return ctx.Fail(node, "expected a string, got " + Describe(node));
+  return node.Scalar();
+}
+
+Result<uint64_t> ReadUint(const YAML::Node& node, const Ctx& ctx, uint64_t min, uint64_t max) {
+  if (!node.IsScalar()) return ctx.Fail(node, "expected an integer, got " + Describe(node));
+  const std::string& s = node.Scalar();
+  uint64_t v = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec == std::errc::invalid_argument || end != s.data() + s.size()) {
+    return ctx.Fail(node, "expected an integer, got " + Quote(s));
+  }
+  if (ec == std::errc::result_out_of_range || v < min || v > max) {
+    return ctx.Fail(node, "must be between " + std::to_string(min) + " and " + std::to_string(max) +
+                              ", got " + s);
+  }
+  return v;
+}
+
+Result<uint64_t> ReadSize(const YAML::Node& node, const Ctx& ctx, uint64_t min, uint64_t max) {
+  if (!node.IsScalar()) return ctx.Fail(node, "expected a byte size, got " + Describe(node));
+  auto size = ParseByteSize(node.Scalar());
+  if (!size) return ctx.Fail(node, size.error().message);
+  if (*size < min || *size > max) {
+    return ctx.Fail(node, "must be between " + std::to_string(min) + " and " + std::to_string(max) +
+                              " bytes, got " + node.Scalar());
+  }
+  return *size;
+}
+
+Result<milliseconds> ReadDuration(const YAML::Node& node, const Ctx& ctx) {
+  if (!node.IsScalar()) return ctx.Fail(node, "expected a duration, got " + Describe(node));
+  auto d = ParseDuration(node.Scalar());
+  if (!d) return ctx.Fail(node, d.error().message);
+  if (d->count() <= 0) return ctx.Fail(node, "must be longer than 0s");
+  return *d;
+}
+
+Result<std::string> ReadAbsolutePath(const YAML::Node& node, const Ctx& ctx) {
+  ASSIGN_OR_RETURN(std::string s, ReadString(node, ctx));
+  if (s.empty() || s[0] != '/') return ctx.Fail(node, "must be an absolute path, got " + Quote(s));
+  return s;
+}
+
+Status ReadListen(const YAML::Node& node, const Ctx& ctx, std::vector<std::string>& out) {
+  if (!node.IsSequence()) return ctx.Fail(node, "expected a list, got " + Describe(node));
+  if (node.size() == 0) return ctx.Fail(node, "at least one address is required");
+  std::vector<std::string> result;
+  std::set<std::string> seen;
+  for (size_t i = 0; i < node.size(); ++i) {
+    const YAML::Node item = node[i];
+    Ctx item_ctx{ctx.source, ctx.path + "[" + std::to_string(i) + "]"};
+    ASSIGN_OR_RETURN(std::string text, ReadString(item, item_ctx));
+    auto canonical = CanonicalListenAddress(text);
+    if (!canonical) return item_ctx.Fail(item, canonical.error().message);
+    if (!seen.insert(*canonical).second) {
+      return item_ctx.Fail(item, "duplicate address " + Quote(text));
+    }
+    result.push_back(std::move(text));
+  }
+  out = std::move(result);
+  return Ok();
+}
+
+// One leaf key: how to read it from a node and how to show its value (for ChangedKeys).
+struct KeySpec {
+  const char* path;
+  Status (*read)(const YAML::Node&, const Ctx&, Config&);
+  std::string (*show)(const Config&);
+};
+
+std::string JoinList(const std::vector<std::string>& v) {
+  std::string out = "[";
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + v[i];
+  return out + "]";
+}
+
+const std::vector<KeySpec>& Keys() {
+  static const std::vector<KeySpec> keys = {
+      {"stateDir",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.state_dir, ReadAbsolutePath(n, ctx));
+         return Ok();
+       },
+       [](const Config& c) { return c.state_dir; }},
+      {"runDir",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.run_dir, ReadAbsolutePath(n, ctx));
+         return Ok();
+       },
+       [](const Config& c) { return c.run_dir; }},
+      {"api.listen",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         return ReadListen(n, ctx, c.api.listen);
+       },
+       [](const Config& c) { return JoinList(c.api.listen); }},
+      {"api.ioThreads",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(uint64_t v, ReadUint(n, ctx, 1, 64));
+         c.api.io_threads = static_cast<int>(v);
+         return Ok();
+       },
+       [](const Config& c) { return std::to_string(c.api.io_threads); }},
+      {"api.maxBodyBytes",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.api.max_body_bytes, ReadSize(n, ctx, 1024, 1ull << 30));
+         return Ok();
+       },
+       [](const Config& c) { return std::to_string(c.api.max_body_bytes); }},
+      {"api.maxConnections",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.api.max_connections, ReadUint(n, ctx, 1, 1'000'000));
+         return Ok();
+       },
+       [](const Config& c) { return std::to_string(c.api.max_connections); }},
+      {"libvirt.uri",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         if (n.IsNull()) {  // "uri:" with nothing after it means the default, like ""
+           c.libvirt.uri.clear();
+           return Ok();
+         }
+         ASSIGN_OR_RETURN(std::string uri, ReadString(n, ctx));
+         auto scheme_end = uri.find("://");
+         bool scheme_ok = scheme_end != std::string::npos && scheme_end > 0 &&
+                          std::all_of(uri.begin(), uri.begin() + scheme_end, [](char ch) {
+                            return (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+                                   ch == '+' || ch == '-' || ch == '.';
+                          });
+         if (!uri.empty() && !scheme_ok) {
+           return ctx.Fail(n, "not a libvirt URI (like qemu:///system): " + Quote(uri));
+         }
+         c.libvirt.uri = std::move(uri);
+         return Ok();
+       },
+       [](const Config& c) { return c.libvirt.uri; }},
+      {"log.level",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(std::string s, ReadString(n, ctx));
+         auto level = log::ParseLevel(s);
+         if (!level) return ctx.Fail(n, level.error().message);
+         c.log.level = *level;
+         return Ok();
+       },
+       [](const Config& c) { return std::string(log::LevelName(c.log.level)); }},
+      {"log.target",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(std::string s, ReadString(n, ctx));
+         auto target = log::ParseTarget(s);
+         if (!target) return ctx.Fail(n, target.error().message);
+         c.log.target = *target;
+         return Ok();
+       },
+       [](const Config& c) { return std::to_string(static_cast<int>(c.log.target)); }},
+      {"store.initialMapSize",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.store.initial_map_size, ReadSize(n, ctx, 1ull << 20, 1ull << 40));
+         return Ok();
+       },
+       [](const Config& c) { return std::to_string(c.store.initial_map_size); }},
+      {"store.eventRetention.count",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.store.event_retention.count,
+                          ReadUint(n, ctx, 1, std::numeric_limits<uint32_t>::max()));
+         return Ok();
+       },
+       [](const Config& c) { return std::to_string(c.store.event_retention.count); }},
+      {"store.eventRetention.age",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(milliseconds d, ReadDuration(n, ctx));
+         // The store keeps whole seconds; refuse what it would silently round.
+         if (d.count() % 1000 != 0) {
+           return ctx.Fail(n, "must be a whole number of seconds, got " + Quote(n.Scalar()));
+         }
+         c.store.event_retention.age = d;
+         return Ok();
+       },
+       [](const Config& c) { return FormatDuration(c.store.event_retention.age); }},
+      {"shutdown.timeout",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.shutdown.timeout, ReadDuration(n, ctx));
+         return Ok();
+       },
+       [](const Config& c) { return FormatDuration(c.shutdown.timeout); }},
+  };
+  return keys;
+}
+
+const KeySpec* FindKey(std::string_view path) {
+  for (const auto& k : Keys()) {
+    if (path == k.path) return &k;
+  }
+  return nullptr;
+}
+
+// A mapping section is any proper prefix of a leaf path ("api", "store.eventRetention").
+bool IsSection(std::string_view path) {
+  for (const auto& k : Keys()) {
+    std::string_view leaf = k.path;
+    if (leaf.size() > path.size() && leaf.substr(0, path.size()) == path &&
+        leaf[path.size()] == '.') {
+      return true;
+    }
+  }
+  return false;
+}
+
+Status ReadMapping(const YAML::Node& node, const Ctx& ctx, Config& config) {
+  // "api:" with nothing under it is an empty section: all defaults.
+  if (node.IsNull()) return Ok();
+  if (!node.IsMap()) {
+    std::string what = ctx.path.empty() ? "the top level" : ctx.path;
+    return Invalid(ctx.source, node.Mark(), what + ": expected a mapping, got " + Describe(node));
+  }
+  std::set<std::string> seen;
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    const YAML::Node key = it->first;
+    const YAML::Node value = it->second;
+    if (!key.IsScalar()) {
+      return Invalid(ctx.source, key.Mark(),
+                     (ctx.path.empty() ? std::string("key") : ctx.path + ": key") +
+                         " must be a string, got " + Describe(key));
+    }
+    std::string path = ctx.path.empty() ? key.Scalar() : ctx.path + "." + key.Scalar();
+    if (!seen.insert(key.Scalar()).second) {
+      return Invalid(ctx.source, key.Mark(), "duplicate key " + Quote(path));
+    }
+    Ctx child{ctx.source, path};
+    if (const KeySpec* spec = FindKey(path)) {
+      RETURN_IF_ERROR(spec->read(value, child, config));
+    } else if (IsSection(path)) {
+      RETURN_IF_ERROR(ReadMapping(value, child, config));
+    } else {
+      return Invalid(ctx.source, key.Mark(), "unknown key " + Quote(path));
+    }
+  }
+  return Ok();
+}
+
+}  // namespace
+
+std::string Config::EffectiveLibvirtUri() const {
+  if (!libvirt.uri.empty()) return libvirt.uri;
+  return "qemu:///embed?root=" + state_dir + "/libvirt";
+}
+
+const std::vector<std::string>& ConfigKeyPaths() {
+  static const std::vector<std::string> paths = [] {
+    std::vector<std::string> v;
+    for (const auto& k : Keys()) v.emplace_back(k.path);
+    return v;
+  }();
+  return paths;
+}
+
+Result<Config> ParseConfig(std::string_view yaml, std::string_view source) {
+  YAML::Node root;
+  // yaml-cpp reports syntax errors by exception; they stop here (STYLE.md).
+  try {
+    root = YAML::Load(std::string(yaml));
+  } catch (const YAML::Exception& e) {
+    return Invalid(source, e.mark, "invalid YAML: " + e.msg);
+  }
+  Config config;
+  Ctx ctx{source, ""};
+  try {
+    RETURN_IF_ERROR(ReadMapping(root, ctx, config));
+  } catch (const YAML::Exception& e) {
+    return Invalid(source, e.mark, e.msg);
+  }
+  return config;
+}
+
+Result<Config> LoadConfigFile(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return ErrnoError("read config " + path.string(), errno);
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return ErrnoError("read config " + path.string(), errno);
+  return ParseConfig(text.str(), path.string());
+}
+
+Result<std::string> CanonicalListenAddress(std::string_view text) {
+  auto addr = api::ListenAddress::Parse(text);
+  if (!addr) return std::move(addr).error();
+  if (addr->kind == api::ListenAddress::Kind::kHttps) {
+    return MakeError(Code::kInvalid, "https is not supported yet: " + Quote(text));
+  }
+  return addr->ToString();
+}
+
+std::vector<std::string> ChangedKeys(const Config& a, const Config& b) {
+  std::vector<std::string> changed;
+  for (const auto& k : Keys()) {
+    if (k.show(a) != k.show(b)) changed.emplace_back(k.path);
+  }
+  return changed;
+}
+
+Result<milliseconds> ParseDuration(std::string_view text) {
+  auto bad = [&](std::string_view why) {
+    return MakeError(Code::kInvalid, "invalid duration " + Quote(text) + " (" + std::string(why) +
+                                         "; use e.g. \"45s\", \"30m\", \"1h\", \"1h30m\", "
+                                         "\"500ms\")");
+  };
+  if (text.empty()) return bad("empty");
+  constexpr int64_t kMax = int64_t{100} * 365 * 24 * 3600 * 1000;  // 100 years, in ms
+  int64_t total = 0;
+  size_t i = 0;
+  while (i < text.size()) {
+    int64_t n = 0;
+    auto [end, ec] = std::from_chars(text.data() + i, text.data() + text.size(), n);
+    if (ec != std::errc() || n < 0) return bad("expected a number");
+    i = end - text.data();
+    size_t unit_start = i;
+    while (i < text.size() && text[i] >= 'a' && text[i] <= 'z') ++i;
+    std::string_view unit = text.substr(unit_start, i - unit_start);
+    int64_t scale = 0;
+    if (unit == "ms") {
+      scale = 1;
+    } else if (unit == "s") {
+      scale = 1000;
+    } else if (unit == "m") {
+      scale = 60'000;
+    } else if (unit == "h") {
+      scale = 3'600'000;
+    } else if (unit.empty()) {
+      return bad("missing unit");
+    } else {
+      return bad("unknown unit \"" + std::string(unit) + "\"");
+    }
+    if (n > kMax / scale || total + n * scale > kMax) return bad("too long");
+    total += n * scale;
+  }
+  return milliseconds(total);
+}
+
+std::string FormatDuration(milliseconds d) {
+  int64_t ms = d.count();
+  if (ms == 0) return "0s";
+  std::string out;
+  if (ms < 0) {
+    out = "-";
+    ms = -ms;
+  }
+  const std::pair<int64_t, const char*> units[] = {
+      {3'600'000, "h"}, {60'000, "m"}, {1000, "s"}, {1, "ms"}};
+  for (auto [scale, name] : units) {
+    if (ms >= scale) {
+      out += std::to_string(ms / scale) + name;
+      ms %= scale;
+    }
+  }
+  return out;
+}
+
+Result<uint64_t> ParseByteSize(std::string_view text) {
+  auto bad = [&](std::string_view why) {
+    return MakeError(Code::kInvalid, "invalid byte size " + Quote(text) + " (" + std::string(why) +
+                                         "; use an integer or e.g. \"64Mi\", \"1Gi\")");
+  };
+  uint64_t n = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (text.empty() || ec == std::errc::invalid_argument) return bad("expected a number");
+  if (ec == std::errc::result_out_of_range) return bad("too large");
+  std::string_view suffix = text.substr(end - text.data());
+  int shift = 0;
+  if (suffix.empty()) {
+    shift = 0;
+  } else if (suffix == "Ki") {
+    shift = 10;
+  } else if (suffix == "Mi") {
+    shift = 20;
+  } else if (suffix == "Gi") {
+    shift = 30;
+  } else if (suffix == "Ti") {
+    shift = 40;
+  } else {
+    return bad("unknown suffix \"" + std::string(suffix) + "\"");
+  }
+  if (shift > 0 && n > (std::numeric_limits<uint64_t>::max() >> shift)) return bad("too large");
+  return n << shift;
+}
+
+}  // namespace edgevirt::daemon

@@ -1,0 +1,96 @@
+// The daemon's configuration: /etc/edgevirt/edgevirtd.yaml (camelCase keys). Every key has a
+// default, so an empty file, or no file at all, is a valid configuration.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/log.h"
+#include "common/result.h"
+
+namespace edgevirt::daemon {
+
+inline constexpr std::string_view kDefaultConfigPath = "/etc/edgevirt/edgevirtd.yaml";
+
+struct Config {
+  std::string state_dir = "/var/lib/edgevirt";  // stateDir
+  std::string run_dir = "/run/edgevirt";        // runDir
+
+  struct Api {
+    // api.listen: "unix:PATH", "http://HOST:PORT" (loopback only until TLS exists).
+    std::vector<std::string> listen = {"unix:/run/edgevirt/edgevirtd.sock",
+                                       "http://127.0.0.1:8080"};
+    int io_threads = 2;                 // api.ioThreads
+    uint64_t max_body_bytes = 3 << 20;  // api.maxBodyBytes
+    uint64_t max_connections = 1024;    // api.maxConnections
+    bool operator==(const Api&) const = default;
+  } api;
+
+  struct Libvirt {
+    std::string uri;  // libvirt.uri; empty = qemu:///embed?root=<stateDir>/libvirt
+    bool operator==(const Libvirt&) const = default;
+  } libvirt;
+
+  struct Log {
+    log::Level level = log::Level::kInfo;     // log.level
+    log::Target target = log::Target::kAuto;  // log.target
+    bool operator==(const Log&) const = default;
+  } log;
+
+  struct Store {
+    uint64_t initial_map_size = 64ull << 20;  // store.initialMapSize
+    struct EventRetention {
+      uint64_t count = 100000;                  // store.eventRetention.count
+      std::chrono::milliseconds age{3600'000};  // store.eventRetention.age
+      bool operator==(const EventRetention&) const = default;
+    } event_retention;
+    bool operator==(const Store&) const = default;
+  } store;
+
+  struct Shutdown {
+    std::chrono::milliseconds timeout{30'000};  // shutdown.timeout
+    bool operator==(const Shutdown&) const = default;
+  } shutdown;
+
+  bool operator==(const Config&) const = default;
+
+  // libvirt.uri, or the embedded QEMU driver rooted under stateDir when it is empty.
+  std::string EffectiveLibvirtUri() const;
+};
+
+// Every key path the file may contain, leaves only ("api.listen", "store.eventRetention.age",
+// ...), in documentation order.
+const std::vector<std::string>& ConfigKeyPaths();
+
+// Parses and validates YAML text. `source` names the text in error messages
+// ("/etc/edgevirt/edgevirtd.yaml"). Errors are kInvalid and read
+// "SOURCE:LINE:COLUMN: <what is wrong>", naming the key path, e.g.
+//   /etc/edgevirt/edgevirtd.yaml:7:3: unknown key "api.listn"
+//   edgevirtd.yaml:4:13: api.ioThreads: expected an integer, got "two"
+Result<Config> ParseConfig(std::string_view yaml, std::string_view source);
+
+// Reads and parses a file. A missing or unreadable file is an error (kNotFound / kPermission)
+// that names the path.
+Result<Config> LoadConfigFile(const std::filesystem::path& path);
+
+// The key paths whose values differ between two configurations (for SIGHUP, which applies
+// log.level only and reports the rest).
+std::vector<std::string> ChangedKeys(const Config& a, const Config& b);
+
+// "1h", "30m", "45s", "500ms", "1h30m". Used for every duration key.
+Result<std::chrono::milliseconds> ParseDuration(std::string_view text);
+// The shortest exact form: 90000ms -> "1m30s", 3600000ms -> "1h".
+std::string FormatDuration(std::chrono::milliseconds d);
+
+// Validates one api.listen entry with api::ListenAddress::Parse (https is refused until TLS
+// exists) and returns its canonical form, which tells duplicates apart.
+Result<std::string> CanonicalListenAddress(std::string_view text);
+
+// Byte sizes: a plain integer or an integer with a binary suffix "Ki", "Mi", "Gi", "Ti".
+Result<uint64_t> ParseByteSize(std::string_view text);
+
+}  // namespace edgevirt::daemon

@@ -1,0 +1,386 @@
+// Unit tests of the configuration file and the command line.
+#include <stdlib.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+
+#include "daemon/cli.h"
+#include "daemon/config.h"
+#include "tests/support/catch.h"
+
+namespace edgevirt::daemon {
+namespace {
+
+using namespace std::chrono_literals;
+
+Config MustParse(const std::string& yaml) {
+  auto c = ParseConfig(yaml, "test.yaml");
+  INFO(yaml);
+  if (!c) FAIL(c.error().message);
+  return *c;
+}
+
+std::string ParseError(const std::string& yaml) {
+  auto c = ParseConfig(yaml, "test.yaml");
+  INFO(yaml);
+  REQUIRE_FALSE(c.has_value());
+  CHECK(c.error().code == Code::kInvalid);
+  return c.error().message;
+}
+
+// A private temporary directory, removed with its contents.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "ev-config-XXXXXX").string();
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path Write(const std::string& name, const std::string& text) const {
+    auto p = path_ / name;
+    std::ofstream(p) << text;
+    return p;
+  }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Leaf key paths of a YAML mapping ("api.listen", ...).
+void CollectLeaves(const YAML::Node& node, const std::string& prefix, std::set<std::string>& out) {
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    std::string path = prefix.empty() ? it->first.Scalar() : prefix + "." + it->first.Scalar();
+    if (it->second.IsMap()) {
+      CollectLeaves(it->second, path, out);
+    } else {
+      out.insert(path);
+    }
+  }
+}
+
+TEST_CASE("defaults are the documented values") {
+  Config c;
+  CHECK(c.state_dir == "/var/lib/edgevirt");
+  CHECK(c.run_dir == "/run/edgevirt");
+  CHECK(c.api.listen ==
+        std::vector<std::string>{"unix:/run/edgevirt/edgevirtd.sock", "http://127.0.0.1:8080"});
+  CHECK(c.api.io_threads == 2);
+  CHECK(c.api.max_body_bytes == 3u << 20);
+  CHECK(c.api.max_connections == 1024u);
+  CHECK(c.libvirt.uri.empty());
+  CHECK(c.EffectiveLibvirtUri() == "qemu:///embed?root=/var/lib/edgevirt/libvirt");
+  CHECK(c.log.level == log::Level::kInfo);
+  CHECK(c.log.target == log::Target::kAuto);
+  CHECK(c.store.initial_map_size == 64ull << 20);
+  CHECK(c.store.event_retention.count == 100000u);
+  CHECK(c.store.event_retention.age == 1h);
+  CHECK(c.shutdown.timeout == 30s);
+}
+
+TEST_CASE("empty documents and empty sections give the defaults") {
+  CHECK(MustParse("") == Config{});
+  CHECK(MustParse("# nothing but a comment\n") == Config{});
+  CHECK(MustParse("---\n") == Config{});
+  CHECK(MustParse("api:\nstore:\n  eventRetention:\nlog: {}\n") == Config{});
+}
+
+TEST_CASE("every key is read") {
+  Config c = MustParse(R"(stateDir: /srv/ev
+runDir: /run/ev2
+api:
+  listen: ["unix:/tmp/x.sock", "http://[::1]:9000", "http://localhost:0"]
+  ioThreads: 4
+  maxBodyBytes: 1Mi
+  maxConnections: 10
+libvirt:
+  uri: qemu:///system
+log:
+  level: debug
+  target: stderr
+store:
+  initialMapSize: 1Gi
+  eventRetention:
+    count: 5
+    age: 1h30m
+shutdown:
+  timeout: 1500ms
+)");
+  CHECK(c.state_dir == "/srv/ev");
+  CHECK(c.run_dir == "/run/ev2");
+  CHECK(c.api.listen ==
+        std::vector<std::string>{"unix:/tmp/x.sock", "http://[::1]:9000", "http://localhost:0"});
+  CHECK(c.api.io_threads == 4);
+  CHECK(c.api.max_body_bytes == 1u << 20);
+  CHECK(c.api.max_connections == 10u);
+  CHECK(c.libvirt.uri == "qemu:///system");
+  CHECK(c.EffectiveLibvirtUri() == "qemu:///system");
+  CHECK(c.log.level == log::Level::kDebug);
+  CHECK(c.log.target == log::Target::kStderr);
+  CHECK(c.store.initial_map_size == 1ull << 30);
+  CHECK(c.store.event_retention.count == 5u);
+  CHECK(c.store.event_retention.age == 90min);
+  CHECK(c.shutdown.timeout == 1500ms);
+  // Every field differs from its default, so every key path shows up as changed.
+  CHECK(ChangedKeys(Config{}, c) == ConfigKeyPaths());
+  CHECK(ChangedKeys(c, c).empty());
+
+  // Sizes also take plain integers; the uri default follows stateDir.
+  Config d = MustParse("stateDir: /data\napi:\n  maxBodyBytes: 4096\n");
+  CHECK(d.api.max_body_bytes == 4096u);
+  CHECK(d.EffectiveLibvirtUri() == "qemu:///embed?root=/data/libvirt");
+  CHECK(ChangedKeys(Config{}, d) == std::vector<std::string>{"stateDir", "api.maxBodyBytes"});
+}
+
+TEST_CASE("unknown keys name the key path and the position") {
+  std::string e = ParseError("stateDir: /x\n\napi:\n  ioThreads: 2\n\n\n  listn: []\n");
+  CHECK(e == "test.yaml:7:3: unknown key \"api.listn\"");
+  CHECK_THAT(ParseError("statedir: /x\n"),
+             Catch::Contains("test.yaml:1:1:") && Catch::Contains("\"statedir\""));
+  CHECK_THAT(ParseError("store:\n  eventRetention:\n    ages: 1h\n"),
+             Catch::Contains("test.yaml:3:5:") &&
+                 Catch::Contains("unknown key \"store.eventRetention.ages\""));
+  // A leaf is not a section, and a section is not a leaf.
+  CHECK_THAT(ParseError("log:\n  level:\n    x: 1\n"),
+             Catch::Contains("test.yaml:3:5:") && Catch::Contains("log.level"));
+  CHECK_THAT(ParseError("api: 5\n"),
+             Catch::Contains("test.yaml:1:6:") && Catch::Contains("api: expected a mapping"));
+  CHECK_THAT(ParseError("log:\n  level: info\n  level: debug\n"),
+             Catch::Contains("test.yaml:3:3:") && Catch::Contains("duplicate key \"log.level\""));
+}
+
+TEST_CASE("wrong types name the key path and the position") {
+  CHECK(ParseError("api:\n  ioThreads: two\n") ==
+        "test.yaml:2:14: api.ioThreads: expected an integer, got \"two\"");
+  CHECK_THAT(ParseError("api:\n  ioThreads: 0\n"),
+             Catch::Contains("test.yaml:2:14:") && Catch::Contains("between 1 and 64"));
+  CHECK_THAT(ParseError("api:\n  ioThreads: -3\n"), Catch::Contains("api.ioThreads"));
+  CHECK_THAT(ParseError("api:\n  ioThreads: [1]\n"),
+             Catch::Contains("test.yaml:2:14:") && Catch::Contains("got a list"));
+  CHECK_THAT(ParseError("api:\n  listen: unix:/x.sock\n"),
+             Catch::Contains("test.yaml:2:11:") && Catch::Contains("api.listen: expected a list"));
+  CHECK_THAT(ParseError("stateDir: [a]\n"),
+             Catch::Contains("test.yaml:1:11:") && Catch::Contains("stateDir: expected a string"));
+  CHECK_THAT(ParseError("stateDir:\n"), Catch::Contains("stateDir: expected a string, got null"));
+  CHECK_THAT(ParseError("stateDir: relative/dir\n"),
+             Catch::Contains("test.yaml:1:11:") && Catch::Contains("absolute path"));
+  CHECK_THAT(ParseError("log:\n  level: loud\n"), Catch::Contains("test.yaml:2:10:") &&
+                                                      Catch::Contains("log.level") &&
+                                                      Catch::Contains("loud"));
+  CHECK_THAT(ParseError("log:\n  target: syslog\n"),
+             Catch::Contains("test.yaml:2:11:") && Catch::Contains("log.target"));
+  CHECK_THAT(ParseError("store:\n  initialMapSize: 64MB\n"),
+             Catch::Contains("test.yaml:2:19:") && Catch::Contains("store.initialMapSize"));
+  CHECK_THAT(ParseError("store:\n  initialMapSize: 4Ki\n"),
+             Catch::Contains("store.initialMapSize: must be between"));
+  CHECK_THAT(ParseError("libvirt:\n  uri: not a uri\n"),
+             Catch::Contains("test.yaml:2:8:") && Catch::Contains("libvirt.uri"));
+  CHECK_THAT(ParseError("- a\n- b\n"), Catch::Contains("the top level: expected a mapping"));
+  // Syntax errors carry the position too.
+  CHECK_THAT(ParseError("api:\n  listen: [unix:/x\n"),
+             Catch::Matches("test\\.yaml:\\d+:\\d+: invalid YAML: .*"));
+}
+
+TEST_CASE("bad durations name the key path and the position") {
+  CHECK_THAT(ParseError("shutdown:\n  timeout: 5x\n"),
+             Catch::Contains("test.yaml:2:12: shutdown.timeout: invalid duration \"5x\""));
+  CHECK_THAT(ParseError("shutdown:\n  timeout: 30\n"),
+             Catch::Contains("test.yaml:2:12:") && Catch::Contains("missing unit"));
+  CHECK_THAT(ParseError("shutdown:\n  timeout: 0s\n"),
+             Catch::Contains("shutdown.timeout: must be longer than 0s"));
+  CHECK_THAT(ParseError("store:\n  eventRetention:\n    age: 1500ms\n"),
+             Catch::Contains("test.yaml:3:10:") &&
+                 Catch::Contains("store.eventRetention.age: must be a whole number of seconds"));
+  CHECK_THAT(ParseError("store:\n  eventRetention:\n    age: -1h\n"),
+             Catch::Contains("store.eventRetention.age"));
+}
+
+TEST_CASE("bad listen addresses name the list index and the position") {
+  // Plain HTTP is refused off loopback (api::ListenAddress::Parse).
+  std::string e =
+      ParseError("api:\n  listen:\n    - unix:/run/x.sock\n    - http://0.0.0.0:8080\n");
+  CHECK_THAT(e, Catch::StartsWith("test.yaml:4:7: api.listen[1]: "));
+  CHECK_THAT(ParseError("api:\n  listen: [\"ftp://127.0.0.1:21\"]\n"),
+             Catch::Contains("test.yaml:2:12: api.listen[0]: "));
+  CHECK_THAT(ParseError("api:\n  listen: [\"https://127.0.0.1:8443\"]\n"),
+             Catch::Contains("api.listen[0]: ") && Catch::Contains("https"));
+  CHECK_THAT(ParseError("api:\n  listen: [\"unix:/a\", \"unix:/a\"]\n"),
+             Catch::Contains("api.listen[1]: duplicate address"));
+  CHECK_THAT(ParseError("api:\n  listen: []\n"),
+             Catch::Contains("test.yaml:2:11: api.listen: at least one address"));
+}
+
+TEST_CASE("the example file documents every key and equals the defaults") {
+  const std::filesystem::path example =
+      std::filesystem::path(EDGEVIRT_SOURCE_DIR) / "examples" / "edgevirtd.yaml";
+  auto c = LoadConfigFile(example);
+  if (!c) FAIL(c.error().message);
+  CHECK(*c == Config{});
+  CHECK(ChangedKeys(Config{}, *c).empty());
+
+  std::set<std::string> leaves;
+  CollectLeaves(YAML::LoadFile(example.string()), "", leaves);
+  std::set<std::string> known(ConfigKeyPaths().begin(), ConfigKeyPaths().end());
+  CHECK(leaves == known);
+}
+
+TEST_CASE("duration and size syntax") {
+  CHECK(*ParseDuration("45s") == 45s);
+  CHECK(*ParseDuration("30m") == 30min);
+  CHECK(*ParseDuration("1h") == 1h);
+  CHECK(*ParseDuration("1h30m15s") == 1h + 30min + 15s);
+  CHECK(*ParseDuration("250ms") == 250ms);
+  CHECK_FALSE(ParseDuration("").has_value());
+  CHECK_FALSE(ParseDuration("h").has_value());
+  CHECK_FALSE(ParseDuration("1d").has_value());
+  CHECK_FALSE(ParseDuration("1.5h").has_value());
+  CHECK_FALSE(ParseDuration("1 h").has_value());
+  CHECK_FALSE(ParseDuration("99999999999999h").has_value());
+  CHECK(FormatDuration(1h) == "1h");
+  CHECK(FormatDuration(90s) == "1m30s");
+  CHECK(FormatDuration(1500ms) == "1s500ms");
+  CHECK(FormatDuration(0ms) == "0s");
+  CHECK(*ParseByteSize("4096") == 4096u);
+  CHECK(*ParseByteSize("64Ki") == 64u << 10);
+  CHECK(*ParseByteSize("3Mi") == 3u << 20);
+  CHECK(*ParseByteSize("2Ti") == 2ull << 40);
+  CHECK_FALSE(ParseByteSize("").has_value());
+  CHECK_FALSE(ParseByteSize("1MB").has_value());
+  CHECK_FALSE(ParseByteSize("-1").has_value());
+  CHECK_FALSE(ParseByteSize("99999999999Ti").has_value());
+}
+
+TEST_CASE("LoadConfigFile names the path on errors") {
+  TempDir tmp;
+  auto missing = LoadConfigFile(tmp.path() / "nope.yaml");
+  REQUIRE_FALSE(missing.has_value());
+  CHECK(missing.error().code == Code::kNotFound);
+  CHECK_THAT(missing.error().message, Catch::Contains("nope.yaml"));
+
+  auto bad = tmp.Write("bad.yaml", "api:\n  listn: []\n");
+  auto r = LoadConfigFile(bad);
+  REQUIRE_FALSE(r.has_value());
+  CHECK(r.error().message == bad.string() + ":2:3: unknown key \"api.listn\"");
+}
+
+Result<CliOptions> Parse(std::vector<std::string> args) { return ParseCommandLine(args); }
+
+TEST_CASE("command line: flags") {
+  auto cli = Parse({});
+  REQUIRE(cli);
+  CHECK(cli->command == CliOptions::Command::kRun);
+  CHECK_FALSE(cli->config_path.has_value());
+  CHECK(cli->listen.empty());
+
+  cli = Parse({"--config", "/etc/x.yaml", "--state-dir=/srv/ev", "--listen", "unix:/tmp/a.sock",
+               "--listen=http://127.0.0.1:0", "--log-level", "debug"});
+  REQUIRE(cli);
+  CHECK(cli->command == CliOptions::Command::kRun);
+  CHECK(*cli->config_path == "/etc/x.yaml");
+  CHECK(*cli->state_dir == "/srv/ev");
+  CHECK(cli->listen == std::vector<std::string>{"unix:/tmp/a.sock", "http://127.0.0.1:0"});
+  CHECK(*cli->log_level == log::Level::kDebug);
+
+  CHECK(Parse({"--version"})->command == CliOptions::Command::kVersion);
+  CHECK(Parse({"--help"})->command == CliOptions::Command::kHelp);
+  CHECK(Parse({"-h"})->command == CliOptions::Command::kHelp);
+  CHECK(Parse({"--bogus", "--help"})->command == CliOptions::Command::kHelp);
+
+  cli = Parse({"check-config", "/tmp/f.yaml"});
+  REQUIRE(cli);
+  CHECK(cli->command == CliOptions::Command::kCheckConfig);
+  CHECK(cli->check_config_path == "/tmp/f.yaml");
+}
+
+TEST_CASE("command line: usage errors") {
+  auto err = [](std::vector<std::string> args) {
+    auto cli = ParseCommandLine(args);
+    REQUIRE_FALSE(cli.has_value());
+    return cli.error().message;
+  };
+  CHECK_THAT(err({"--bogus"}), Catch::Contains("unknown flag \"--bogus\""));
+  CHECK_THAT(err({"--bogus=1"}), Catch::Contains("unknown flag \"--bogus\""));
+  CHECK_THAT(err({"-x"}), Catch::Contains("unknown flag \"-x\""));
+  CHECK_THAT(err({"serve"}), Catch::Contains("unknown command \"serve\""));
+  CHECK_THAT(err({"--config"}), Catch::Contains("--config needs a value"));
+  CHECK_THAT(err({"--config="}), Catch::Contains("--config needs a non-empty value"));
+  CHECK_THAT(err({"--log-level", "loud"}), Catch::Contains("--log-level"));
+  CHECK_THAT(err({"--listen", "http://0.0.0.0:80"}), Catch::Contains("--listen http://0.0.0.0:80"));
+  CHECK_THAT(err({"--config", "a", "--config", "b"}), Catch::Contains("more than once"));
+  CHECK_THAT(err({"check-config"}), Catch::Contains("needs a FILE"));
+  CHECK_THAT(err({"check-config", "a", "b"}), Catch::Contains("exactly one FILE"));
+  CHECK_THAT(err({"--state-dir", "/x", "check-config", "a"}), Catch::Contains("must come first"));
+}
+
+TEST_CASE("usage lists every flag and subcommand") {
+  std::string usage = UsageText();
+  for (const char* word : {"--config", "--state-dir", "--listen", "--log-level", "--version",
+                           "--help", "check-config"}) {
+    CHECK_THAT(usage, Catch::Contains(word));
+  }
+}
+
+TEST_CASE("ResolveConfig: file choice and flag overrides") {
+  TempDir tmp;
+  const auto default_path = tmp.path() / "edgevirtd.yaml";  // does not exist yet
+
+  // No --config and no default file: the embedded defaults.
+  auto r = ResolveConfig(*Parse({}), default_path);
+  REQUIRE(r);
+  CHECK(r->source.empty());
+  CHECK(r->config == Config{});
+
+  // The default file is read when it exists.
+  tmp.Write("edgevirtd.yaml", "log:\n  level: debug\napi:\n  listen: [\"unix:/tmp/f.sock\"]\n");
+  r = ResolveConfig(*Parse({}), default_path);
+  REQUIRE(r);
+  CHECK(r->source == default_path.string());
+  CHECK(r->config.log.level == log::Level::kDebug);
+
+  // Repeated --listen replaces api.list as a whole; --log-level and --state-dir win over it.
+  r = ResolveConfig(*Parse({"--listen", "unix:/tmp/a.sock", "--listen", "http://127.0.0.1:0",
+                            "--log-level", "error", "--state-dir", "/srv/x/"}),
+                    default_path);
+  REQUIRE(r);
+  CHECK(r->config.api.listen == std::vector<std::string>{"unix:/tmp/a.sock", "http://127.0.0.1:0"});
+  CHECK(r->config.log.level == log::Level::kError);
+  CHECK(r->config.state_dir == "/srv/x");
+
+  // A relative --state-dir is made absolute.
+  r = ResolveConfig(*Parse({"--state-dir", "rel/dir"}), default_path);
+  REQUIRE(r);
+  CHECK(r->config.state_dir == (std::filesystem::current_path() / "rel/dir").string());
+
+  // --config names another file; a bad one is an error naming it.
+  auto other = tmp.Write("other.yaml", "shutdown:\n  timeout: 5s\n");
+  r = ResolveConfig(*Parse({"--config", other.string()}), default_path);
+  REQUIRE(r);
+  CHECK(r->source == other.string());
+  CHECK(r->config.shutdown.timeout == 5s);
+  CHECK(r->config.log.level == log::Level::kInfo);  // the default file was not read
+
+  auto bad = tmp.Write("bad.yaml", "shutdown:\n  timeout: soon\n");
+  r = ResolveConfig(*Parse({"--config", bad.string()}), default_path);
+  REQUIRE_FALSE(r.has_value());
+  CHECK_THAT(r.error().message, Catch::StartsWith(bad.string() + ":2:12: shutdown.timeout"));
+
+  r = ResolveConfig(*Parse({"--config", (tmp.path() / "missing.yaml").string()}), default_path);
+  REQUIRE_FALSE(r.has_value());
+  CHECK(r.error().code == Code::kNotFound);
+
+  // Duplicate --listen addresses are refused like duplicates in the file.
+  r = ResolveConfig(*Parse({"--listen", "unix:/tmp/a.sock", "--listen", "unix:/tmp/a.sock"}),
+                    default_path);
+  CHECK_FALSE(r.has_value());
+}
+
+}  // namespace
+}  // namespace edgevirt::daemon
