@@ -20,6 +20,8 @@ DEB_PACKAGES=(
   libsqlite3-dev
   # tests: Catch2, the cpp-httplib client, a standalone journald and journalctl, unshare
   catch2 libcpp-httplib-dev systemd util-linux python3 curl procps
+  # fuzzing: clang with libFuzzer and its sanitizer runtimes
+  clang libclang-rt-14-dev
 )
 
 # AlmaLinux 9 (EPEL provides yaml-cpp, json, catch2 and cpp-httplib; CRB provides lmdb-devel).
@@ -27,6 +29,7 @@ RPM_PACKAGES=(
   gcc-c++ cmake ninja-build pkgconf-pkg-config git clang-tools-extra
   lmdb-devel lmdb boost-devel systemd-devel yaml-cpp-devel json-devel sqlite-devel
   catch2-devel cpp-httplib-devel systemd util-linux python3 curl procps-ng
+  clang compiler-rt
 )
 
 case "${ID}:${ID_LIKE:-}" in

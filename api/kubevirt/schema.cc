@@ -1,0 +1,552 @@
+#include "api/kubevirt/schema.h"
+
+#include <cstdlib>
+#include <deque>
+#include <iostream>
+#include <sstream>
+
+#include <yaml-cpp/yaml.h>
+
+#include "api/kubevirt/quantity.h"
+
+namespace edgevirt::api::kubevirt {
+namespace embedded {
+extern const std::string_view kStructureJson;
+extern const std::string_view kDescriptionsYaml;
+}  // namespace embedded
+
+namespace {
+
+// What edgevirt implements of KubeVirt's kubevirt.io/v1 spec types: "<definition>:<props>".
+// Everything else a KubeVirt spec may carry is rejected with 422 (README.md has the table).
+// Status types list the fields edgevirt's controller reports; the rest of a status is still
+// accepted (it is server-written), just never set.
+constexpr const char* kImplemented[] = {
+    "v1.VirtualMachine:apiVersion,kind,metadata,spec,status",
+    "v1.VirtualMachineList:apiVersion,items,kind,metadata",
+    "v1.VirtualMachineInstance:apiVersion,kind,metadata,spec,status",
+    "v1.VirtualMachineInstanceList:apiVersion,items,kind,metadata",
+    "v1.VirtualMachineSpec:runStrategy,running,template",
+    "v1.VirtualMachineInstanceTemplateSpec:metadata,spec",
+    "v1.VirtualMachineInstanceSpec:architecture,domain,evictionStrategy,hostname,networks,"
+    "nodeSelector,startStrategy,subdomain,terminationGracePeriodSeconds,volumes",
+    "v1.DomainSpec:clock,cpu,devices,features,firmware,machine,memory,resources",
+    "v1.CPU:cores,model,sockets,threads",
+    "v1.Memory:guest",
+    "v1.ResourceRequirements:limits,overcommitGuestOverhead,requests",
+    "v1.Machine:type",
+    "v1.Firmware:bootloader,serial,uuid",
+    "v1.Bootloader:bios,efi",
+    "v1.BIOS:useSerial",
+    "v1.EFI:secureBoot",
+    "v1.Features:acpi,apic,smm",
+    "v1.FeatureState:enabled",
+    "v1.FeatureAPIC:enabled",
+    "v1.Clock:timezone,utc",
+    "v1.ClockOffsetUTC:offsetSeconds",
+    "v1.Devices:autoattachGraphicsDevice,autoattachMemBalloon,autoattachPodInterface,"
+    "autoattachSerialConsole,disks,interfaces,rng,tpm",
+    "v1.TPMDevice:persistent",
+    "v1.Disk:bootOrder,cache,cdrom,disk,io,lun,name,serial",
+    "v1.DiskTarget:bus,readonly",
+    "v1.CDRomTarget:bus,readonly,tray",
+    "v1.LunTarget:bus,readonly",
+    "v1.Interface:bootOrder,bridge,macAddress,masquerade,model,name,pciAddress,ports",
+    "v1.Port:name,port,protocol",
+    "v1.Network:multus,name,pod",
+    "v1.MultusNetwork:default,networkName",
+    "v1.Volume:cloudInitConfigDrive,cloudInitNoCloud,containerDisk,emptyDisk,ephemeral,hostDisk,"
+    "name,persistentVolumeClaim",
+    "v1.ContainerDiskSource:image,imagePullPolicy,imagePullSecret,path",
+    "v1.CloudInitNoCloudSource:networkData,networkDataBase64,networkDataSecretRef,secretRef,"
+    "userData,userDataBase64",
+    "v1.CloudInitConfigDriveSource:networkData,networkDataBase64,networkDataSecretRef,secretRef,"
+    "userData,userDataBase64",
+    "k8s.io.api.core.v1.LocalObjectReference:name",
+    "v1.EmptyDiskSource:capacity",
+    "v1.HostDisk:capacity,path,type",
+    "v1.EphemeralVolumeSource:persistentVolumeClaim",
+    "k8s.io.api.core.v1.PersistentVolumeClaimVolumeSource:claimName,readOnly",
+    "v1.PersistentVolumeClaimVolumeSource:claimName,hotpluggable,readOnly",
+    // Status written by edgevirt's controller.
+    "v1.VirtualMachineStatus:conditions,created,desiredGeneration,observedGeneration,"
+    "printableStatus,ready,startFailure,stateChangeRequests",
+    "v1.VirtualMachineCondition:lastProbeTime,lastTransitionTime,message,reason,status,type",
+    "v1.VirtualMachineStateChangeRequest:action,data,uid",
+    "v1.VirtualMachineStartFailure:consecutiveFailCount,lastFailedVMIUID,retryAfterTimestamp",
+    "v1.VirtualMachineInstanceStatus:activePods,conditions,currentCPUTopology,guestOSInfo,"
+    "interfaces,launcherContainerImageVersion,machine,nodeName,phase,phaseTransitionTimestamps,"
+    "qosClass,reason,runtimeUser,volumeStatus",
+    "v1.VirtualMachineInstanceCondition:lastProbeTime,lastTransitionTime,message,reason,status,"
+    "type",
+    "v1.VirtualMachineInstanceNetworkInterface:infoSource,interfaceName,ipAddress,ipAddresses,"
+    "mac,name,queueCount",
+    "v1.VirtualMachineInstanceGuestOSInfo:id,kernelRelease,kernelVersion,machine,name,"
+    "prettyName,version,versionId",
+    "v1.VolumeStatus:message,name,phase,reason,size,target",
+    "v1.VirtualMachineInstancePhaseTransitionTimestamp:phase,phaseTransitionTimestamp",
+    "v1.CPUTopology:cores,sockets,threads",
+};
+
+constexpr std::string_view kMetaPrefix = "k8s.io.apimachinery.pkg.apis.meta.v1.";
+constexpr std::string_view kQuantity = "k8s.io.apimachinery.pkg.api.resource.Quantity";
+constexpr std::string_view kQuantityPattern =
+    R"(^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$)";
+
+std::string RefName(const Json& schema) {
+  const std::string& ref = schema.at("$ref").get_ref<const std::string&>();
+  size_t slash = ref.rfind('/');
+  return slash == std::string::npos ? ref : ref.substr(slash + 1);
+}
+
+void CollectRefs(const Json& node, std::set<std::string>* out) {
+  if (node.is_object()) {
+    auto it = node.find("$ref");
+    if (it != node.end() && it->is_string()) out->insert(RefName(node));
+    for (const auto& [key, value] : node.items()) CollectRefs(value, out);
+  } else if (node.is_array()) {
+    for (const auto& value : node) CollectRefs(value, out);
+  }
+}
+
+std::set<std::string> Reachable(const Json& definitions, std::vector<std::string> roots) {
+  std::set<std::string> seen;
+  std::deque<std::string> todo(roots.begin(), roots.end());
+  while (!todo.empty()) {
+    std::string name = todo.front();
+    todo.pop_front();
+    if (!seen.insert(name).second) continue;
+    auto it = definitions.find(name);
+    if (it == definitions.end()) continue;
+    std::set<std::string> refs;
+    CollectRefs(*it, &refs);
+    for (const auto& r : refs) {
+      if (!seen.count(r)) todo.push_back(r);
+    }
+  }
+  return seen;
+}
+
+std::string JsonTypeName(const Json& v) {
+  switch (v.type()) {
+    case Json::value_t::null:
+      return "null";
+    case Json::value_t::boolean:
+      return "boolean";
+    case Json::value_t::number_integer:
+    case Json::value_t::number_unsigned:
+      return "integer";
+    case Json::value_t::number_float:
+      return "number";
+    case Json::value_t::string:
+      return "string";
+    case Json::value_t::array:
+      return "array";
+    default:
+      return "object";
+  }
+}
+
+bool MatchesType(const Json& v, std::string_view type) {
+  if (type == "string") return v.is_string();
+  if (type == "boolean") return v.is_boolean();
+  if (type == "integer") {
+    if (v.is_number_integer()) return true;
+    if (v.is_number_float()) {
+      double d = v.get<double>();
+      return d == static_cast<double>(static_cast<long long>(d));
+    }
+    return false;
+  }
+  if (type == "number") return v.is_number();
+  if (type == "object") return v.is_object();
+  if (type == "array") return v.is_array();
+  if (type == "null") return v.is_null();
+  return true;
+}
+
+bool Nullable(const Json& schema) {
+  auto it = schema.find("type");
+  if (it == schema.end() || !it->is_array()) return false;
+  for (const auto& t : *it) {
+    if (t == "null") return true;
+  }
+  return false;
+}
+
+std::string Join(const std::string& path, std::string_view key) {
+  return path.empty() ? std::string(key) : path + "." + std::string(key);
+}
+
+// JSON text of a value; invalid UTF-8 from YAML bodies becomes U+FFFD instead of throwing.
+std::string Dump(const Json& v) { return v.dump(-1, ' ', false, Json::error_handler_t::replace); }
+
+std::string Quote(const std::string& s) { return Dump(Json(s)); }
+
+class Decoder {
+ public:
+  Decoder(const SchemaModel& model, DecodeResult* result) : model_(model), result_(result) {}
+
+  void Definition(std::string_view def, Json& node, const std::string& path, DecodeOptions opt) {
+    if (def == kQuantity) return QuantityValue(node, path, opt);
+    if (def == std::string(kMetaPrefix) + "FieldsV1") return;  // free-form by design
+    const Json* d = model_.Definition(def);
+    if (d == nullptr) return;
+    if (!d->contains("properties")) return Value(*d, def, "", node, path, opt);
+    if (!node.is_object()) return TypeError(node, path, "object");
+    const Json& props = d->at("properties");
+    std::vector<std::string> keys;
+    for (const auto& item : node.items()) keys.push_back(item.key());
+    for (const auto& key : keys) {
+      auto prop = props.find(key);
+      if (prop == props.end()) {
+        result_->unknown_fields.push_back(Join(path, key));
+        node.erase(key);
+        continue;
+      }
+      Json& value = node[key];
+      if (value.is_null() && !Nullable(*prop)) {
+        node.erase(key);
+        continue;
+      }
+      if (!opt.status && !model_.Implemented(def, key)) {
+        std::string field = Join(path, key);
+        result_->causes.push_back(
+            {"FieldValueForbidden", field + ": Forbidden: not supported by edgevirt", field});
+        continue;
+      }
+      DecodeOptions sub = opt;
+      if (key == "status" && (def == "v1.VirtualMachine" || def == "v1.VirtualMachineInstance")) {
+        sub.status = true;
+        sub.canonicalize_quantities = false;
+      }
+      Value(*prop, def, key, value, Join(path, key), sub);
+    }
+    auto required = d->find("required");
+    if (required != d->end()) {
+      for (const auto& r : *required) {
+        const std::string& name = r.get_ref<const std::string&>();
+        if (!node.contains(name)) {
+          std::string field = Join(path, name);
+          result_->causes.push_back({"FieldValueRequired", field + ": Required value", field});
+        }
+      }
+    }
+  }
+
+ private:
+  void Value(const Json& schema, std::string_view owner, std::string_view prop, Json& node,
+             const std::string& path, const DecodeOptions& opt) {
+    if (schema.contains("$ref")) return Definition(RefName(schema), node, path, opt);
+    auto type_it = schema.find("type");
+    if (type_it == schema.end()) return;
+    if (type_it->is_array()) {
+      for (const auto& t : *type_it) {
+        if (MatchesType(node, t.get_ref<const std::string&>())) return;
+      }
+      std::string names;
+      for (const auto& t : *type_it) {
+        if (t == "null") continue;
+        names += (names.empty() ? "" : ",") + t.get<std::string>();
+      }
+      return TypeError(node, path, names);
+    }
+    const std::string& type = type_it->get_ref<const std::string&>();
+    if (!MatchesType(node, type)) return TypeError(node, path, type);
+    if (type == "object") {
+      bool resource_list =
+          owner == "v1.ResourceRequirements" && (prop == "limits" || prop == "requests");
+      if (resource_list) return ResourceList(node, path, opt);
+      auto ap = schema.find("additionalProperties");
+      if (ap != schema.end() && ap->is_object()) {
+        for (auto& [key, value] : node.items()) {
+          Value(*ap, owner, "", value, path + "[" + key + "]", opt);
+        }
+      } else if (!schema.contains("properties")) {
+        // An object type without fields (masquerade: {}, rng: {}): anything inside is unknown.
+        std::vector<std::string> keys;
+        for (const auto& item : node.items()) keys.push_back(item.key());
+        for (const auto& key : keys) {
+          result_->unknown_fields.push_back(Join(path, key));
+          node.erase(key);
+        }
+      }
+      return;
+    }
+    if (type == "array") {
+      auto items = schema.find("items");
+      if (items == schema.end()) return;
+      for (size_t i = 0; i < node.size(); ++i) {
+        Value(*items, owner, "", node[i], path + "[" + std::to_string(i) + "]", opt);
+      }
+      return;
+    }
+    if (type == "string") {
+      auto e = schema.find("enum");
+      if (e != schema.end()) {
+        for (const auto& allowed : *e) {
+          if (allowed == node) return;
+        }
+        std::string list;
+        for (const auto& allowed : *e) list += (list.empty() ? "" : ", ") + Dump(allowed);
+        result_->causes.push_back(
+            {"FieldValueNotSupported",
+             path + ": Unsupported value: " + Dump(node) + ": supported values: " + list, path});
+      }
+    }
+  }
+
+  void ResourceList(Json& node, const std::string& path, const DecodeOptions& opt) {
+    for (auto& [key, value] : node.items()) {
+      std::string field = path + "." + key;
+      if (!opt.status && key != "cpu" && key != "memory") {
+        result_->causes.push_back({"FieldValueForbidden",
+                                   field + ": Forbidden: not supported by edgevirt (only cpu and "
+                                           "memory are)",
+                                   field});
+        continue;
+      }
+      QuantityValue(value, field, opt);
+    }
+  }
+
+  void QuantityValue(Json& node, const std::string& path, const DecodeOptions& opt) {
+    std::string text;
+    if (node.is_string()) {
+      text = node.get<std::string>();
+    } else if (node.is_number()) {
+      text = node.dump();
+    } else {
+      return TypeError(node, path, "integer,string");
+    }
+    std::optional<Quantity> q = Quantity::Parse(text);
+    if (!q) {
+      result_->causes.push_back({"FieldValueInvalid",
+                                 path + ": Invalid value: " + Quote(text) + ": " + path +
+                                     " in body should match '" + std::string(kQuantityPattern) +
+                                     "'",
+                                 path});
+      return;
+    }
+    if (opt.canonicalize_quantities) node = q->String();
+  }
+
+  void TypeError(const Json& node, const std::string& path, const std::string& type) {
+    std::string actual = JsonTypeName(node);
+    result_->causes.push_back({"FieldValueTypeInvalid",
+                               path + ": Invalid value: " + Quote(actual) + ": " + path +
+                                   " in body must be of type " + type + ": " + Quote(actual),
+                               path});
+  }
+
+  const SchemaModel& model_;
+  DecodeResult* result_;
+};
+
+Json Emit(const SchemaModel& model, const Json& schema, std::string_view def);
+
+Json EmitProperty(const SchemaModel& model, const Json& schema, std::string_view def,
+                  std::string_view prop) {
+  Json out = Emit(model, schema, def);
+  if (def == "v1.ResourceRequirements" && (prop == "limits" || prop == "requests")) {
+    out["additionalProperties"] = {
+        {"allOf",
+         Json::array({{{"$ref", "#/components/schemas/" + SchemaModel::OpenApiName(kQuantity)}}})}};
+  }
+  std::string description = model.Description(def, prop);
+  if (!description.empty()) out["description"] = description;
+  return out;
+}
+
+Json Emit(const SchemaModel& model, const Json& schema, std::string_view def) {
+  Json out = Json::object();
+  if (schema.contains("$ref")) {
+    out["allOf"] = Json::array(
+        {{{"$ref", "#/components/schemas/" + SchemaModel::OpenApiName(RefName(schema))}}});
+    if (schema.contains("default")) out["default"] = schema["default"];
+    return out;
+  }
+  for (const auto& [key, value] : schema.items()) {
+    if (key == "type" && value.is_array()) {
+      std::vector<std::string> types;
+      bool nullable = false;
+      for (const auto& t : value) {
+        if (t == "null") {
+          nullable = true;
+        } else {
+          types.push_back(t.get<std::string>());
+        }
+      }
+      if (types.size() == 1) {
+        out["type"] = types[0];
+      } else {
+        // int-or-string, published as apiextensions does.
+        out["x-kubernetes-int-or-string"] = true;
+        out["anyOf"] = Json::array({{{"type", "integer"}}, {{"type", "string"}}});
+      }
+      if (nullable) out["nullable"] = true;
+    } else if (key == "items" || key == "additionalProperties") {
+      out[key] = value.is_object() ? Emit(model, value, def) : value;
+    } else if (key == "properties") {
+      Json props = Json::object();
+      for (const auto& [name, sub] : value.items()) {
+        props[name] = EmitProperty(model, sub, def, name);
+      }
+      out["properties"] = props;
+    } else {
+      out[key] = value;
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> Split(std::string_view s, char sep) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t end = s.find(sep, start);
+    if (end == std::string_view::npos) end = s.size();
+    out.emplace_back(s.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::shared_ptr<const SchemaModel> SchemaModel::Load(std::string_view structure_json,
+                                                     std::string_view descriptions_yaml,
+                                                     std::string* error) {
+  auto model = std::make_shared<SchemaModel>();
+  Json structure = Json::parse(structure_json, nullptr, false);
+  if (structure.is_discarded() || !structure.contains("definitions") ||
+      !structure["definitions"].is_object()) {
+    *error = "structure extract is not a JSON object with definitions";
+    return nullptr;
+  }
+  model->definitions_ = std::move(structure["definitions"]);
+  for (const char* entry : kImplemented) {
+    std::string_view e(entry);
+    size_t colon = e.find(':');
+    std::string def(e.substr(0, colon));
+    for (const auto& prop : Split(e.substr(colon + 1), ',')) {
+      model->implemented_.insert(def + "." + prop);
+    }
+  }
+  try {
+    YAML::Node root = YAML::Load(std::string(descriptions_yaml));
+    if (!root.IsMap()) {
+      *error = "descriptions.yaml is not a map";
+      return nullptr;
+    }
+    for (const auto& def : root) {
+      std::string def_name = def.first.as<std::string>();
+      if (def.second.IsScalar()) {
+        model->descriptions_[def_name][""] = def.second.as<std::string>();
+        continue;
+      }
+      if (!def.second.IsMap()) {
+        *error = "descriptions.yaml: " + def_name + " is neither text nor a map";
+        return nullptr;
+      }
+      for (const auto& prop : def.second) {
+        std::string prop_name = prop.first.as<std::string>();
+        model->descriptions_[def_name][prop_name == "_" ? "" : prop_name] =
+            prop.second.as<std::string>();
+      }
+    }
+  } catch (const YAML::Exception& e) {
+    *error = std::string("descriptions.yaml: ") + e.what();
+    return nullptr;
+  }
+  model->published_ = Reachable(model->definitions_,
+                                {"v1.VirtualMachine", "v1.VirtualMachineList",
+                                 "v1.VirtualMachineInstance", "v1.VirtualMachineInstanceList"});
+  std::set<std::string> spec_side =
+      Reachable(model->definitions_,
+                {"v1.VirtualMachineSpec", "v1.VirtualMachineInstanceSpec",
+                 std::string(kMetaPrefix) + "ObjectMeta", std::string(kMetaPrefix) + "ListMeta"});
+  for (const auto& name : Reachable(
+           model->definitions_, {"v1.VirtualMachineStatus", "v1.VirtualMachineInstanceStatus"})) {
+    if (!spec_side.count(name)) model->status_only_.insert(name);
+  }
+  return model;
+}
+
+std::shared_ptr<const SchemaModel> SchemaModel::Embedded() {
+  std::string error;
+  auto model = Load(embedded::kStructureJson, embedded::kDescriptionsYaml, &error);
+  if (model == nullptr) {
+    std::cerr << "api/kubevirt: compiled-in schema is broken: " << error << "\n";
+    std::abort();
+  }
+  return model;
+}
+
+const Json* SchemaModel::Definition(std::string_view name) const {
+  auto it = definitions_.find(std::string(name));
+  return it == definitions_.end() ? nullptr : &*it;
+}
+
+bool SchemaModel::Implemented(std::string_view definition, std::string_view property) const {
+  static const std::set<std::string, std::less<>> kMetaAccepted = {
+      "k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+      "k8s.io.apimachinery.pkg.apis.meta.v1.ListMeta",
+      "k8s.io.apimachinery.pkg.apis.meta.v1.ManagedFieldsEntry",
+      "k8s.io.apimachinery.pkg.apis.meta.v1.OwnerReference"};
+  if (kMetaAccepted.count(definition) != 0) return true;
+  std::string key(definition);
+  key += '.';
+  key += property;
+  return implemented_.count(key) != 0;
+}
+
+std::string SchemaModel::Description(std::string_view definition, std::string_view property) const {
+  auto def = descriptions_.find(std::string(definition));
+  if (def != descriptions_.end()) {
+    auto prop = def->second.find(std::string(property));
+    if (prop != def->second.end()) return prop->second;
+  }
+  bool status_only = StatusOnly(definition);
+  if (property.empty()) {
+    return status_only ? "Part of KubeVirt's status; edgevirt does not report it."
+                       : "Part of KubeVirt's API; not supported by edgevirt.";
+  }
+  if (Implemented(definition, property)) return "";
+  return status_only ? "Reported by KubeVirt; edgevirt does not set it."
+                     : "Not supported by edgevirt; setting it is rejected.";
+}
+
+std::string SchemaModel::OpenApiName(std::string_view definition) {
+  std::string name(definition);
+  if (name.rfind("k8s.io.", 0) == 0) return "io.k8s." + name.substr(7);
+  if (name.rfind("v1beta1.", 0) == 0) return "io.kubevirt.cdi." + name;
+  return "io.kubevirt." + name;
+}
+
+Json SchemaModel::OpenApiSchemas() const {
+  Json out = Json::object();
+  for (const auto& name : published_) {
+    const Json* def = Definition(name);
+    if (def == nullptr) continue;
+    Json schema = Emit(*this, *def, name);
+    std::string description = Description(name, "");
+    if (!description.empty()) schema["description"] = description;
+    for (const char* kind : {"VirtualMachine", "VirtualMachineList", "VirtualMachineInstance",
+                             "VirtualMachineInstanceList"}) {
+      if (name == std::string("v1.") + kind) {
+        schema["x-kubernetes-group-version-kind"] =
+            Json::array({{{"group", "kubevirt.io"}, {"kind", kind}, {"version", "v1"}}});
+      }
+    }
+    out[OpenApiName(name)] = std::move(schema);
+  }
+  return out;
+}
+
+void Decode(const SchemaModel& model, std::string_view definition, Json& node,
+            const std::string& path, const DecodeOptions& options, DecodeResult* result) {
+  Decoder(model, result).Definition(definition, node, path, options);
+}
+
+}  // namespace edgevirt::api::kubevirt
