@@ -275,6 +275,12 @@ std::optional<std::string> HttpRequest::QueryParam(std::string_view name) const 
   return std::nullopt;
 }
 
+HttpResponse HttpResponse::Deferred(DeferredFn fn) {
+  HttpResponse r;
+  r.blocking = std::move(fn);
+  return r;
+}
+
 HttpResponse HttpResponse::Text(int status, std::string body) {
   return HttpResponse{status, {{"Content-Type", "text/plain; charset=utf-8"}}, std::move(body)};
 }

@@ -4,7 +4,9 @@
 // Threading: one io_context run by `io_threads` threads. Every listener and every connection
 // has its own strand, so the members of one listener or connection are only touched by one
 // thread at a time; what is shared between them (the connection registry, the stop flag) is in
-// ServerState behind ServerState::mu.
+// ServerState behind ServerState::mu_. A streaming response's ResponseStream (StreamChannel) is
+// the one object the application touches from its own threads: it has its own mutex and reaches
+// the connection only by posting to its strand, through StreamGate.
 #include "api/http_server.h"
 
 #include <fcntl.h>
@@ -19,13 +21,17 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <limits>
 #include <mutex>
+#include <shared_mutex>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/dispatch.hpp>
@@ -69,6 +75,8 @@ constexpr std::chrono::seconds kAbortWait{2};
 constexpr std::chrono::milliseconds kDestructorGrace{1000};
 constexpr size_t kReadChunk = 4096;
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+constexpr std::string_view kCrlf = "\r\n";
+constexpr std::string_view kLastChunk = "0\r\n\r\n";
 
 // Beast 1.74 uses boost::string_view.
 std::string_view Sv(beast::string_view s) { return {s.data(), s.size()}; }
@@ -97,6 +105,36 @@ std::optional<uint32_t> PeerUid(int fd) {
 
 class ServerState;
 
+// What a ResponseStream needs from the server, in an object of its own: a stream the application
+// keeps after its connection (or the whole server) is gone holds only this, not ServerState
+// (whose handler may itself hold streams, which would make a cycle).
+class StreamGate {
+ public:
+  bool Stopping() const { return stopping_.load(std::memory_order_acquire); }
+  void SetStopping() { stopping_.store(true, std::memory_order_release); }
+
+  // Calls `post` (which posts to the io_context) unless CloseIo was called. Threads that are not
+  // io threads post only through here: the io_context is destroyed after Stop returns, and
+  // posting into an io_context being destroyed is undefined behaviour.
+  template <class F>
+  bool Post(F&& post) {
+    std::shared_lock lock(mu_);
+    if (!io_open_) return false;
+    post();
+    return true;
+  }
+  // Called by Stop once the io threads are joined; waits for Posts in progress.
+  void CloseIo() {
+    std::unique_lock lock(mu_);
+    io_open_ = false;
+  }
+
+ private:
+  std::atomic<bool> stopping_{false};
+  std::shared_mutex mu_;
+  bool io_open_ = true;  // guarded by mu_
+};
+
 class ConnectionBase : public std::enable_shared_from_this<ConnectionBase> {
  public:
   explicit ConnectionBase(std::shared_ptr<ServerState> server) : server_(std::move(server)) {}
@@ -116,17 +154,88 @@ class ConnectionBase : public std::enable_shared_from_this<ConnectionBase> {
   uint64_t id_ = 0;  // 0 = not registered; set by ServerState::Register
 };
 
+// Runs deferred handlers (HttpResponse::blocking) on its own threads, so that a handler waiting
+// for a durable commit holds neither an io thread nor the other connections it serves.
+class BlockingPool {
+ public:
+  explicit BlockingPool(int threads) {
+    threads_.reserve(static_cast<size_t>(threads));
+    for (int i = 0; i < threads; ++i) {
+      threads_.emplace_back([this, i] { Run(i); });
+    }
+  }
+  ~BlockingPool() { Shutdown(); }
+  BlockingPool(const BlockingPool&) = delete;
+  BlockingPool& operator=(const BlockingPool&) = delete;
+
+  // False once Shutdown has begun (the task is destroyed, not run).
+  bool Post(std::function<void()> task) {
+    {
+      std::lock_guard lock(mu_);
+      if (shutdown_) return false;
+      queue_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+    return true;
+  }
+
+  // Drops the tasks not yet started, waits for the running ones and joins the threads.
+  // Idempotent; must not be called from a pool thread.
+  void Shutdown() {
+    std::deque<std::function<void()>> dropped;
+    {
+      std::lock_guard lock(mu_);
+      shutdown_ = true;
+      dropped.swap(queue_);
+    }
+    cv_.notify_all();
+    dropped.clear();  // outside the lock: a task's captures may be connections
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+  }
+
+ private:
+  void Run(int index) {
+    std::string name = "ev-http-blk-" + std::to_string(index);
+    pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+    for (;;) {
+      std::function<void()> task;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return shutdown_ || !queue_.empty(); });
+        if (queue_.empty()) return;  // shutdown_
+        task = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      task();  // tasks catch their own exceptions
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool shutdown_ = false;
+  std::deque<std::function<void()>> queue_;
+  std::vector<std::thread> threads_;
+};
+
 // What the listeners, the connections and the server object share. Outlives all of them (each
 // holds a shared_ptr).
 class ServerState {
  public:
   ServerState(ServerOptions options, Handler handler)
-      : options(std::move(options)), handler(std::move(handler)), busy_response(BusyResponse()) {}
+      : options(std::move(options)),
+        handler(std::move(handler)),
+        busy_response(BusyResponse()),
+        blocking(this->options.blocking_threads) {}
 
   const ServerOptions options;
   const Handler handler;
   // The whole 503 answer to a connection beyond max_connections, rendered once.
   const std::string busy_response;
+  const std::shared_ptr<StreamGate> gate = std::make_shared<StreamGate>();
+  // Shut down by HttpServerImpl::Stop once the io threads are joined.
+  BlockingPool blocking;
 
   enum class Admission { kAdmitted, kFull, kStopping };
   Admission Register(const std::shared_ptr<ConnectionBase>& c) {
@@ -146,7 +255,7 @@ class ServerState {
   std::vector<std::shared_ptr<ConnectionBase>> BeginStop() {
     std::lock_guard lock(mu_);
     stopping_ = true;
-    stopping_flag_.store(true, std::memory_order_release);
+    gate->SetStopping();
     return LiveLocked();
   }
   std::vector<std::shared_ptr<ConnectionBase>> Live() {
@@ -159,7 +268,7 @@ class ServerState {
     return cv_.wait_until(lock, deadline, [&] { return connections_.empty(); });
   }
   // Lock-free read of the stop flag, for connections deciding whether to keep alive.
-  bool Stopping() const { return stopping_flag_.load(std::memory_order_acquire); }
+  bool Stopping() const { return gate->Stopping(); }
   size_t Count() {
     std::lock_guard lock(mu_);
     return connections_.size();
@@ -183,8 +292,7 @@ class ServerState {
 
   std::mutex mu_;
   std::condition_variable cv_;  // notified when connections_ becomes empty
-  bool stopping_ = false;
-  std::atomic<bool> stopping_flag_{false};  // mirrors stopping_
+  bool stopping_ = false;       // mirrored, lock-free, by gate->Stopping()
   uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, std::weak_ptr<ConnectionBase>> connections_;
 };
@@ -213,19 +321,30 @@ HttpResponse CallHandler(const ServerState& state, const HttpRequest& req) {
                                    "Internal error occurred: the request handler failed");
 }
 
-// Turns a handler's answer into the message put on the wire. `keep_alive` is in/out: false on
-// entry forces "Connection: close"; the handler can force it too.
-BeastResponse ToBeastResponse(HttpResponse r, unsigned version, bool head, bool* keep_alive) {
-  if (r.status < 200 || r.status > 599) {
-    // 1xx is the server's business (100 Continue; 101 will come with WebSocket upgrades).
-    EV_LOG(kError) << "request handler returned HTTP status " << r.status << "; answering 500";
-    r = HttpResponse::StatusError(500, "InternalError",
-                                  "Internal error occurred: invalid response status");
+HttpResponse CallDeferred(const HttpResponse::DeferredFn& fn, const HttpRequest& req) {
+  try {
+    HttpResponse r = fn(req);
+    if (!r.blocking) return r;
+    EV_LOG(kError).Field("HTTP_METHOD", req.method).Field("HTTP_PATH", req.path)
+        << "a deferred request handler returned a deferred response";
+  } catch (const std::exception& e) {
+    EV_LOG(kError).Field("HTTP_METHOD", req.method).Field("HTTP_PATH", req.path)
+        << "deferred request handler threw: " << e.what();
+  } catch (...) {
+    EV_LOG(kError).Field("HTTP_METHOD", req.method).Field("HTTP_PATH", req.path)
+        << "deferred request handler threw a non-std exception";
   }
-  BeastResponse res;
+  return HttpResponse::StatusError(500, "InternalError",
+                                   "Internal error occurred: the request handler failed");
+}
+
+// Status line and the handler's headers, minus the ones the server owns, plus Date. A handler's
+// "Connection: close" clears `*keep_alive`.
+void SetHead(http::response_header<>& res, const HttpResponse& r, unsigned version,
+             bool* keep_alive) {
   res.version(version);
   res.result(static_cast<unsigned>(r.status));
-  for (auto& [name, value] : r.headers) {
+  for (const auto& [name, value] : r.headers) {
     if (!internal::IsValidHeaderName(name) || !internal::IsValidHeaderValue(value)) {
       EV_LOG(kWarning) << "dropping invalid response header " << name.substr(0, 64);
       continue;
@@ -242,6 +361,19 @@ BeastResponse ToBeastResponse(HttpResponse r, unsigned version, bool head, bool*
     res.insert(name, value);
   }
   res.set(http::field::date, internal::HttpDate(std::chrono::system_clock::now()));
+}
+
+// Turns a handler's answer into the message put on the wire. `keep_alive` is in/out: false on
+// entry forces "Connection: close"; the handler can force it too.
+BeastResponse ToBeastResponse(HttpResponse r, unsigned version, bool head, bool* keep_alive) {
+  if (r.status < 200 || r.status > 599) {
+    // 1xx is the server's business (100 Continue; 101 will come with WebSocket upgrades).
+    EV_LOG(kError) << "request handler returned HTTP status " << r.status << "; answering 500";
+    r = HttpResponse::StatusError(500, "InternalError",
+                                  "Internal error occurred: invalid response status");
+  }
+  BeastResponse res;
+  SetHead(res, r, version, keep_alive);
   // 204 and 304 carry no body (RFC 9110 15.3.5, 15.4.5); for 304 a Content-Length would have to
   // describe the representation, which we do not know, so it is left out as well.
   const bool bodiless = r.status == 204 || r.status == 304;
@@ -260,6 +392,168 @@ BeastResponse ServerError(int status, std::string_view reason, std::string_view 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Streaming responses
+
+// A status a streamed response may have: one that carries a body.
+bool StreamableStatus(int status) {
+  return status >= 200 && status <= 599 && status != 204 && status != 304;
+}
+
+template <class F>
+void RunUserCallback(F& f, std::string_view what) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    EV_LOG(kError) << what << " threw: " << e.what();
+  } catch (...) {
+    EV_LOG(kError) << what << " threw a non-std exception";
+  }
+}
+
+// The ResponseStream handed to the application, shared by the application's threads and the
+// connection's strand; all of its state is behind mu_. The connection is reached only through
+// `wake_` (a post to its strand holding a weak reference), which the connection clears in End()
+// before it goes away: the channel never keeps a connection, nor anything of the io_context,
+// alive, so a stream kept after its connection died is a few bytes that answer "closed".
+//
+// Wake-ups are coalesced: `wake_pending_` is true while the connection is known to look at the
+// queue soon (a wake-up is posted, or a write is in flight, whose completion takes the queue),
+// so a burst of Writes posts once.
+class StreamChannel final : public ResponseStream {
+ public:
+  enum class State {
+    kOpen,       // Write accepted
+    kFinishing,  // Finish called, or the server stops: the queue drains, then the last chunk
+    kCut,        // the queue overflowed (or the io_context is gone): the connection is cut
+    kEnded,      // over; OnClosed callbacks have run
+  };
+
+  StreamChannel(std::shared_ptr<StreamGate> gate, size_t max_chunks, size_t max_bytes,
+                std::function<void()> wake)
+      : gate_(std::move(gate)),
+        max_chunks_(max_chunks),
+        max_bytes_(max_bytes),
+        wake_(std::move(wake)) {}
+
+  bool Write(std::string chunk) override {
+    if (gate_->Stopping()) return false;
+    std::lock_guard lock(mu_);
+    if (state_ != State::kOpen) return false;
+    // A chunk of size 0 is the end of a chunked body; it is never sent for an empty Write.
+    if (chunk.empty()) return true;
+    if (chunks_ >= max_chunks_ || chunk.size() > max_bytes_ - bytes_) {
+      state_ = State::kCut;
+      queue_.clear();
+      WakeLocked(/*force=*/true);  // even with a write in flight: that one may be stuck
+      return false;
+    }
+    if (!WakeLocked(/*force=*/false)) return false;
+    ++chunks_;
+    bytes_ += chunk.size();
+    queue_.push_back(std::move(chunk));
+    return true;
+  }
+
+  void Finish() override {
+    std::lock_guard lock(mu_);
+    if (state_ != State::kOpen) return;
+    state_ = State::kFinishing;
+    WakeLocked(/*force=*/false);
+  }
+
+  void OnClosed(std::function<void()> callback) override {
+    if (!callback) return;
+    {
+      std::lock_guard lock(mu_);
+      if (state_ != State::kEnded) {
+        callbacks_.push_back(std::move(callback));
+        return;
+      }
+    }
+    RunUserCallback(callback, "ResponseStream::OnClosed callback");
+  }
+
+  bool closed() const override {
+    if (gate_->Stopping()) return true;
+    std::lock_guard lock(mu_);
+    return state_ != State::kOpen;
+  }
+
+  // --- for the connection, on its strand ---
+
+  // Moves the queued chunks to `out` (empty on entry) and returns the state. The caller writes
+  // them, or acts on the state, and takes again when that is done.
+  State Take(std::vector<std::string>* out) {
+    std::lock_guard lock(mu_);
+    wake_pending_ = false;
+    out->swap(queue_);
+    return state_;
+  }
+  bool IsCut() const {
+    std::lock_guard lock(mu_);
+    return state_ == State::kCut;
+  }
+  // `chunks` chunks of `bytes` bytes taken earlier are now with the kernel.
+  void Written(size_t chunks, size_t bytes) {
+    std::lock_guard lock(mu_);
+    chunks_ -= std::min(chunks, chunks_);
+    bytes_ -= std::min(bytes, bytes_);
+  }
+  // The server stops: no more Writes; what is queued and not yet taken is dropped (a watch
+  // client resumes from the last event it got); the last chunk goes out next.
+  void Shutdown() {
+    std::lock_guard lock(mu_);
+    if (state_ == State::kOpen) state_ = State::kFinishing;
+    queue_.clear();
+  }
+  // The stream is over: detaches from the connection, then runs the OnClosed callbacks here and
+  // now. Only the first call does anything.
+  void End() {
+    std::vector<std::function<void()>> callbacks;
+    std::function<void()> wake;
+    {
+      std::lock_guard lock(mu_);
+      if (state_ == State::kEnded) return;
+      state_ = State::kEnded;
+      queue_.clear();
+      callbacks.swap(callbacks_);
+      wake.swap(wake_);
+    }
+    wake = nullptr;  // the strand's executor, released before the connection goes
+    for (auto& cb : callbacks) {
+      RunUserCallback(cb, "ResponseStream::OnClosed callback");
+      cb = nullptr;  // what it captured (maybe this stream) is released at once
+    }
+  }
+
+ private:
+  // Makes sure the connection will look at the queue. False if it cannot be reached any more
+  // (the io threads are gone): the stream is then cut.
+  bool WakeLocked(bool force) {
+    if (wake_pending_ && !force) return true;
+    if (!wake_ || !gate_->Post(wake_)) {
+      if (state_ != State::kEnded) state_ = State::kCut;
+      return false;
+    }
+    wake_pending_ = true;
+    return true;
+  }
+
+  const std::shared_ptr<StreamGate> gate_;
+  const size_t max_chunks_;
+  const size_t max_bytes_;
+  mutable std::mutex mu_;
+  State state_ = State::kOpen;
+  std::function<void()> wake_;
+  // True at first: the connection takes the queue right after calling `stream`.
+  bool wake_pending_ = true;
+  std::vector<std::string> queue_;
+  size_t chunks_ = 0;  // queued or being written
+  size_t bytes_ = 0;
+  std::vector<std::function<void()>> callbacks_;
+};
+
+// ---------------------------------------------------------------------------------------------
 // Connection
 
 // One accepted connection. Requests are handled strictly one after another: the next request
@@ -268,11 +562,18 @@ BeastResponse ServerError(int status, std::string_view reason, std::string_view 
 //   kIdle      waiting for the first byte of a request   idle_timeout (read_timeout for the
 //                                                         first request, counted from accept)
 //   kReading   reading header and body                   read_timeout (whole request)
-//   kWriting   writing the response                      write_timeout
+//   kHandling  a deferred handler runs on the blocking     none
+//              pool (HttpResponse::blocking)
+//   kWriting   writing the response (or the header of a  write_timeout
+//              streamed one)
+//   kStreaming a streamed response: chunks are written   write_timeout per write; none between
+//              as the application queues them; one read  writes (a quiet watch stays open)
+//              stays pending to notice a hang-up
 //   kLingering after our last response: discard input    kLingerTimeout
 //   kClosed
-// Extension point: streaming responses and WebSocket upgrades become further states entered
-// from Handle() (see README.md).
+// A streamed response always ends the connection (kStreaming → kLingering or kClosed).
+// Extension point: WebSocket upgrades become a further state entered from Handle() (see
+// README.md).
 template <class Protocol>
 class Connection final : public ConnectionBase {
  public:
@@ -281,6 +582,12 @@ class Connection final : public ConnectionBase {
   Connection(std::shared_ptr<ServerState> server, typename Protocol::socket socket,
              std::optional<uint32_t> peer_uid)
       : ConnectionBase(std::move(server)), stream_(std::move(socket)), peer_uid_(peer_uid) {}
+
+  // Normally the stream ended in Close() already; this covers a connection destroyed without
+  // running again (the io_context stopped by Stop's last resort, then destroyed).
+  ~Connection() override {
+    if (channel_) channel_->End();
+  }
 
   void Start() {
     net::dispatch(stream_.get_executor(), [self = Self()] { self->WaitForRequest(); });
@@ -300,7 +607,13 @@ class Connection final : public ConnectionBase {
   void Drain() override {
     net::post(stream_.get_executor(), [self = Self()] {
       self->draining_ = true;
-      if (self->phase_ == State::kIdle) self->Close();
+      if (self->phase_ == State::kIdle) return self->Close();
+      if (self->phase_ == State::kStreaming) {
+        // Watch clients re-list/re-watch: end the stream (last chunk) as soon as the write in
+        // flight, if any, is done.
+        self->channel_->Shutdown();
+        self->PumpStream();
+      }
     });
   }
 
@@ -309,7 +622,7 @@ class Connection final : public ConnectionBase {
   }
 
  private:
-  enum class State { kIdle, kReading, kWriting, kLingering, kClosed };
+  enum class State { kIdle, kReading, kHandling, kWriting, kStreaming, kLingering, kClosed };
 
   std::shared_ptr<Connection> Self() {
     return std::static_pointer_cast<Connection>(shared_from_this());
@@ -443,21 +756,241 @@ class Connection final : public ConnectionBase {
       req.peer_uid = peer_uid_;
       const auto start = std::chrono::steady_clock::now();
       HttpResponse answer = CallHandler(*server_, req);
+      if (answer.blocking)
+        return Defer(std::move(answer.blocking), std::move(req), msg.version(), head, keep_alive,
+                     start);
+      return Respond(std::move(answer), req, msg.version(), head, keep_alive, start);
+    } catch (const std::exception& e) {
+      // Only allocation failures can get here.
+      EV_LOG(kError) << "handling the request failed: " << e.what();
+      response_ = ServerError(500, "InternalError", "Internal error occurred");
+      Write(/*keep_alive=*/false);
+    }
+  }
+
+  // Runs a deferred handler on the blocking pool, then Respond on this connection's strand.
+  void Defer(HttpResponse::DeferredFn fn, HttpRequest req, unsigned version, bool head,
+             bool keep_alive, std::chrono::steady_clock::time_point start) {
+    phase_ = State::kHandling;
+    stream_.expires_never();
+    auto task = [self = Self(), fn = std::move(fn), req = std::move(req), version, head, keep_alive,
+                 start]() mutable {
+      HttpResponse answer = CallDeferred(fn, req);
+      fn = nullptr;  // release its captures on this thread
+      auto executor = self->stream_.get_executor();
+      net::post(executor, [self = std::move(self), answer = std::move(answer), req = std::move(req),
+                           version, head, keep_alive, start]() mutable {
+        if (self->phase_ == State::kClosed) return;  // aborted meanwhile; drop the answer
+        self->Respond(std::move(answer), req, version, head, keep_alive, start);
+      });
+    };
+    if (!server_->blocking.Post(std::move(task))) Close();  // the server is stopping
+  }
+
+  // Sends the handler's answer (a plain response or the start of a stream).
+  void Respond(HttpResponse answer, const HttpRequest& req, unsigned version, bool head,
+               bool keep_alive, std::chrono::steady_clock::time_point start) {
+    try {
       // Stop may have begun while the handler ran; Drain() is queued behind us on the strand.
-      if (server_->Stopping()) keep_alive = false;
-      EV_LOG(kDebug) << req.method << " " << req.target << " " << answer.status << " "
+      if (server_->Stopping() || draining_) keep_alive = false;
+      EV_LOG(kDebug) << req.method << " " << req.target << " " << answer.status
+                     << (answer.stream ? " (stream) " : " ")
                      << std::chrono::duration_cast<std::chrono::microseconds>(
                             std::chrono::steady_clock::now() - start)
                             .count()
                      << "us";
-      response_ = ToBeastResponse(std::move(answer), msg.version(), head, &keep_alive);
+      if (answer.stream) {
+        if (StreamableStatus(answer.status)) {
+          return StartStream(std::move(answer), version, head);
+        }
+        EV_LOG(kError) << "request handler returned a streamed response with HTTP status "
+                       << answer.status << "; answering 500";
+        answer = HttpResponse::StatusError(
+            500, "InternalError", "Internal error occurred: invalid streamed response status");
+      }
+      response_ = ToBeastResponse(std::move(answer), version, head, &keep_alive);
     } catch (const std::exception& e) {
       // Only allocation failures and Beast rejecting a header can get here.
       EV_LOG(kError) << "building the response failed: " << e.what();
       keep_alive = false;
+      stream_fn_ = nullptr;
+      stream_head_msg_.reset();
       response_ = ServerError(500, "InternalError", "Internal error occurred");
+      response_->version(version);
     }
     Write(keep_alive);
+  }
+
+  // --- streamed responses ---
+
+  // Sends the header of a streamed response: chunked on HTTP/1.1; on HTTP/1.0 (no chunked
+  // coding) the body is delimited by the close. Always "Connection: close".
+  void StartStream(HttpResponse r, unsigned version, bool head) {
+    http::response<http::empty_body> res;
+    bool keep_alive = false;
+    SetHead(res, r, version, &keep_alive);
+    chunked_ = version >= 11;
+    if (chunked_) res.chunked(true);
+    res.keep_alive(false);
+    stream_head_msg_.emplace(std::move(res));
+    stream_fn_ = std::move(r.stream);
+    first_chunk_ = std::move(r.body);
+    head_only_ = head;
+    phase_ = State::kWriting;
+    stream_.expires_after(opts().write_timeout);
+    http::async_write_header(stream_, stream_head_msg_->serializer,
+                             beast::bind_front_handler(&Connection::OnStreamHeader, Self()));
+  }
+
+  void OnStreamHeader(ErrorCode ec, size_t) {
+    stream_head_msg_.reset();
+    // Called at most once; whatever happens, what it captured is released on return.
+    auto stream_fn = std::move(stream_fn_);
+    stream_fn_ = nullptr;
+    if (phase_ == State::kClosed) return;
+    if (ec) return Close();
+    if (head_only_) return LingerClose();  // HEAD: the header GET would get, nothing else
+
+    phase_ = State::kStreaming;
+    // Runs on the application's threads (through StreamGate::Post): a weak reference only.
+    auto wake = [weak = std::weak_ptr<Connection>(Self()), ex = stream_.get_executor()] {
+      net::post(ex, [weak] {
+        if (auto self = weak.lock()) self->OnStreamWake();
+      });
+    };
+    channel_ = std::make_shared<StreamChannel>(server_->gate, opts().stream_queue_chunks,
+                                               opts().stream_queue_bytes, std::move(wake));
+    // No read or idle deadline while streaming (expires_never while nothing is pending; later
+    // expires_after calls, made with this read pending, only arm the write timer).
+    stream_.expires_never();
+    buffer_.clear();  // a pipelined request is never answered: the stream ends the connection
+    ReadForHangup();
+    if (draining_ || server_->Stopping()) {
+      // An empty stream; `stream` is not called.
+      channel_->Shutdown();
+      return PumpStream();
+    }
+    if (!first_chunk_.empty()) (void)channel_->Write(std::move(first_chunk_));
+    first_chunk_.clear();
+    try {
+      stream_fn(channel_);
+    } catch (const std::exception& e) {
+      // The header (200) is out: a cut stream is how the client learns of the failure.
+      EV_LOG(kError) << "response stream callback threw: " << e.what() << "; cutting the stream";
+      return Close();
+    } catch (...) {
+      EV_LOG(kError) << "response stream callback threw a non-std exception; cutting the stream";
+      return Close();
+    }
+    PumpStream();
+  }
+
+  // One read stays pending while streaming: its completion with an error (EOF, reset) is how a
+  // client hanging up is noticed. What a client sends meanwhile is discarded.
+  void ReadForHangup() {
+    read_pending_ = true;
+    stream_.async_read_some(buffer_.prepare(kReadChunk),
+                            beast::bind_front_handler(&Connection::OnHangupRead, Self()));
+  }
+
+  void OnHangupRead(ErrorCode ec, size_t) {
+    read_pending_ = false;
+    if (phase_ == State::kClosed) return;
+    if (phase_ == State::kLingering) {
+      // LingerClose cancelled this read, or the client's FIN or data beat the cancel. After EOF
+      // there is nothing to linger for; reading again would even hang until the linger timeout
+      // (Asio's epoll reactor marks a descriptor exhausted after a short read, and edge-triggered
+      // epoll reports the FIN only once).
+      if (ec && ec != net::error::operation_aborted) return Close();
+      return StartLinger();
+    }
+    if (ec) {
+      EV_LOG(kDebug) << "streaming client went away: " << ec.message();
+      return Close();
+    }
+    ReadForHangup();
+  }
+
+  void OnStreamWake() {
+    if (phase_ != State::kStreaming) return;
+    if (channel_->IsCut()) return CutStream();
+    PumpStream();
+  }
+
+  // Starts the next write if none is in flight: the queued chunks, else the last chunk once the
+  // stream is finishing.
+  void PumpStream() {
+    if (phase_ != State::kStreaming || write_in_flight_) return;
+    const StreamChannel::State st = channel_->Take(&writing_);
+    if (st == StreamChannel::State::kCut) return CutStream();
+    if (!writing_.empty()) return WriteChunks();
+    if (st == StreamChannel::State::kFinishing) return WriteLastChunk();
+  }
+
+  void CutStream() {
+    EV_LOG(kWarning) << "streaming client too slow: more than " << opts().stream_queue_chunks
+                     << " chunks or " << opts().stream_queue_bytes
+                     << " bytes waiting; closing the connection";
+    Close();
+  }
+
+  // All queued chunks in one gathered write: "<hex size>\r\n<data>\r\n" each (just <data> on
+  // HTTP/1.0).
+  void WriteChunks() {
+    framing_.clear();
+    write_buffers_.clear();
+    written_bytes_ = 0;
+    std::vector<std::pair<size_t, size_t>> heads;  // offset and length of each size line
+    if (chunked_) {
+      heads.reserve(writing_.size());
+      for (const std::string& c : writing_) {
+        char hex[24];
+        auto [end, ec] = std::to_chars(hex, hex + sizeof(hex), c.size(), 16);
+        (void)ec;  // cannot fail: 24 digits hold any size_t
+        heads.emplace_back(framing_.size(), static_cast<size_t>(end - hex) + 2);
+        framing_.append(hex, end).append(kCrlf);
+      }
+    }
+    write_buffers_.reserve(writing_.size() * (chunked_ ? 3 : 1));
+    for (size_t i = 0; i < writing_.size(); ++i) {
+      if (chunked_) write_buffers_.emplace_back(framing_.data() + heads[i].first, heads[i].second);
+      write_buffers_.emplace_back(writing_[i].data(), writing_[i].size());
+      if (chunked_) write_buffers_.emplace_back(kCrlf.data(), kCrlf.size());
+      written_bytes_ += writing_[i].size();
+    }
+    write_in_flight_ = true;
+    stream_.expires_after(opts().write_timeout);
+    net::async_write(stream_, write_buffers_,
+                     beast::bind_front_handler(&Connection::OnStreamWritten, Self()));
+  }
+
+  void WriteLastChunk() {
+    last_chunk_ = true;
+    if (!chunked_) return EndStream();  // HTTP/1.0: the close ends the body
+    write_in_flight_ = true;
+    stream_.expires_after(opts().write_timeout);
+    net::async_write(stream_, net::buffer(kLastChunk.data(), kLastChunk.size()),
+                     beast::bind_front_handler(&Connection::OnStreamWritten, Self()));
+  }
+
+  void OnStreamWritten(ErrorCode ec, size_t) {
+    write_in_flight_ = false;
+    if (phase_ == State::kClosed) return;
+    if (ec) {
+      // write_timeout (a client that stopped reading), reset, or Abort.
+      EV_LOG(kDebug) << "streamed response write failed: " << ec.message();
+      return Close();
+    }
+    if (last_chunk_) return EndStream();
+    channel_->Written(writing_.size(), written_bytes_);
+    writing_.clear();
+    PumpStream();
+  }
+
+  // The whole stream is out: close (lingering, so the last chunk is not lost to a RST).
+  void EndStream() {
+    LingerClose();
+    channel_->End();
   }
 
   void Write(bool keep_alive) {
@@ -480,6 +1013,16 @@ class Connection final : public ConnectionBase {
     ErrorCode ec;
     stream_.socket().shutdown(net::socket_base::shutdown_send, ec);
     if (ec) return Close();
+    if (read_pending_) {
+      // A streamed response's hang-up read has no deadline; cancel it, and OnHangupRead starts
+      // the lingering read with one.
+      stream_.socket().cancel(ec);
+      return;
+    }
+    StartLinger();
+  }
+
+  void StartLinger() {
     buffer_.clear();
     stream_.expires_after(std::min<std::chrono::seconds>(kLingerTimeout, opts().read_timeout));
     Discard();
@@ -500,7 +1043,16 @@ class Connection final : public ConnectionBase {
     if (phase_ == State::kClosed) return;
     phase_ = State::kClosed;
     stream_.close();  // cancels pending operations and the timer; noexcept
+    if (channel_) channel_->End();
   }
+
+  // The header of a streamed response with its serializer (which refers to the message).
+  struct StreamHead {
+    explicit StreamHead(http::response<http::empty_body> m)
+        : message(std::move(m)), serializer(message) {}
+    http::response<http::empty_body> message;
+    http::response_serializer<http::empty_body> serializer;
+  };
 
   State phase_ = State::kIdle;
   Stream stream_;
@@ -510,6 +1062,21 @@ class Connection final : public ConnectionBase {
   std::optional<BeastResponse> response_;
   uint64_t served_ = 0;
   bool draining_ = false;
+
+  // Streamed response (kWriting of its header, kStreaming).
+  std::optional<StreamHead> stream_head_msg_;
+  std::function<void(std::shared_ptr<ResponseStream>)> stream_fn_;  // until called
+  std::string first_chunk_;  // HttpResponse::body of a streamed response
+  bool head_only_ = false;
+  bool chunked_ = true;  // false on HTTP/1.0
+  std::shared_ptr<StreamChannel> channel_;
+  bool read_pending_ = false;         // the hang-up read
+  bool write_in_flight_ = false;      // chunks or the last chunk
+  bool last_chunk_ = false;           // the write in flight (or done) is the end of the stream
+  std::vector<std::string> writing_;  // chunks of the write in flight
+  size_t written_bytes_ = 0;          // their total size
+  std::string framing_;               // their size lines
+  std::vector<net::const_buffer> write_buffers_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -681,6 +1248,10 @@ class HttpServerImpl final : public HttpServer {
     }
     for (auto& t : threads_) t.join();
     threads_.clear();
+    // Deferred handlers still running finish here; their answers go nowhere.
+    state_->blocking.Shutdown();
+    // From now on ResponseStream::Write cannot post into the io_context (destroyed with us).
+    state_->gate->CloseIo();
     RemoveSocketFiles();
   }
 
@@ -806,6 +1377,12 @@ Status ValidateOptions(const ServerOptions& o) {
   }
   if (o.read_timeout.count() <= 0 || o.idle_timeout.count() <= 0 || o.write_timeout.count() <= 0) {
     return bad("timeouts must be positive");
+  }
+  if (o.blocking_threads < 1 || o.blocking_threads > 1024) {
+    return bad("blocking_threads must be 1-1024");
+  }
+  if (o.stream_queue_chunks < 1 || o.stream_queue_bytes < 1) {
+    return bad("stream_queue_chunks and stream_queue_bytes must be at least 1");
   }
   for (const ListenAddress& a : o.listen) {
     // Re-checks addresses built without Parse (e.g. a non-loopback kHttp).

@@ -1,7 +1,7 @@
 // The HTTP listener of edgevirtd (Boost.Beast on Asio): plain HTTP/1.1 on unix sockets and on
-// loopback TCP. The Kubernetes API machinery (issue "KubeVirt API machinery") is built on top;
-// TLS, chunked watch streams and WebSocket upgrades extend this server later (see README.md,
-// "Extension points").
+// loopback TCP, with chunked streaming responses (the transport of Kubernetes watches). The
+// Kubernetes API machinery (issue "KubeVirt API machinery") is built on top; TLS and WebSocket
+// upgrades extend this server later (see README.md, "Extension points").
 #pragma once
 
 #include <chrono>
@@ -54,6 +54,41 @@ struct HttpRequest {
   std::optional<std::string> QueryParam(std::string_view name) const;
 };
 
+// The writing end of a chunked streaming response (a Kubernetes watch: one JSON event per line,
+// flushed per event, open for minutes or hours). Thread-safe: any thread may call it, e.g. a
+// store's committer thread from a watch callback, also while the server runs the `stream`
+// callback. Holding it keeps no connection open: once its connection is gone it is a small
+// object whose Write returns false, and it may outlive the server.
+class ResponseStream {
+ public:
+  virtual ~ResponseStream() = default;
+  // Queues `chunk` as one HTTP chunk (typically one event line ending in '\n'). Chunks go out in
+  // the order of the Write calls, each sent as soon as the previous write completes (never held
+  // back waiting for more). Returns false, and queues nothing, once closed() is true, or when
+  // queuing it would put more than ServerOptions::stream_queue_chunks chunks or
+  // stream_queue_bytes bytes in the queue (counted until the kernel has taken them): the stream
+  // is then cut (the connection closed without the last chunk, so the client sees an error) —
+  // a slow client is never buffered without limit. The caller should stop writing on false. An
+  // empty `chunk` is ignored (a chunk of size 0 would end the body); it returns !closed().
+  virtual bool Write(std::string chunk) = 0;
+  // Ends the response: what is queued is sent, then the last chunk, then the connection closes
+  // (there is no keep-alive after a stream). Write returns false from now on. Idempotent; does
+  // nothing once the stream is closed.
+  virtual void Finish() = 0;
+  // Registers `callback` to run exactly once when the stream ends for any reason: Finish done,
+  // client gone (hang-up, reset, write_timeout), queue overflow, the `stream` callback threw,
+  // or the server stopping. It runs on an io thread (an exception: if Stop had to abandon a
+  // connection whose io thread never ran again, on the thread that destroys the server); if
+  // the stream has already ended it runs at once, on the calling thread. Use it to release what
+  // feeds the stream (e.g. a store watch); it must not block. It is destroyed right after it
+  // ran, so it may capture this stream without making a cycle. Exceptions are logged and
+  // swallowed.
+  virtual void OnClosed(std::function<void()> callback) = 0;
+  // True once Write would return false: Finish was called, the stream was cut or has ended, or
+  // the server is stopping.
+  virtual bool closed() const = 0;
+};
+
 struct HttpResponse {
   int status = 200;
   // Sent as given, except the ones the server owns: Content-Length, Transfer-Encoding, Date and
@@ -71,11 +106,37 @@ struct HttpResponse {
   //  "reason":<reason>,"code":<status>}. `reason` is a Kubernetes StatusReason such as
   // "NotFound"; the message is JSON-escaped (invalid UTF-8 is replaced, never thrown on).
   static HttpResponse StatusError(int status, std::string_view reason, std::string_view message);
+
+  // When set, the response is streamed: the server sends the status line and headers with
+  // `Transfer-Encoding: chunked` and `Connection: close` (to an HTTP/1.0 client: no chunked
+  // coding, the body ends with the connection), then calls `stream` once, on an io thread, with
+  // the writing end. A non-empty `body` is sent as the first chunk. Read and idle timeouts do
+  // not apply while streaming (write_timeout applies to each write); the connection closes when
+  // the stream ends. The status must allow a body (200-599 but not 204 or 304), else the client
+  // gets a 500 Status. `stream` is not called, only destroyed with what it captured, for HEAD
+  // (the header is sent, nothing else), when the header cannot be sent (client gone), or when
+  // the server began stopping (an empty body is sent); so set up what feeds the stream (a store
+  // watch) inside `stream`, not in the handler.
+  std::function<void(std::shared_ptr<ResponseStream>)> stream;
+
+  // When set, this response is only a placeholder: the server calls `blocking` with the request
+  // on one of its blocking threads (ServerOptions::blocking_threads) and sends what it returns
+  // (which may itself stream, but may not be deferred again). For handlers that wait on I/O,
+  // such as a write that returns once its store commit is durable: on an io thread such a wait
+  // would stall every connection the thread serves and cap the number of writes that share one
+  // commit at io_threads. No read timeout applies while it runs; if the connection closes
+  // meanwhile the result is dropped. An exception escaping it is logged and answered with 500.
+  using DeferredFn = std::function<HttpResponse(const HttpRequest&)>;
+  DeferredFn blocking;
+
+  // A response that runs `fn` on a blocking thread (see `blocking`).
+  static HttpResponse Deferred(DeferredFn fn);
 };
 
 // Runs on an io thread, concurrently for different connections (so it must be thread-safe), and
-// sequentially for the requests of one connection. Must not block for long (API handlers only
-// touch the store). An exception escaping it is caught, logged and answered with 500.
+// sequentially for the requests of one connection. Must not block for long: work that waits
+// (a durable write) is returned as HttpResponse::Deferred and runs on a blocking thread. An
+// exception escaping it is caught, logged and answered with 500.
 using Handler = std::function<HttpResponse(const HttpRequest&)>;
 
 struct ServerOptions {
@@ -87,6 +148,13 @@ struct ServerOptions {
   std::chrono::seconds read_timeout{30};   // a request must arrive whole within this (slowloris)
   std::chrono::seconds idle_timeout{120};  // keep-alive connections idle longer are closed
   std::chrono::seconds write_timeout{30};  // a response must be taken by the client within this
+  // The bound of one ResponseStream's queue (chunks accepted by Write and not yet taken by the
+  // kernel); a Write that would exceed either cuts the stream.
+  size_t stream_queue_chunks = 1024;
+  size_t stream_queue_bytes = 16 << 20;
+  // Threads that run deferred handlers (HttpResponse::blocking): the number of such requests in
+  // progress at once; more wait in a queue.
+  int blocking_threads = 64;
 };
 
 class HttpServer {
@@ -104,8 +172,11 @@ class HttpServer {
   // "localhost" is bound (and reported) as 127.0.0.1.
   virtual std::vector<std::string> BoundAddresses() const = 0;
   // Stops accepting, closes idle connections at once, lets in-flight requests finish within
-  // `grace` (their connections close after the response), then closes everything, joins the io
-  // threads and removes the unix socket files it created (unless they were replaced meanwhile).
+  // `grace` (their connections close after the response), ends streamed responses at once
+  // (queued chunks not yet sent are dropped, the last chunk is sent if the client takes it
+  // within `grace`; ResponseStream::Write returns false from the start of Stop), then closes
+  // everything, joins the io threads and removes the unix socket files it created (unless they
+  // were replaced meanwhile).
   // Idempotent and thread-safe; must not be called from the handler (an io thread): that call
   // is logged and ignored. A handler still running when `grace` ends delays the return until it
   // returns; its response may or may not reach the client before the connection is closed.
