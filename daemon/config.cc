@@ -174,6 +174,43 @@ const std::vector<KeySpec>& Keys() {
          return Ok();
        },
        [](const Config& c) { return std::to_string(c.api.max_connections); }},
+      {"api.kubevirtVersion",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(std::string v, ReadString(n, ctx));
+         // vMAJOR.MINOR.PATCH with an optional -prerelease/+build suffix (virtctl parses it).
+         size_t i = 0;
+         bool ok = !v.empty() && v[i++] == 'v';
+         for (int part = 0; ok && part < 3; ++part) {
+           size_t start = i;
+           while (i < v.size() && v[i] >= '0' && v[i] <= '9') ++i;
+           ok = i > start && (part == 2 || (i < v.size() && v[i++] == '.'));
+         }
+         if (ok && i < v.size()) ok = (v[i] == '-' || v[i] == '+') && i + 1 < v.size();
+         if (!ok) {
+           return ctx.Fail(n, "must be a semantic version like \"v1.0.0\", got " + Quote(v));
+         }
+         c.api.kubevirt_version = std::move(v);
+         return Ok();
+       },
+       [](const Config& c) { return c.api.kubevirt_version; }},
+      {"api.watchBookmarkInterval",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.api.watch_bookmark_interval, ReadDuration(n, ctx));
+         return Ok();
+       },
+       [](const Config& c) { return FormatDuration(c.api.watch_bookmark_interval); }},
+      {"api.watchTimeout",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.api.watch_timeout, ReadDuration(n, ctx));
+         return Ok();
+       },
+       [](const Config& c) { return FormatDuration(c.api.watch_timeout); }},
+      {"api.eventTTL",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.api.event_ttl, ReadDuration(n, ctx));
+         return Ok();
+       },
+       [](const Config& c) { return FormatDuration(c.api.event_ttl); }},
       {"libvirt.uri",
        [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
          if (n.IsNull()) {  // "uri:" with nothing after it means the default, like ""

@@ -27,6 +27,14 @@ struct Config {
     int io_threads = 2;                 // api.ioThreads
     uint64_t max_body_bytes = 3 << 20;  // api.maxBodyBytes
     uint64_t max_connections = 1024;    // api.maxConnections
+    // api.kubevirtVersion: gitVersion of /apis/subresources.kubevirt.io/v1/version (semver,
+    // "vMAJOR.MINOR.PATCH[...]"); virtctl compares its major.minor with its own.
+    std::string kubevirt_version = "v1.0.0";
+    std::chrono::milliseconds watch_bookmark_interval{60'000};  // api.watchBookmarkInterval
+    // api.watchTimeout: watches without timeoutSeconds end after a random time between this
+    // and twice this (the apiserver's --min-request-timeout).
+    std::chrono::milliseconds watch_timeout{1'800'000};
+    std::chrono::milliseconds event_ttl{3'600'000};  // api.eventTTL: core/v1 Events expire
     bool operator==(const Api&) const = default;
   } api;
 

@@ -101,6 +101,10 @@ api:
   ioThreads: 4
   maxBodyBytes: 1Mi
   maxConnections: 10
+  kubevirtVersion: v1.4.2
+  watchBookmarkInterval: 5s
+  watchTimeout: 1m
+  eventTTL: 10m
 libvirt:
   uri: qemu:///system
 log:
@@ -121,6 +125,10 @@ shutdown:
   CHECK(c.api.io_threads == 4);
   CHECK(c.api.max_body_bytes == 1u << 20);
   CHECK(c.api.max_connections == 10u);
+  CHECK(c.api.kubevirt_version == "v1.4.2");
+  CHECK(c.api.watch_bookmark_interval == 5s);
+  CHECK(c.api.watch_timeout == 1min);
+  CHECK(c.api.event_ttl == 10min);
   CHECK(c.libvirt.uri == "qemu:///system");
   CHECK(c.EffectiveLibvirtUri() == "qemu:///system");
   CHECK(c.log.level == log::Level::kDebug);
@@ -380,6 +388,22 @@ TEST_CASE("ResolveConfig: file choice and flag overrides") {
   r = ResolveConfig(*Parse({"--listen", "unix:/tmp/a.sock", "--listen", "unix:/tmp/a.sock"}),
                     default_path);
   CHECK_FALSE(r.has_value());
+}
+
+TEST_CASE("API machinery keys") {
+  auto c = ParseConfig(
+      "api:\n  kubevirtVersion: v1.9.0-rc.1\n  watchBookmarkInterval: 30s\n"
+      "  watchTimeout: 10m\n  eventTTL: 2h\n",
+      "test.yaml");
+  if (!c) FAIL(c.error().message);
+  CHECK(c->api.kubevirt_version == "v1.9.0-rc.1");
+  CHECK(c->api.watch_bookmark_interval == 30s);
+  CHECK(c->api.watch_timeout == 10min);
+  CHECK(c->api.event_ttl == 2h);
+  CHECK_THAT(ParseError("api:\n  kubevirtVersion: 1.0.0\n"),
+             Catch::Contains("test.yaml:2:20: api.kubevirtVersion: must be a semantic version"));
+  CHECK_THAT(ParseError("api:\n  kubevirtVersion: v1.0\n"), Catch::Contains("api.kubevirtVersion"));
+  CHECK_THAT(ParseError("api:\n  watchTimeout: 0s\n"), Catch::Contains("api.watchTimeout"));
 }
 
 }  // namespace

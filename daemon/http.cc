@@ -21,9 +21,21 @@ api::HttpResponse NotFoundResponse() {
   return api::HttpResponse::Json(404, body);
 }
 
-api::Handler MakeApiHandler(api::HealthChecks checks) {
-  return [checks = std::move(checks)](const api::HttpRequest& request) -> api::HttpResponse {
+api::Handler MakeApiHandler(api::HealthChecks checks, const api::machinery::Machinery* machinery) {
+  return [checks = std::move(checks),
+          machinery](const api::HttpRequest& request) -> api::HttpResponse {
     if (auto health = api::ServeHealth(request, checks)) return std::move(*health);
+    if (machinery != nullptr && request.method != "GET" && request.method != "HEAD") {
+      // A write returns once its store commit is durable: wait on a blocking thread, where
+      // concurrent writes share one commit, not on an io thread.
+      return api::HttpResponse::Deferred([machinery](const api::HttpRequest& req) {
+        if (auto answer = machinery->Serve(req)) return std::move(*answer);
+        return NotFoundResponse();
+      });
+    }
+    if (machinery != nullptr) {
+      if (auto answer = machinery->Serve(request)) return std::move(*answer);
+    }
     return NotFoundResponse();
   };
 }

@@ -1,8 +1,9 @@
-// The daemon's HTTP handler: health endpoints, and Kubernetes' 404 for everything else until
-// the API machinery serves more.
+// The daemon's HTTP handler: health endpoints, the Kubernetes API (api/machinery), and
+// Kubernetes' 404 for everything else.
 #pragma once
 
 #include "api/api.h"
+#include "api/machinery/machinery.h"
 
 namespace edgevirt::daemon {
 
@@ -12,8 +13,12 @@ namespace edgevirt::daemon {
 //  "details":{},"code":404}
 api::HttpResponse NotFoundResponse();
 
-// Answers /healthz, /livez and /readyz from `checks` (api::ServeHealth) and everything else with
-// NotFoundResponse(). Thread-safe if the checks are.
-api::Handler MakeApiHandler(api::HealthChecks checks);
+// Answers /healthz, /livez and /readyz from `checks` (api::ServeHealth), then every path the
+// API machinery serves (when `machinery` is not null; it must outlive the handler), and
+// everything else with NotFoundResponse(). Writes (every method but GET and HEAD) are deferred
+// to the server's blocking threads, since they wait for a durable commit. Thread-safe if the
+// checks are.
+api::Handler MakeApiHandler(api::HealthChecks checks,
+                            const api::machinery::Machinery* machinery = nullptr);
 
 }  // namespace edgevirt::daemon

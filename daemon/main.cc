@@ -1,6 +1,7 @@
 // edgevirtd: the one place that wires the components together (STYLE.md). Order of a start:
 //   block signals -> command line -> configuration -> logging -> state and run directories ->
-//   store -> HTTP server -> READY=1 -> wait for signals -> graceful stop.
+//   store -> API machinery (kubevirt.io/v1 + core/v1, GC, watches) -> HTTP server -> READY=1
+//   -> wait for signals -> graceful stop.
 #include <signal.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -19,6 +20,8 @@
 #include <vector>
 
 #include "api/api.h"
+#include "api/kubevirt/kubevirt.h"
+#include "api/machinery/machinery.h"
 #include "common/log.h"
 #include "daemon/daemon.h"
 #include "store/store.h"
@@ -163,6 +166,21 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   std::atomic<bool> store_open{true};
   std::atomic<bool> serving{false};
 
+  // The Kubernetes API: kubevirt.io/v1 (VirtualMachine, VirtualMachineInstance) and core/v1
+  // Events, with the garbage collector and the watch hub.
+  api::machinery::MachineryOptions machinery_options;
+  machinery_options.discovery.kubevirt_version = config.api.kubevirt_version;
+  machinery_options.watch.bookmark_interval = config.api.watch_bookmark_interval;
+  machinery_options.watch.default_timeout = config.api.watch_timeout;
+  machinery_options.gc.event_ttl = config.api.event_ttl;
+  auto created_machinery = api::machinery::Machinery::Create(
+      *store, {api::kubevirt::KubevirtV1(api::kubevirt::KubevirtOptions{})}, machinery_options);
+  if (!created_machinery) {
+    store->Close();
+    return Fail(notifier, "start the API machinery", created_machinery.error());
+  }
+  std::unique_ptr<api::machinery::Machinery> machinery = std::move(*created_machinery);
+
   (void)notifier.SetStatus("Starting the API server");
   api::ServerOptions server_options;
   for (const auto& text : config.api.listen) {
@@ -181,9 +199,11 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   checks.ready.push_back(api::HealthCheck::Flag("store", store_open));
   checks.ready.push_back(api::HealthCheck::Flag("api-server", serving));
 
-  auto started_server = api::HttpServer::Start(server_options, MakeApiHandler(std::move(checks)));
+  auto started_server =
+      api::HttpServer::Start(server_options, MakeApiHandler(std::move(checks), machinery.get()));
   if (!started_server) {
     store_open = false;
+    machinery.reset();
     store->Close();
     return Fail(notifier, "start API server", started_server.error());
   }
@@ -269,9 +289,12 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
     ::_exit(kExitFailure);
   });
   serving = false;
+  // Watch streams end cleanly first (clients re-watch elsewhere or later); the GC stops.
+  machinery->Stop();
   // Half the budget for in-flight requests; the rest covers closing the store.
   server->Stop(timeout / 2);
   server.reset();
+  machinery.reset();
   store_open = false;
   watchdog.reset();  // its check reads the store
   store->Close();

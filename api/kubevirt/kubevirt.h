@@ -49,7 +49,7 @@ struct KubevirtOptions {
   // status.runtimeUser written on VMI creation (KubeVirt's non-root default is 107).
   int64_t runtime_user = 107;
   // Source of random UUIDs for spec.domain.firmware.uuid on VMIs created without one. Null means
-  // a std::random_device based RFC 4122 version 4 generator. Tests inject a fixed one.
+  // an RFC 4122 version 4 generator (getrandom). Tests inject a fixed one.
   std::function<std::string()> random_uuid;
 };
 

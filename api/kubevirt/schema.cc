@@ -183,13 +183,44 @@ std::string Dump(const Json& v) { return v.dump(-1, ' ', false, Json::error_hand
 
 std::string Quote(const std::string& s) { return Dump(Json(s)); }
 
+// The JSON path of the node being decoded, as a chain of stack frames: the string is built only
+// when an error or an unknown field needs it (most decodes need none).
+class Path {
+ public:
+  enum class Sep { kJoin, kDot, kBracket };  // "a.b" (or "b" at an empty root), "a.b", "a[b]"
+  explicit Path(const std::string& root) : root_(&root) {}
+  Path(const Path& parent, std::string_view key, Sep sep)
+      : parent_(&parent), key_(key), sep_(sep) {}
+  Path(const Path& parent, size_t index) : parent_(&parent), index_(index), is_index_(true) {}
+
+  std::string Str() const {
+    if (root_ != nullptr) return *root_;
+    std::string out = parent_->Str();
+    if (is_index_) return out + "[" + std::to_string(index_) + "]";
+    if (sep_ == Sep::kBracket) return out + "[" + std::string(key_) + "]";
+    if (sep_ == Sep::kJoin && out.empty()) return std::string(key_);
+    return out + "." + std::string(key_);
+  }
+
+ private:
+  const std::string* root_ = nullptr;
+  const Path* parent_ = nullptr;
+  std::string_view key_;
+  Sep sep_ = Sep::kJoin;
+  size_t index_ = 0;
+  bool is_index_ = false;
+};
+
 class Decoder {
  public:
   Decoder(const SchemaModel& model, DecodeResult* result) : model_(model), result_(result) {}
 
-  void Definition(std::string_view def, Json& node, const std::string& path, DecodeOptions opt) {
+  void Definition(std::string_view def, Json& node, const Path& path, DecodeOptions opt) {
     if (def == kQuantity) return QuantityValue(node, path, opt);
-    if (def == std::string(kMetaPrefix) + "FieldsV1") return;  // free-form by design
+    if (def.size() == kMetaPrefix.size() + 8 && def.substr(0, kMetaPrefix.size()) == kMetaPrefix &&
+        def.substr(kMetaPrefix.size()) == "FieldsV1") {
+      return;  // free-form by design
+    }
     const Json* d = model_.Definition(def);
     if (d == nullptr) return;
     if (!d->contains("properties")) return Value(*d, def, "", node, path, opt);
@@ -200,7 +231,7 @@ class Decoder {
     for (const auto& key : keys) {
       auto prop = props.find(key);
       if (prop == props.end()) {
-        result_->unknown_fields.push_back(Join(path, key));
+        result_->unknown_fields.push_back(Join(path.Str(), key));
         node.erase(key);
         continue;
       }
@@ -210,7 +241,7 @@ class Decoder {
         continue;
       }
       if (!opt.status && !model_.Implemented(def, key)) {
-        std::string field = Join(path, key);
+        std::string field = Join(path.Str(), key);
         result_->causes.push_back(
             {"FieldValueForbidden", field + ": Forbidden: not supported by edgevirt", field});
         continue;
@@ -220,14 +251,14 @@ class Decoder {
         sub.status = true;
         sub.canonicalize_quantities = false;
       }
-      Value(*prop, def, key, value, Join(path, key), sub);
+      Value(*prop, def, key, value, Path(path, key, Path::Sep::kJoin), sub);
     }
     auto required = d->find("required");
     if (required != d->end()) {
       for (const auto& r : *required) {
         const std::string& name = r.get_ref<const std::string&>();
         if (!node.contains(name)) {
-          std::string field = Join(path, name);
+          std::string field = Join(path.Str(), name);
           result_->causes.push_back({"FieldValueRequired", field + ": Required value", field});
         }
       }
@@ -236,7 +267,7 @@ class Decoder {
 
  private:
   void Value(const Json& schema, std::string_view owner, std::string_view prop, Json& node,
-             const std::string& path, const DecodeOptions& opt) {
+             const Path& path, const DecodeOptions& opt) {
     if (schema.contains("$ref")) return Definition(RefName(schema), node, path, opt);
     auto type_it = schema.find("type");
     if (type_it == schema.end()) return;
@@ -260,14 +291,14 @@ class Decoder {
       auto ap = schema.find("additionalProperties");
       if (ap != schema.end() && ap->is_object()) {
         for (auto& [key, value] : node.items()) {
-          Value(*ap, owner, "", value, path + "[" + key + "]", opt);
+          Value(*ap, owner, "", value, Path(path, key, Path::Sep::kBracket), opt);
         }
       } else if (!schema.contains("properties")) {
         // An object type without fields (masquerade: {}, rng: {}): anything inside is unknown.
         std::vector<std::string> keys;
         for (const auto& item : node.items()) keys.push_back(item.key());
         for (const auto& key : keys) {
-          result_->unknown_fields.push_back(Join(path, key));
+          result_->unknown_fields.push_back(Join(path.Str(), key));
           node.erase(key);
         }
       }
@@ -277,7 +308,7 @@ class Decoder {
       auto items = schema.find("items");
       if (items == schema.end()) return;
       for (size_t i = 0; i < node.size(); ++i) {
-        Value(*items, owner, "", node[i], path + "[" + std::to_string(i) + "]", opt);
+        Value(*items, owner, "", node[i], Path(path, i), opt);
       }
       return;
     }
@@ -291,26 +322,28 @@ class Decoder {
         for (const auto& allowed : *e) list += (list.empty() ? "" : ", ") + Dump(allowed);
         result_->causes.push_back(
             {"FieldValueNotSupported",
-             path + ": Unsupported value: " + Dump(node) + ": supported values: " + list, path});
+             path.Str() + ": Unsupported value: " + Dump(node) + ": supported values: " + list,
+             path.Str()});
       }
     }
   }
 
-  void ResourceList(Json& node, const std::string& path, const DecodeOptions& opt) {
+  void ResourceList(Json& node, const Path& path, const DecodeOptions& opt) {
     for (auto& [key, value] : node.items()) {
-      std::string field = path + "." + key;
+      const Path field(path, key, Path::Sep::kDot);
       if (!opt.status && key != "cpu" && key != "memory") {
+        std::string name = field.Str();
         result_->causes.push_back({"FieldValueForbidden",
-                                   field + ": Forbidden: not supported by edgevirt (only cpu and "
-                                           "memory are)",
-                                   field});
+                                   name + ": Forbidden: not supported by edgevirt (only cpu and "
+                                          "memory are)",
+                                   name});
         continue;
       }
       QuantityValue(value, field, opt);
     }
   }
 
-  void QuantityValue(Json& node, const std::string& path, const DecodeOptions& opt) {
+  void QuantityValue(Json& node, const Path& path, const DecodeOptions& opt) {
     std::string text;
     if (node.is_string()) {
       text = node.get<std::string>();
@@ -321,22 +354,24 @@ class Decoder {
     }
     std::optional<Quantity> q = Quantity::Parse(text);
     if (!q) {
+      std::string name = path.Str();
       result_->causes.push_back({"FieldValueInvalid",
-                                 path + ": Invalid value: " + Quote(text) + ": " + path +
+                                 name + ": Invalid value: " + Quote(text) + ": " + name +
                                      " in body should match '" + std::string(kQuantityPattern) +
                                      "'",
-                                 path});
+                                 name});
       return;
     }
     if (opt.canonicalize_quantities) node = q->String();
   }
 
-  void TypeError(const Json& node, const std::string& path, const std::string& type) {
+  void TypeError(const Json& node, const Path& path, const std::string& type) {
     std::string actual = JsonTypeName(node);
+    std::string name = path.Str();
     result_->causes.push_back({"FieldValueTypeInvalid",
-                               path + ": Invalid value: " + Quote(actual) + ": " + path +
+                               name + ": Invalid value: " + Quote(actual) + ": " + name +
                                    " in body must be of type " + type + ": " + Quote(actual),
-                               path});
+                               name});
   }
 
   const SchemaModel& model_;
@@ -546,7 +581,7 @@ Json SchemaModel::OpenApiSchemas() const {
 
 void Decode(const SchemaModel& model, std::string_view definition, Json& node,
             const std::string& path, const DecodeOptions& options, DecodeResult* result) {
-  Decoder(model, result).Definition(definition, node, path, options);
+  Decoder(model, result).Definition(definition, node, Path(path), options);
 }
 
 }  // namespace edgevirt::api::kubevirt

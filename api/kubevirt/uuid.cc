@@ -5,9 +5,9 @@
 #include <array>
 #include <cstdint>
 #include <cstdio>
-#include <random>
 
 #include "api/kubevirt/kubevirt.h"
+#include "common/clock.h"
 
 namespace edgevirt::api::kubevirt {
 namespace {
@@ -110,17 +110,7 @@ std::string UuidV5(std::string_view namespace_uuid, std::string_view name) {
   return Format(digest.data());
 }
 
-std::string RandomUuidV4() {
-  std::random_device rd;
-  std::array<uint8_t, 16> b{};
-  for (size_t i = 0; i < b.size(); i += 4) {
-    uint32_t r = rd();
-    for (size_t j = 0; j < 4; ++j) b[i + j] = static_cast<uint8_t>(r >> (8 * j));
-  }
-  b[6] = static_cast<uint8_t>((b[6] & 0x0f) | 0x40);
-  b[8] = static_cast<uint8_t>((b[8] & 0x3f) | 0x80);
-  return Format(b.data());
-}
+std::string RandomUuidV4() { return NewUuid(); }
 
 std::string LegacyFirmwareUuid(std::string_view vm_name) {
   return UuidV5("6a1a24a1-4061-4607-8bf4-a3963d0c5895", vm_name);

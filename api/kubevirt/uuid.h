@@ -13,7 +13,7 @@ namespace edgevirt::api::kubevirt {
 bool ParseUuid(std::string_view text, std::array<uint8_t, 16>* out);
 // Version 5 UUID of `name` in `namespace_uuid` (empty string if the namespace is malformed).
 std::string UuidV5(std::string_view namespace_uuid, std::string_view name);
-// Version 4 UUID from std::random_device.
+// Version 4 UUID from getrandom(2) (common/clock.h NewUuid).
 std::string RandomUuidV4();
 
 }  // namespace edgevirt::api::kubevirt

@@ -99,8 +99,13 @@ TEST_CASE("starts without a config file, READY after the API answers, watchdog, 
     CHECK(readyz->status == 200);
     CHECK_THAT(readyz->body,
                Catch::Contains("[+]store ok") && Catch::Contains("readyz check passed"));
-    // Everything else is Kubernetes' 404 Status.
-    auto other = HttpGet(tcp, "/apis/kubevirt.io/v1");
+    // The KubeVirt API is served...
+    auto api = HttpGet(tcp, "/apis/kubevirt.io/v1");
+    REQUIRE(api.has_value());
+    CHECK(api->status == 200);
+    CHECK(nlohmann::json::parse(api->body).value("kind", "") == "APIResourceList");
+    // ...and everything else is Kubernetes' 404 Status.
+    auto other = HttpGet(tcp, "/no/such/path");
     REQUIRE(other.has_value());
     CHECK(other->status == 404);
     CHECK(nlohmann::json::parse(other->body) == nlohmann::json::parse(R"({
