@@ -22,6 +22,8 @@ DEB_PACKAGES=(
   catch2 libcpp-httplib-dev systemd util-linux python3 curl procps
   # fuzzing: clang with libFuzzer and its sanitizer runtimes
   clang libclang-rt-14-dev
+  # bench/api: the load generator and the reference server
+  wrk etcd-server
 )
 
 # AlmaLinux 9 (EPEL provides yaml-cpp, json, catch2 and cpp-httplib; CRB provides lmdb-devel).
@@ -62,4 +64,9 @@ case "${ID}:${ID_LIKE:-}" in
     exit 1
     ;;
 esac
+# kubectl 1.32 (the end-to-end API tests drive the real one) is not in either distribution's
+# archive; the test machines have it at /usr/bin/kubectl ($EDGEVIRT_KUBECTL overrides).
+if ! command -v "${EDGEVIRT_KUBECTL:-kubectl}" >/dev/null 2>&1; then
+  echo "install-deps: warning: kubectl not found; the kubectl_* tests will fail" >&2
+fi
 echo "install-deps: all dependencies present"
