@@ -355,6 +355,18 @@ class WatchStream {
   std::optional<Json> Next(std::chrono::milliseconds timeout) {
     const auto deadline = Clock::now() + timeout;
     for (;;) {
+      // Decode what is buffered first: events often arrive in the same read as the head, or
+      // several in one read, and must not wait for bytes that may never come.
+      if (chunked_) {
+        if (!raw_.empty() && !dechunk_.Feed(raw_, data_)) {
+          error_ = "malformed chunked stream";
+          ended_ = true;
+        }
+        if (dechunk_.done()) ended_ = true;
+      } else {
+        data_ += raw_;
+        raw_.clear();
+      }
       auto nl = data_.find('\n');
       if (nl != std::string::npos) {
         std::string line = data_.substr(0, nl);
@@ -370,18 +382,8 @@ class WatchStream {
       if (ended_) return std::nullopt;
       bool eof = false;
       if (!detail::ReadSome(fd_.get(), raw_, deadline, &eof)) {
-        if (eof) ended_ = true;
         if (!eof) return std::nullopt;  // timeout
-      }
-      if (chunked_) {
-        if (!dechunk_.Feed(raw_, data_)) {
-          error_ = "malformed chunked stream";
-          ended_ = true;
-        }
-        if (dechunk_.done()) ended_ = true;
-      } else {
-        data_ += raw_;
-        raw_.clear();
+        ended_ = true;                  // decode what came before the end, then stop
       }
     }
   }
