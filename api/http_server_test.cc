@@ -26,6 +26,7 @@
 #include "api/http_internal.h"
 #include "common/fd.h"
 #include "tests/support/catch.h"
+#include "tests/support/temp_dir.h"
 
 namespace edgevirt::api {
 namespace {
@@ -33,22 +34,7 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "ev-api-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string Path(std::string_view name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
-};
+using edgevirt::testing::TempDir;
 
 ListenAddress Addr(std::string_view text) {
   auto a = ListenAddress::Parse(text);

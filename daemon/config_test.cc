@@ -11,6 +11,7 @@
 #include "daemon/cli.h"
 #include "daemon/config.h"
 #include "tests/support/catch.h"
+#include "tests/support/temp_dir.h"
 
 namespace edgevirt::daemon {
 namespace {
@@ -32,28 +33,7 @@ std::string ParseError(const std::string& yaml) {
   return c.error().message;
 }
 
-// A private temporary directory, removed with its contents.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "ev-config-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::filesystem::path& path() const { return path_; }
-  std::filesystem::path Write(const std::string& name, const std::string& text) const {
-    auto p = path_ / name;
-    std::ofstream(p) << text;
-    return p;
-  }
-
- private:
-  std::filesystem::path path_;
-};
+using edgevirt::testing::TempDir;
 
 // Leaf key paths of a YAML mapping ("api.listen", ...).
 void CollectLeaves(const YAML::Node& node, const std::string& prefix, std::set<std::string>& out) {

@@ -20,28 +20,14 @@
 #include "daemon/probe.h"
 #include "daemon/signals.h"
 #include "tests/support/catch.h"
+#include "tests/support/temp_dir.h"
 
 namespace edgevirt::daemon {
 namespace {
 
 using namespace std::chrono_literals;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "ev-sd-XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
+using edgevirt::testing::TempDir;
 
 sockaddr_un UnixAddress(const std::filesystem::path& p) {
   sockaddr_un addr{};

@@ -12,29 +12,14 @@
 #include <thread>
 
 #include "tests/support/catch.h"
+#include "tests/support/temp_dir.h"
 
 namespace edgevirt::store {
 namespace {
 
 using std::chrono::milliseconds;
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "store_test.XXXXXX").string();
-    char* made = mkdtemp(tmpl.data());
-    REQUIRE(made != nullptr);
-    path_ = made;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
+using edgevirt::testing::TempDir;
 
 ObjectKey Vm(const std::string& ns, const std::string& name) {
   return ObjectKey{"kubevirt.io", "VirtualMachine", ns, name};

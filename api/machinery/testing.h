@@ -18,25 +18,11 @@
 
 #include "api/machinery/machinery.h"
 #include "store/store.h"
+#include "tests/support/temp_dir.h"
 
 namespace edgevirt::api::machinery::testing {
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "ev-machinery-XXXXXX").string();
-    if (::mkdtemp(tmpl.data()) == nullptr) std::abort();
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
+using edgevirt::testing::TempDir;
 
 // Widget: spec {size: int >= 0 (webhook "widget-validator.example.io"), color: string
 // (default "blue"), items: list, template: object}; spec required (schema error).

@@ -32,6 +32,7 @@
 
 #include "common/fd.h"
 #include "tests/support/catch.h"
+#include "tests/support/temp_dir.h"
 
 namespace edgevirt::testing {
 
@@ -60,26 +61,6 @@ inline bool WaitUntil(const std::function<bool()>& cond, std::chrono::millisecon
   }
   return true;
 }
-
-class TempDir {
- public:
-  explicit TempDir(const std::string& prefix = "ev-it") {
-    std::string tmpl = (std::filesystem::temp_directory_path() / (prefix + "-XXXXXX")).string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::filesystem::path& path() const { return path_; }
-  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  std::filesystem::path path_;
-};
 
 // A child process with stdout and stderr captured in files. The destructor SIGKILLs and reaps
 // it if it is still running, and PR_SET_PDEATHSIG kills it if the test process dies first, so
