@@ -1,0 +1,490 @@
+// DomainXml: validation of a DomainSpec, then rendering. Element choices follow libvirt's
+// domain format (formatdomain) and what KubeVirt's converter generates for the same VMI, so
+// that a guest sees the same machine here as on a KubeVirt cluster.
+#include "vmm/domain.h"
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <string_view>
+
+#include "vmm/xml_writer.h"
+
+namespace edgevirt::vmm {
+namespace {
+
+constexpr uint64_t kMiB = 1024 * 1024;
+constexpr size_t kMaxNameLength = 200;
+constexpr uint64_t kMaxVcpus = 1024;
+// virtio-blk's serial field is 20 bytes; QEMU truncates longer serials silently.
+constexpr size_t kMaxDiskSerial = 20;
+// The q35 AHCI controller (and every extra one libvirt adds) has six ports.
+constexpr size_t kSataPortsPerController = 6;
+constexpr std::string_view kGuestAgentChannel = "org.qemu.guest_agent.0";
+
+Error Invalid(std::string message) { return MakeError(Code::kInvalid, std::move(message)); }
+
+bool IsAlnum(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+// True when every byte of non-empty `s` is alphanumeric or one of `extra`.
+bool AllOf(std::string_view s, std::string_view extra) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [&](char c) {
+    return IsAlnum(c) || extra.find(c) != std::string_view::npos;
+  });
+}
+
+// Quotes a user string for an error message (only called on XML-safe strings).
+std::string Quote(std::string_view s) { return "\"" + std::string(s) + "\""; }
+
+Status CheckName(const std::string& name) {
+  if (name.empty()) return Invalid("name: must not be empty");
+  if (name.size() > kMaxNameLength) {
+    return Invalid("name: longer than " + std::to_string(kMaxNameLength) + " bytes");
+  }
+  if (!AllOf(name, "_.-") || name.front() == '.' || name.front() == '-') {
+    if (!IsXmlSafe(name)) return Invalid("name: contains a control character or invalid UTF-8");
+    return Invalid("name: " + Quote(name) +
+                   " must consist of letters, digits, '_', '.' and '-' and not start with '.' "
+                   "or '-'");
+  }
+  return Ok();
+}
+
+Status CheckUuid(const std::string& uuid) {
+  static constexpr size_t kDashes[] = {8, 13, 18, 23};
+  bool ok = uuid.size() == 36;
+  for (size_t i = 0; ok && i < uuid.size(); ++i) {
+    const char c = uuid[i];
+    if (std::find(std::begin(kDashes), std::end(kDashes), i) != std::end(kDashes)) {
+      ok = c == '-';
+    } else {
+      ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+    }
+  }
+  if (ok) return Ok();
+  if (!IsXmlSafe(uuid)) return Invalid("uuid: contains a control character or invalid UTF-8");
+  return Invalid("uuid: " + Quote(uuid) + " is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
+}
+
+// An absolute host path that XML can carry. Paths are never interpreted by a shell; ".."
+// components are refused so that a path means what it says to whoever reads the XML.
+Status CheckPath(std::string_view field, const std::string& path) {
+  if (path.empty()) return Invalid(std::string(field) + ": must not be empty");
+  if (!IsXmlSafe(path)) {
+    return Invalid(std::string(field) + ": contains a control character or invalid UTF-8");
+  }
+  if (path.front() != '/') {
+    return Invalid(std::string(field) + ": " + Quote(path) + " is not an absolute path");
+  }
+  size_t start = 1;
+  while (start <= path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string::npos) end = path.size();
+    if (path.compare(start, end - start, "..") == 0) {
+      return Invalid(std::string(field) + ": " + Quote(path) + " contains a '..' component");
+    }
+    start = end + 1;
+  }
+  return Ok();
+}
+
+// An optional path: empty means absent.
+Status CheckOptionalPath(std::string_view field, const std::string& path) {
+  return path.empty() ? Ok() : CheckPath(field, path);
+}
+
+bool IsQ35(std::string_view machine) {
+  return machine.starts_with("q35") || machine.starts_with("pc-q35");
+}
+
+Status CheckCpu(const DomainSpec& spec) {
+  const CpuSpec& cpu = spec.cpu;
+  if (cpu.sockets == 0 || cpu.cores == 0 || cpu.threads == 0) {
+    return Invalid("cpu: sockets, cores and threads must each be at least 1");
+  }
+  const uint64_t vcpus = uint64_t{cpu.sockets} * cpu.cores * cpu.threads;
+  if (vcpus > kMaxVcpus) {
+    return Invalid("cpu: " + std::to_string(vcpus) + " vCPUs (sockets*cores*threads) exceed " +
+                   std::to_string(kMaxVcpus));
+  }
+  if (cpu.mode == CpuMode::kNamed) {
+    if (!AllOf(cpu.model, "_.-")) {
+      if (!IsXmlSafe(cpu.model)) {
+        return Invalid("cpu.model: contains a control character or invalid UTF-8");
+      }
+      return Invalid("cpu.model: " + Quote(cpu.model) +
+                     " must be a non-empty CPU model name of letters, digits, '_', '.' and '-'");
+    }
+  } else if (!cpu.model.empty()) {
+    return Invalid("cpu.model: a model name is only allowed with CpuMode::kNamed");
+  }
+  if (cpu.mode == CpuMode::kHostPassthrough && spec.accelerator == Accelerator::kTcg) {
+    return Invalid("cpu: host-passthrough needs KVM; it is not available with the TCG accelerator");
+  }
+  return Ok();
+}
+
+Status CheckFirmware(const DomainSpec& spec) {
+  const FirmwareSpec& fw = spec.firmware;
+  if (fw.kind == FirmwareKind::kBios) {
+    if (fw.secure_boot) return Invalid("firmware: secure boot requires EFI firmware");
+    if (!fw.loader.empty() || !fw.nvram.empty() || !fw.nvram_template.empty()) {
+      return Invalid("firmware: loader, nvram and nvram_template are only allowed with EFI");
+    }
+    return Ok();
+  }
+  if (fw.secure_boot && !IsQ35(spec.machine_type)) {
+    return Invalid("firmware: secure boot requires a q35 machine type, not " +
+                   Quote(spec.machine_type));
+  }
+  RETURN_IF_ERROR(CheckPath("firmware.loader", fw.loader));
+  RETURN_IF_ERROR(CheckPath("firmware.nvram", fw.nvram));
+  RETURN_IF_ERROR(CheckOptionalPath("firmware.nvram_template", fw.nvram_template));
+  return Ok();
+}
+
+Status CheckDisks(const std::vector<DiskSpec>& disks) {
+  std::set<std::string> names;
+  std::map<uint32_t, std::string> boot_orders;
+  for (const DiskSpec& d : disks) {
+    if (!AllOf(d.name, "_-")) {
+      if (!IsXmlSafe(d.name)) {
+        return Invalid("disk name: contains a control character or invalid UTF-8");
+      }
+      return Invalid("disk name: " + Quote(d.name) +
+                     " must be non-empty and consist of letters, digits, '_' and '-'");
+    }
+    const std::string field = "disk " + Quote(d.name);
+    if (!names.insert(d.name).second) return Invalid(field + ": duplicate disk name");
+    RETURN_IF_ERROR(CheckPath(field + " path", d.path));
+    if (d.device == DiskDevice::kCdrom && d.bus == DiskBus::kVirtio) {
+      return Invalid(field + ": a cdrom cannot be on the virtio bus (use sata or scsi)");
+    }
+    if (d.device == DiskDevice::kLun) {
+      if (d.bus != DiskBus::kScsi) return Invalid(field + ": a lun must be on the scsi bus");
+      if (d.source_kind != DiskSourceKind::kBlock) {
+        return Invalid(field + ": a lun needs a block device source, not a file");
+      }
+      if (d.format != DiskFormat::kRaw) return Invalid(field + ": a lun must have format raw");
+    }
+    if (!d.serial.empty()) {
+      if (!AllOf(d.serial, "_.+- ")) {
+        if (!IsXmlSafe(d.serial)) {
+          return Invalid(field + " serial: contains a control character or invalid UTF-8");
+        }
+        return Invalid(field + " serial: " + Quote(d.serial) +
+                       " may only contain letters, digits, ' ', '_', '.', '+' and '-'");
+      }
+      if (d.serial.size() > kMaxDiskSerial) {
+        return Invalid(field + " serial: longer than " + std::to_string(kMaxDiskSerial) + " bytes");
+      }
+    }
+    if (d.boot_order != 0) {
+      auto [it, inserted] = boot_orders.emplace(d.boot_order, d.name);
+      if (!inserted) {
+        return Invalid(field + ": boot order " + std::to_string(d.boot_order) +
+                       " is already used by disk " + Quote(it->second));
+      }
+    }
+  }
+  return Ok();
+}
+
+Status CheckConsole(const ConsoleSpec& console) {
+  if (console.kind == ConsoleKind::kUnix) {
+    RETURN_IF_ERROR(CheckPath("console.socket_path", console.socket_path));
+  } else if (!console.socket_path.empty()) {
+    return Invalid("console.socket_path: only allowed with ConsoleKind::kUnix");
+  }
+  if (console.kind == ConsoleKind::kNone && !console.log_path.empty()) {
+    return Invalid("console.log_path: there is no console to log (ConsoleKind::kNone)");
+  }
+  return CheckOptionalPath("console.log_path", console.log_path);
+}
+
+Status Validate(const DomainSpec& spec) {
+  RETURN_IF_ERROR(CheckName(spec.name));
+  RETURN_IF_ERROR(CheckUuid(spec.uuid));
+  if (!IsXmlSafe(spec.firmware_serial)) {
+    return Invalid("firmware_serial: contains a control character or invalid UTF-8");
+  }
+  if (!AllOf(spec.machine_type, "_.-")) {
+    if (!IsXmlSafe(spec.machine_type)) {
+      return Invalid("machine_type: contains a control character or invalid UTF-8");
+    }
+    return Invalid("machine_type: " + Quote(spec.machine_type) +
+                   " must be a non-empty machine type of letters, digits, '_', '.' and '-'");
+  }
+  RETURN_IF_ERROR(CheckCpu(spec));
+  if (spec.memory_bytes == 0) return Invalid("memory: must be greater than 0");
+  if (spec.memory_bytes % kMiB != 0) {
+    return Invalid("memory: " + std::to_string(spec.memory_bytes) +
+                   " bytes is not a multiple of 1 MiB");
+  }
+  RETURN_IF_ERROR(CheckFirmware(spec));
+  RETURN_IF_ERROR(CheckDisks(spec.disks));
+  RETURN_IF_ERROR(CheckConsole(spec.console));
+  RETURN_IF_ERROR(CheckOptionalPath("vnc_socket_path", spec.vnc_socket_path));
+  RETURN_IF_ERROR(CheckOptionalPath("guest_agent_socket_path", spec.guest_agent_socket_path));
+  return Ok();
+}
+
+std::string_view BusName(DiskBus bus) {
+  switch (bus) {
+    case DiskBus::kVirtio:
+      return "virtio";
+    case DiskBus::kSata:
+      return "sata";
+    case DiskBus::kScsi:
+      return "scsi";
+  }
+  return "virtio";
+}
+
+std::string_view DeviceName(DiskDevice device) {
+  switch (device) {
+    case DiskDevice::kDisk:
+      return "disk";
+    case DiskDevice::kCdrom:
+      return "cdrom";
+    case DiskDevice::kLun:
+      return "lun";
+  }
+  return "disk";
+}
+
+std::string_view CacheName(DiskCache cache) {
+  switch (cache) {
+    case DiskCache::kNone:
+      return "none";
+    case DiskCache::kWritethrough:
+      return "writethrough";
+    case DiskCache::kWriteback:
+      return "writeback";
+  }
+  return "none";
+}
+
+void WriteSysinfo(XmlWriter& w, const DomainSpec& spec) {
+  // Like KubeVirt: the firmware UUID and serial reach the guest as SMBIOS type 1 fields,
+  // enabled by <smbios mode='sysinfo'/> in <os>.
+  w.Start("sysinfo", {{"type", "smbios"}});
+  w.Start("system");
+  w.Text("entry", spec.uuid, {{"name", "uuid"}});
+  if (!spec.firmware_serial.empty()) {
+    w.Text("entry", spec.firmware_serial, {{"name", "serial"}});
+  }
+  w.End();
+  w.End();
+}
+
+void WriteOs(XmlWriter& w, const DomainSpec& spec) {
+  w.Start("os");
+  w.Text("type", "hvm", {{"arch", "x86_64"}, {"machine", spec.machine_type}});
+  const FirmwareSpec& fw = spec.firmware;
+  if (fw.kind == FirmwareKind::kEfi) {
+    w.Text("loader", fw.loader,
+           {{"readonly", "yes"}, {"secure", fw.secure_boot ? "yes" : "no"}, {"type", "pflash"}});
+    if (fw.nvram_template.empty()) {
+      w.Text("nvram", fw.nvram);
+    } else {
+      w.Text("nvram", fw.nvram, {{"template", fw.nvram_template}});
+    }
+  }
+  // Boot order is per device (<boot order=N/>); libvirt refuses <boot dev=...> alongside it.
+  w.Empty("smbios", {{"mode", "sysinfo"}});
+  w.End();
+}
+
+void WriteFeatures(XmlWriter& w, const DomainSpec& spec) {
+  w.Start("features");
+  w.Empty("acpi");  // ACPI power button: graceful shutdown
+  w.Empty("apic");
+  if (spec.firmware.secure_boot) {
+    // OVMF's secure-boot build relies on SMM to protect its variable store; libvirt refuses
+    // secure='yes' without it.
+    w.Empty("smm", {{"state", "on"}});
+  }
+  w.End();
+}
+
+void WriteCpu(XmlWriter& w, const CpuSpec& cpu) {
+  const std::string sockets = std::to_string(cpu.sockets);
+  const std::string cores = std::to_string(cpu.cores);
+  const std::string threads = std::to_string(cpu.threads);
+  switch (cpu.mode) {
+    case CpuMode::kNone:
+      w.Start("cpu");
+      break;
+    case CpuMode::kHostModel:
+      w.Start("cpu", {{"mode", "host-model"}});
+      break;
+    case CpuMode::kHostPassthrough:
+      w.Start("cpu", {{"mode", "host-passthrough"}});
+      break;
+    case CpuMode::kNamed:
+      w.Start("cpu", {{"mode", "custom"}, {"match", "exact"}});
+      // forbid: fail to start rather than silently run a different CPU model.
+      w.Text("model", cpu.model, {{"fallback", "forbid"}});
+      break;
+  }
+  w.Empty("topology", {{"sockets", sockets}, {"cores", cores}, {"threads", threads}});
+  w.End();
+}
+
+void WriteDisks(XmlWriter& w, const std::vector<DiskSpec>& disks) {
+  // Target names: one vd* sequence for virtio, one sd* sequence shared by sata and scsi (their
+  // names live in one namespace in libvirt). Drive addresses are explicit so that sata and
+  // scsi disks fill their own controllers densely instead of following the shared sd* index
+  // (libvirt derives an address from the name, which would skip units and, past unit 6, add
+  // SCSI controllers of a default model).
+  size_t vd = 0;
+  size_t sd = 0;
+  size_t sata_unit = 0;
+  size_t scsi_unit = 0;
+  for (const DiskSpec& d : disks) {
+    const bool block = d.source_kind == DiskSourceKind::kBlock;
+    const bool readonly = d.readonly || d.device == DiskDevice::kCdrom;
+    w.Start("disk", {{"type", block ? "block" : "file"}, {"device", DeviceName(d.device)}});
+    // As KubeVirt: O_DIRECT with native AIO for cache=none (QEMU requires O_DIRECT for
+    // aio=native), threads otherwise; writable disks pass discards through to the file.
+    const std::string_view io = d.cache == DiskCache::kNone ? "native" : "threads";
+    const std::string_view format = d.format == DiskFormat::kQcow2 ? "qcow2" : "raw";
+    if (readonly) {
+      w.Empty("driver",
+              {{"name", "qemu"}, {"type", format}, {"cache", CacheName(d.cache)}, {"io", io}});
+    } else {
+      w.Empty("driver", {{"name", "qemu"},
+                         {"type", format},
+                         {"cache", CacheName(d.cache)},
+                         {"io", io},
+                         {"discard", "unmap"}});
+    }
+    w.Empty("source", {{block ? "dev" : "file", d.path}});
+    const std::string target =
+        d.bus == DiskBus::kVirtio ? DiskTargetName("vd", vd++) : DiskTargetName("sd", sd++);
+    w.Empty("target", {{"dev", target}, {"bus", BusName(d.bus)}});
+    if (!d.serial.empty()) w.Text("serial", d.serial);
+    if (d.boot_order != 0) w.Empty("boot", {{"order", std::to_string(d.boot_order)}});
+    if (readonly) w.Empty("readonly");
+    w.Empty("alias", {{"name", "ua-" + d.name}});
+    if (d.bus == DiskBus::kSata) {
+      const size_t n = sata_unit++;
+      w.Empty("address", {{"type", "drive"},
+                          {"controller", std::to_string(n / kSataPortsPerController)},
+                          {"bus", "0"},
+                          {"target", "0"},
+                          {"unit", std::to_string(n % kSataPortsPerController)}});
+    } else if (d.bus == DiskBus::kScsi) {
+      w.Empty("address", {{"type", "drive"},
+                          {"controller", "0"},
+                          {"bus", "0"},
+                          {"target", "0"},
+                          {"unit", std::to_string(scsi_unit++)}});
+    }
+    w.End();
+  }
+  if (scsi_unit > 0) {
+    w.Empty("controller", {{"type", "scsi"}, {"index", "0"}, {"model", "virtio-scsi"}});
+  }
+}
+
+void WriteConsole(XmlWriter& w, const ConsoleSpec& console) {
+  if (console.kind == ConsoleKind::kNone) return;
+  const bool unix_socket = console.kind == ConsoleKind::kUnix;
+  const std::string_view type = unix_socket ? "unix" : "pty";
+  w.Start("serial", {{"type", type}});
+  if (unix_socket) w.Empty("source", {{"mode", "bind"}, {"path", console.socket_path}});
+  if (!console.log_path.empty()) {
+    w.Empty("log", {{"file", console.log_path}, {"append", "on"}});
+  }
+  w.Start("target", {{"type", "isa-serial"}, {"port", "0"}});
+  w.Empty("model", {{"name", "isa-serial"}});
+  w.End();
+  w.End();
+  // The console is the same character device as serial port 0 (libvirt's rule for a
+  // console with a serial target: same type and source).
+  w.Start("console", {{"type", type}});
+  if (unix_socket) w.Empty("source", {{"mode", "bind"}, {"path", console.socket_path}});
+  w.Empty("target", {{"type", "serial"}, {"port", "0"}});
+  w.End();
+}
+
+void WriteGuestAgent(XmlWriter& w, const std::string& socket_path) {
+  if (socket_path.empty()) return;
+  w.Start("channel", {{"type", "unix"}});
+  w.Empty("source", {{"mode", "bind"}, {"path", socket_path}});
+  w.Empty("target", {{"type", "virtio"}, {"name", kGuestAgentChannel}});
+  w.End();
+}
+
+void WriteVnc(XmlWriter& w, const std::string& socket_path) {
+  if (socket_path.empty()) return;
+  w.Start("graphics", {{"type", "vnc"}});
+  w.Empty("listen", {{"type", "socket"}, {"socket", socket_path}});
+  w.End();
+  w.Start("video");
+  w.Empty("model", {{"type", "vga"}, {"vram", "16384"}, {"heads", "1"}, {"primary", "yes"}});
+  w.End();
+}
+
+void WriteTpm(XmlWriter& w, const std::optional<TpmSpec>& tpm) {
+  if (!tpm) return;
+  w.Start("tpm", {{"model", "tpm-crb"}});
+  if (tpm->persistent) {
+    w.Empty("backend", {{"type", "emulator"}, {"version", "2.0"}, {"persistent_state", "yes"}});
+  } else {
+    w.Empty("backend", {{"type", "emulator"}, {"version", "2.0"}});
+  }
+  w.End();
+}
+
+}  // namespace
+
+std::string DiskTargetName(std::string_view prefix, size_t index) {
+  std::string suffix;
+  size_t n = index + 1;  // bijective base 26: a..z, aa..az, ba, ...
+  while (n > 0) {
+    --n;
+    suffix.insert(suffix.begin(), static_cast<char>('a' + n % 26));
+    n /= 26;
+  }
+  return std::string(prefix) + suffix;
+}
+
+Result<std::string> DomainXml(const DomainSpec& spec) {
+  RETURN_IF_ERROR(Validate(spec));
+  const uint64_t vcpus = uint64_t{spec.cpu.sockets} * spec.cpu.cores * spec.cpu.threads;
+
+  XmlWriter w;
+  w.Start("domain", {{"type", spec.accelerator == Accelerator::kKvm ? "kvm" : "qemu"}});
+  w.Text("name", spec.name);
+  w.Text("uuid", spec.uuid);
+  w.Text("memory", std::to_string(spec.memory_bytes / 1024), {{"unit", "KiB"}});
+  w.Text("vcpu", std::to_string(vcpus), {{"placement", "static"}});
+  WriteSysinfo(w, spec);
+  WriteOs(w, spec);
+  WriteFeatures(w, spec);
+  WriteCpu(w, spec.cpu);
+  w.Empty("clock", {{"offset", "utc"}});
+  w.Text("on_poweroff", "destroy");
+  w.Text("on_reboot", "restart");
+  w.Text("on_crash", "destroy");
+  w.Start("devices");
+  WriteDisks(w, spec.disks);
+  // Extension point: NICs (net/) are written here, after the disks.
+  WriteConsole(w, spec.console);
+  WriteGuestAgent(w, spec.guest_agent_socket_path);
+  WriteVnc(w, spec.vnc_socket_path);
+  WriteTpm(w, spec.tpm);
+  // No balloon: edgevirt does not resize guest memory, and without this element libvirt would
+  // add a virtio balloon device implicitly.
+  w.Empty("memballoon", {{"model", "none"}});
+  w.End();
+  w.End();
+  return w.Finish();
+}
+
+}  // namespace edgevirt::vmm

@@ -1,0 +1,170 @@
+// Domain XML: turns a plain vmm::DomainSpec into the libvirt domain XML that defines the VM.
+// Pure: no libvirt connection, no file system, no process. The daemon maps a KubeVirt
+// VirtualMachineInstance onto a DomainSpec (choosing names, paths and the accelerator); this
+// module validates the spec and renders it. Part of the public header vmm/vmm.h.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+
+namespace edgevirt::vmm {
+
+enum class Accelerator {
+  kKvm,  // libvirt domain type 'kvm'
+  kTcg,  // libvirt domain type 'qemu' (software emulation; no /dev/kvm needed)
+};
+
+enum class CpuMode {
+  kNone,             // no CPU model element: QEMU's default model (the choice for TCG)
+  kHostModel,        // libvirt 'host-model'
+  kHostPassthrough,  // libvirt 'host-passthrough' (KVM only)
+  kNamed,            // libvirt 'custom' with CpuSpec::model, e.g. "Skylake-Client-IBRS"
+};
+
+struct CpuSpec {
+  CpuMode mode = CpuMode::kNone;
+  std::string model;  // only for kNamed: [A-Za-z0-9_.-]+
+  // Topology; vCPUs = sockets * cores * threads, each >= 1.
+  uint32_t sockets = 1;
+  uint32_t cores = 1;
+  uint32_t threads = 1;
+};
+
+enum class FirmwareKind {
+  kBios,  // SeaBIOS, libvirt's default loader
+  kEfi,   // OVMF, as a read-only pflash loader plus a per-VM writable NVRAM file
+};
+
+struct FirmwareSpec {
+  FirmwareKind kind = FirmwareKind::kBios;
+  // EFI only. Requires a q35 machine; adds <smm state='on'/> (OVMF's secure-boot build
+  // refuses to run without SMM, and libvirt requires it with secure='yes').
+  bool secure_boot = false;
+  // EFI only, absolute paths. `loader` is the OVMF code image (a secure-boot build when
+  // secure_boot). `nvram` is this VM's variable store; libvirt creates it from
+  // `nvram_template` (an OVMF_VARS image) when it does not exist yet. `nvram_template` may be
+  // empty when the caller creates `nvram` itself.
+  std::string loader;
+  std::string nvram;
+  std::string nvram_template;
+};
+
+enum class DiskSourceKind {
+  kFile,   // a regular file (<disk type='file'>, <source file=...>)
+  kBlock,  // a block device node (<disk type='block'>, <source dev=...>)
+};
+
+enum class DiskFormat { kRaw, kQcow2 };
+
+enum class DiskDevice {
+  kDisk,
+  kCdrom,  // always read-only; bus sata or scsi (QEMU has no virtio CD-ROM)
+  kLun,    // SCSI passthrough of a block device: bus scsi, source kBlock, format raw
+};
+
+enum class DiskBus {
+  kVirtio,  // target names vda, vdb, ...
+  kSata,    // target names sda, sdb, ... (shared sequence with kScsi)
+  kScsi,    // on one virtio-scsi controller; target names sda, sdb, ...
+};
+
+enum class DiskCache {
+  kNone,          // O_DIRECT, io='native' (KubeVirt's default when the file allows it)
+  kWritethrough,  // io='threads'
+  kWriteback,     // io='threads'
+};
+
+struct DiskSpec {
+  // Logical name, unique among the disks, [A-Za-z0-9_-]+ (e.g. the KubeVirt volume name).
+  // Becomes the libvirt user alias "ua-<name>", which identifies the disk in libvirt events
+  // and later hotplug calls.
+  std::string name;
+  DiskSourceKind source_kind = DiskSourceKind::kFile;
+  std::string path;  // absolute
+  DiskFormat format = DiskFormat::kRaw;
+  DiskDevice device = DiskDevice::kDisk;
+  DiskBus bus = DiskBus::kVirtio;
+  // 0: not bootable. Otherwise unique among all boot orders of the domain (>= 1).
+  uint32_t boot_order = 0;
+  bool readonly = false;
+  // Optional serial shown to the guest, [A-Za-z0-9_.+- ]+ (libvirt's rule), at most 20
+  // bytes (virtio-blk's limit; QEMU truncates longer ones silently).
+  std::string serial;
+  DiskCache cache = DiskCache::kNone;
+};
+
+enum class ConsoleKind {
+  kNone,
+  kPty,   // libvirt allocates a pty (virsh console, libvirt console streams)
+  kUnix,  // QEMU listens on ConsoleSpec::socket_path (mode='bind')
+};
+
+struct ConsoleSpec {
+  ConsoleKind kind = ConsoleKind::kNone;
+  std::string socket_path;  // kUnix only, absolute
+  // Optional absolute path of a file that receives everything the guest writes to its serial
+  // port (appended), whether or not anyone is attached.
+  std::string log_path;
+};
+
+struct TpmSpec {
+  // swtpm (libvirt 'emulator' backend), TPM 2.0, tpm-crb. `persistent` keeps the TPM state
+  // (libvirt's swtpm state directory for this domain's UUID) when the domain is undefined and
+  // defined again, as KubeVirt's persistent vTPM does.
+  bool persistent = true;
+};
+
+// Everything a domain definition needs, as plain values. Paths are host paths chosen by the
+// caller; this module never creates or checks them.
+struct DomainSpec {
+  // libvirt domain name: 1..200 bytes of [A-Za-z0-9_.-], not starting with '.' or '-'
+  // (the daemon uses "<namespace>_<name>", as KubeVirt does).
+  std::string name;
+  // Domain UUID, canonical lower- or upper-case 8-4-4-4-12 hex. It is also the SMBIOS system
+  // UUID the guest reads: libvirt refuses a <sysinfo> UUID that differs from the domain's, so
+  // the caller passes the KubeVirt firmware UUID (spec.domain.firmware.uuid) here, as KubeVirt
+  // does.
+  std::string uuid;
+  // SMBIOS system serial number (KubeVirt's spec.domain.firmware.serial); empty: none.
+  std::string firmware_serial;
+  // QEMU machine type, [A-Za-z0-9_.-]+.
+  std::string machine_type = "q35";
+  Accelerator accelerator = Accelerator::kKvm;
+  CpuSpec cpu;
+  // Guest memory in bytes: > 0 and a multiple of 1 MiB (so that libvirt never rounds it).
+  uint64_t memory_bytes = 0;
+  FirmwareSpec firmware;
+  // Target names (vda.., sda..) are assigned in this order, per bus family.
+  std::vector<DiskSpec> disks;
+  ConsoleSpec console;
+  // Absolute path of the unix socket QEMU's VNC server listens on; empty: no VNC, no video.
+  std::string vnc_socket_path;
+  // Absolute path of the unix socket of the qemu-guest-agent virtio-serial channel
+  // (org.qemu.guest_agent.0); empty: no channel.
+  std::string guest_agent_socket_path;
+  std::optional<TpmSpec> tpm;
+  // Extension point: network interfaces belong to net/ (another issue). They will arrive as a
+  // plain `std::vector<NicSpec> nics` (model, MAC, tap/bridge name, boot order) rendered by a
+  // `WriteNics` step next to the disks, with their boot orders checked together with the
+  // disks' ones. Until then a domain has no NIC.
+};
+
+// Renders `spec` as libvirt domain XML (type 'kvm' or, for kTcg, 'qemu'). Deterministic: the
+// same spec gives the same bytes. Every string is XML-escaped; strings that XML 1.0 cannot
+// carry (control characters, invalid UTF-8) are rejected.
+// Errors (all kInvalid, the message names the field): an invalid name/uuid/machine/path/serial,
+// a non-absolute path, zero vCPUs or memory, duplicate disk names or boot orders, and
+// unsupported combinations (secure boot without EFI or on a non-q35 machine, EFI without
+// loader/nvram, host-passthrough under TCG, cdrom on virtio, lun not on scsi / not a block
+// device / not raw, a console socket without kUnix, ...).
+Result<std::string> DomainXml(const DomainSpec& spec);
+
+// The libvirt target device name of the index-th disk (0-based) with `prefix` ("vd", "sd"):
+// vda..vdz, vdaa..vdaz, vdba, ... (the kernel's naming scheme).
+std::string DiskTargetName(std::string_view prefix, size_t index);
+
+}  // namespace edgevirt::vmm

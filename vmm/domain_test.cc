@@ -1,0 +1,427 @@
+#include "vmm/vmm.h"
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+
+#include "tests/support/catch.h"
+#include "vmm/xml_writer.h"
+
+namespace edgevirt::vmm {
+namespace {
+
+constexpr uint64_t kMiB = 1024 * 1024;
+const std::string kTestdata = std::string(EDGEVIRT_SOURCE_DIR) + "/vmm/testdata/";
+
+// Compares DomainXml(spec) byte for byte with testdata/<file>; UPDATE_GOLDEN=1 rewrites it.
+void CheckGolden(const std::string& file, const DomainSpec& spec) {
+  auto xml = DomainXml(spec);
+  if (!xml) FAIL("DomainXml: " << xml.error().ToString());
+  const std::string path = kTestdata + file;
+  const char* update = std::getenv("UPDATE_GOLDEN");
+  if (update != nullptr && std::string(update) == "1") {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out << *xml;
+    REQUIRE(out.good());
+    WARN("rewrote " << path);
+    return;
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) FAIL("missing golden file " << path << " (run with UPDATE_GOLDEN=1 to create it)");
+  std::stringstream golden;
+  golden << in.rdbuf();
+  INFO("golden file " << path << " differs; review, then run with UPDATE_GOLDEN=1");
+  CHECK(*xml == golden.str());
+}
+
+// The smallest valid spec: BIOS, q35, TCG, one vCPU, 128 MiB, one virtio disk.
+DomainSpec Minimal() {
+  DomainSpec s;
+  s.name = "default_minimal";
+  s.uuid = "6a1a24a1-4061-4607-8bf4-a3963d0c5895";
+  s.accelerator = Accelerator::kTcg;
+  s.memory_bytes = 128 * kMiB;
+  DiskSpec root;
+  root.name = "rootdisk";
+  root.path = "/var/lib/edgevirt/overlays/default_minimal/rootdisk.qcow2";
+  root.format = DiskFormat::kQcow2;
+  root.boot_order = 1;
+  s.disks.push_back(root);
+  return s;
+}
+
+TEST_CASE("golden: minimal BIOS q35 TCG VM") { CheckGolden("minimal_bios_tcg.xml", Minimal()); }
+
+TEST_CASE("golden: EFI with secure boot and a persistent vTPM on KVM") {
+  DomainSpec s = Minimal();
+  s.name = "prod_win11";
+  s.uuid = "0b9c6f4e-3c1d-4a57-9a0e-2f3b8d7c6e5a";
+  s.firmware_serial = "EV-0001";
+  s.accelerator = Accelerator::kKvm;
+  s.cpu = CpuSpec{CpuMode::kHostModel, "", 1, 2, 2};
+  s.memory_bytes = 4096 * kMiB;
+  s.firmware.kind = FirmwareKind::kEfi;
+  s.firmware.secure_boot = true;
+  s.firmware.loader = "/usr/share/OVMF/OVMF_CODE_4M.ms.fd";
+  s.firmware.nvram_template = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+  s.firmware.nvram = "/var/lib/edgevirt/nvram/prod_win11_VARS.fd";
+  s.disks[0].path = "/var/lib/edgevirt/overlays/prod_win11/rootdisk.qcow2";
+  s.tpm = TpmSpec{};
+  CheckGolden("efi_secureboot_tpm.xml", s);
+}
+
+TEST_CASE("golden: EFI without secure boot, no nvram template, ephemeral vTPM") {
+  DomainSpec s = Minimal();
+  s.name = "default_efi";
+  s.firmware.kind = FirmwareKind::kEfi;
+  s.firmware.loader = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+  s.firmware.nvram = "/var/lib/edgevirt/nvram/default_efi_VARS.fd";
+  s.tpm = TpmSpec{.persistent = false};
+  CheckGolden("efi_tpm_ephemeral.xml", s);
+}
+
+TEST_CASE("golden: disks on virtio, sata and scsi") {
+  DomainSpec s = Minimal();
+  s.name = "default_disks";
+  s.cpu = CpuSpec{CpuMode::kNone, "", 1, 2, 1};
+  s.memory_bytes = 1024 * kMiB;
+  s.disks.clear();
+  DiskSpec root{.name = "rootdisk",
+                .path = "/var/lib/edgevirt/overlays/default_disks/rootdisk.qcow2",
+                .format = DiskFormat::kQcow2,
+                .boot_order = 2};
+  DiskSpec data{.name = "data",
+                .path = "/var/lib/edgevirt/volumes/data.img",
+                .serial = "DATA-0001",
+                .cache = DiskCache::kWriteback};
+  DiskSpec install{.name = "installer",
+                   .path = "/var/lib/edgevirt/images/debian-12.iso",
+                   .device = DiskDevice::kCdrom,
+                   .bus = DiskBus::kSata,
+                   .boot_order = 1};
+  DiskSpec tools{.name = "tools",
+                 .path = "/var/lib/edgevirt/volumes/tools.img",
+                 .bus = DiskBus::kSata,
+                 .readonly = true,
+                 .cache = DiskCache::kWritethrough};
+  DiskSpec scratch{.name = "scratch",
+                   .source_kind = DiskSourceKind::kBlock,
+                   .path = "/dev/vg0/scratch",
+                   .bus = DiskBus::kScsi,
+                   .serial = "scratch 1"};
+  DiskSpec lun{.name = "shared-lun",
+               .source_kind = DiskSourceKind::kBlock,
+               .path = "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4",
+               .device = DiskDevice::kLun,
+               .bus = DiskBus::kScsi};
+  DiskSpec drivers{.name = "drivers",
+                   .path = "/var/lib/edgevirt/images/virtio-win.iso",
+                   .device = DiskDevice::kCdrom,
+                   .bus = DiskBus::kScsi,
+                   .boot_order = 3};
+  s.disks = {root, data, install, tools, scratch, lun, drivers};
+  CheckGolden("disks.xml", s);
+}
+
+TEST_CASE("golden: unix console with log, VNC and guest agent sockets") {
+  DomainSpec s = Minimal();
+  s.name = "default_console";
+  // A directory name with every XML special character: the output must escape all of them.
+  const std::string dir = "/run/edgevirt/vms/a&b<c>'d\"e";
+  s.console = ConsoleSpec{ConsoleKind::kUnix, dir + "/serial0.sock", dir + "/serial0.log"};
+  s.vnc_socket_path = dir + "/vnc.sock";
+  s.guest_agent_socket_path = dir + "/qga.sock";
+  CheckGolden("console_vnc_agent.xml", s);
+}
+
+TEST_CASE("golden: pty console and a named CPU model on KVM") {
+  DomainSpec s = Minimal();
+  s.name = "default_pty";
+  s.accelerator = Accelerator::kKvm;
+  s.cpu = CpuSpec{CpuMode::kNamed, "Skylake-Client-IBRS", 2, 1, 1};
+  s.console = ConsoleSpec{ConsoleKind::kPty, "", "/var/log/edgevirt/default_pty.log"};
+  CheckGolden("pty_named_cpu.xml", s);
+}
+
+TEST_CASE("host-passthrough on KVM") {
+  DomainSpec s = Minimal();
+  s.accelerator = Accelerator::kKvm;
+  s.cpu.mode = CpuMode::kHostPassthrough;
+  auto xml = DomainXml(s);
+  REQUIRE(xml);
+  CHECK(xml->find("<domain type='kvm'>") == 0);
+  CHECK(xml->find("<cpu mode='host-passthrough'>") != std::string::npos);
+}
+
+TEST_CASE("DomainXml is deterministic") {
+  auto a = DomainXml(Minimal());
+  auto b = DomainXml(Minimal());
+  REQUIRE(a);
+  REQUIRE(b);
+  CHECK(*a == *b);
+}
+
+TEST_CASE("DiskTargetName follows the kernel's scheme") {
+  CHECK(DiskTargetName("vd", 0) == "vda");
+  CHECK(DiskTargetName("vd", 25) == "vdz");
+  CHECK(DiskTargetName("vd", 26) == "vdaa");
+  CHECK(DiskTargetName("sd", 51) == "sdaz");
+  CHECK(DiskTargetName("sd", 52) == "sdba");
+  CHECK(DiskTargetName("sd", 701) == "sdzz");
+  CHECK(DiskTargetName("sd", 702) == "sdaaa");
+}
+
+TEST_CASE("SATA disks beyond six ports go to the next AHCI controller") {
+  DomainSpec s = Minimal();
+  s.disks.clear();
+  for (int i = 0; i < 7; ++i) {
+    s.disks.push_back(DiskSpec{.name = "d" + std::to_string(i),
+                               .path = "/img/d" + std::to_string(i) + ".img",
+                               .bus = DiskBus::kSata});
+  }
+  auto xml = DomainXml(s);
+  REQUIRE(xml);
+  CHECK(xml->find("<target dev='sdg' bus='sata'/>") != std::string::npos);
+  CHECK(xml->find("<address type='drive' controller='1' bus='0' target='0' unit='0'/>") !=
+        std::string::npos);
+}
+
+TEST_CASE("XmlEscape and IsXmlSafe") {
+  CHECK(XmlEscape("a&b<c>d'e\"f") == "a&amp;b&lt;c&gt;d&apos;e&quot;f");
+  CHECK(XmlEscape("/plain/path") == "/plain/path");
+  CHECK(IsXmlSafe("/var/lib/\xc3\xa9t\xc3\xa9/\xe2\x82\xac/\xf0\x9f\x98\x80"));  // é € 😀
+  CHECK(IsXmlSafe(""));
+  CHECK_FALSE(IsXmlSafe(std::string("a\0b", 3)));
+  CHECK_FALSE(IsXmlSafe("a\nb"));
+  CHECK_FALSE(IsXmlSafe("a\tb"));
+  CHECK_FALSE(IsXmlSafe("a\x7f"));
+  CHECK_FALSE(IsXmlSafe("\xc3"));              // truncated
+  CHECK_FALSE(IsXmlSafe("\xc0\xaf"));          // overlong '/'
+  CHECK_FALSE(IsXmlSafe("\xed\xa0\x80"));      // surrogate
+  CHECK_FALSE(IsXmlSafe("\xef\xbf\xbf"));      // U+FFFF
+  CHECK_FALSE(IsXmlSafe("\xc2\x85"));          // C1 control (NEL)
+  CHECK_FALSE(IsXmlSafe("\xf4\x90\x80\x80"));  // above U+10FFFF
+  CHECK_FALSE(IsXmlSafe("\xff"));
+}
+
+// Each case mutates a valid spec into an invalid one; DomainXml must answer kInvalid with a
+// message containing `want`.
+struct InvalidCase {
+  const char* what;
+  std::function<void(DomainSpec&)> mutate;
+  const char* want;
+};
+
+DiskSpec& AddDisk(DomainSpec& s, DiskSpec d) {
+  s.disks.push_back(std::move(d));
+  return s.disks.back();
+}
+
+void MakeEfi(DomainSpec& s) {
+  s.firmware.kind = FirmwareKind::kEfi;
+  s.firmware.loader = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+  s.firmware.nvram = "/var/lib/edgevirt/nvram/x_VARS.fd";
+}
+
+TEST_CASE("validation errors") {
+  const std::vector<InvalidCase> cases = {
+      {"empty name", [](DomainSpec& s) { s.name = ""; }, "name: must not be empty"},
+      {"name with a slash", [](DomainSpec& s) { s.name = "a/b"; }, "must consist of letters"},
+      {"name with a space", [](DomainSpec& s) { s.name = "a b"; }, "must consist of letters"},
+      {"name with an XML character", [](DomainSpec& s) { s.name = "a<b"; },
+       "must consist of letters"},
+      {"name starting with a dot", [](DomainSpec& s) { s.name = ".hidden"; }, "not start with '.'"},
+      {"name starting with a dash", [](DomainSpec& s) { s.name = "-opt"; }, "not start with"},
+      {"name with a newline", [](DomainSpec& s) { s.name = "a\nb"; }, "control character"},
+      {"name too long", [](DomainSpec& s) { s.name = std::string(201, 'a'); }, "longer than 200"},
+      {"uuid with a control character", [](DomainSpec& s) { s.uuid = std::string(36, '\x01'); },
+       "uuid: contains a control character"},
+      {"empty uuid", [](DomainSpec& s) { s.uuid = ""; }, "is not a UUID"},
+      {"uuid without dashes",
+       [](DomainSpec& s) { s.uuid = "6a1a24a1406146078bf4a3963d0c58950000"; }, "is not a UUID"},
+      {"uuid with a non-hex digit",
+       [](DomainSpec& s) { s.uuid = "6a1a24a1-4061-4607-8bf4-a3963d0c589g"; }, "is not a UUID"},
+      {"uuid too short", [](DomainSpec& s) { s.uuid = "6a1a24a1-4061-4607-8bf4-a3963d0c589"; },
+       "is not a UUID"},
+      {"serial with a control character", [](DomainSpec& s) { s.firmware_serial = "a\x01"; },
+       "firmware_serial: contains a control character"},
+      {"empty machine type", [](DomainSpec& s) { s.machine_type = ""; }, "machine_type"},
+      {"machine type with a quote", [](DomainSpec& s) { s.machine_type = "q35'"; }, "machine_type"},
+      {"machine type with a control character", [](DomainSpec& s) { s.machine_type = "q35\x1b"; },
+       "machine_type: contains a control character"},
+      {"zero sockets", [](DomainSpec& s) { s.cpu.sockets = 0; }, "at least 1"},
+      {"zero cores", [](DomainSpec& s) { s.cpu.cores = 0; }, "at least 1"},
+      {"zero threads", [](DomainSpec& s) { s.cpu.threads = 0; }, "at least 1"},
+      {"too many vCPUs",
+       [](DomainSpec& s) {
+         s.cpu = CpuSpec{CpuMode::kNone, "", 65536, 65536, 2};
+       },
+       "vCPUs (sockets*cores*threads) exceed 1024"},
+      {"named CPU without a model", [](DomainSpec& s) { s.cpu.mode = CpuMode::kNamed; },
+       "cpu.model"},
+      {"named CPU model with a bad character",
+       [](DomainSpec& s) {
+         s.cpu = CpuSpec{CpuMode::kNamed, "Sky lake", 1, 1, 1};
+       },
+       "cpu.model"},
+      {"named CPU model with a control character",
+       [](DomainSpec& s) {
+         s.cpu = CpuSpec{CpuMode::kNamed, "Sky\nlake", 1, 1, 1};
+       },
+       "cpu.model: contains a control character"},
+      {"model without kNamed", [](DomainSpec& s) { s.cpu.model = "Skylake-Client"; },
+       "only allowed with CpuMode::kNamed"},
+      {"host-passthrough under TCG", [](DomainSpec& s) { s.cpu.mode = CpuMode::kHostPassthrough; },
+       "host-passthrough needs KVM"},
+      {"zero memory", [](DomainSpec& s) { s.memory_bytes = 0; }, "memory: must be greater than 0"},
+      {"memory not a MiB multiple", [](DomainSpec& s) { s.memory_bytes = 128 * kMiB + 512; },
+       "not a multiple of 1 MiB"},
+      {"secure boot without EFI", [](DomainSpec& s) { s.firmware.secure_boot = true; },
+       "secure boot requires EFI"},
+      {"secure boot on i440fx",
+       [](DomainSpec& s) {
+         MakeEfi(s);
+         s.firmware.secure_boot = true;
+         s.machine_type = "pc-i440fx-7.2";
+       },
+       "secure boot requires a q35 machine"},
+      {"BIOS with a loader path",
+       [](DomainSpec& s) { s.firmware.loader = "/usr/share/OVMF/OVMF_CODE.fd"; },
+       "only allowed with EFI"},
+      {"EFI without loader",
+       [](DomainSpec& s) {
+         MakeEfi(s);
+         s.firmware.loader = "";
+       },
+       "firmware.loader: must not be empty"},
+      {"EFI without nvram",
+       [](DomainSpec& s) {
+         MakeEfi(s);
+         s.firmware.nvram = "";
+       },
+       "firmware.nvram: must not be empty"},
+      {"EFI with a relative loader",
+       [](DomainSpec& s) {
+         MakeEfi(s);
+         s.firmware.loader = "OVMF_CODE.fd";
+       },
+       "firmware.loader: \"OVMF_CODE.fd\" is not an absolute path"},
+      {"EFI with a relative nvram template",
+       [](DomainSpec& s) {
+         MakeEfi(s);
+         s.firmware.nvram_template = "vars.fd";
+       },
+       "firmware.nvram_template"},
+      {"disk without a name", [](DomainSpec& s) { s.disks[0].name = ""; },
+       "disk name: \"\" must be non-empty"},
+      {"disk name with a dot", [](DomainSpec& s) { s.disks[0].name = "root.disk"; },
+       "disk name: \"root.disk\""},
+      {"disk name with a control character", [](DomainSpec& s) { s.disks[0].name = "a\x7f"; },
+       "disk name: contains a control character"},
+      {"duplicate disk names",
+       [](DomainSpec& s) { AddDisk(s, DiskSpec{.name = "rootdisk", .path = "/a.img"}); },
+       "disk \"rootdisk\": duplicate disk name"},
+      {"empty disk path", [](DomainSpec& s) { s.disks[0].path = ""; },
+       "disk \"rootdisk\" path: must not be empty"},
+      {"relative disk path", [](DomainSpec& s) { s.disks[0].path = "images/root.qcow2"; },
+       "is not an absolute path"},
+      {"disk path with ..", [](DomainSpec& s) { s.disks[0].path = "/var/lib/../../etc/shadow"; },
+       "contains a '..' component"},
+      {"disk path ending in ..", [](DomainSpec& s) { s.disks[0].path = "/var/.."; },
+       "contains a '..' component"},
+      {"disk path with a newline", [](DomainSpec& s) { s.disks[0].path = "/a\n.img"; },
+       "control character"},
+      {"disk path with invalid UTF-8", [](DomainSpec& s) { s.disks[0].path = "/a\xff.img"; },
+       "invalid UTF-8"},
+      {"cdrom on virtio",
+       [](DomainSpec& s) {
+         AddDisk(s, DiskSpec{.name = "cd", .path = "/a.iso", .device = DiskDevice::kCdrom});
+       },
+       "a cdrom cannot be on the virtio bus"},
+      {"lun on sata",
+       [](DomainSpec& s) {
+         AddDisk(s, DiskSpec{.name = "l",
+                             .source_kind = DiskSourceKind::kBlock,
+                             .path = "/dev/sdb",
+                             .device = DiskDevice::kLun,
+                             .bus = DiskBus::kSata});
+       },
+       "a lun must be on the scsi bus"},
+      {"lun on virtio",
+       [](DomainSpec& s) {
+         AddDisk(s, DiskSpec{.name = "l",
+                             .source_kind = DiskSourceKind::kBlock,
+                             .path = "/dev/sdb",
+                             .device = DiskDevice::kLun});
+       },
+       "a lun must be on the scsi bus"},
+      {"lun on a file",
+       [](DomainSpec& s) {
+         AddDisk(
+             s,
+             DiskSpec{
+                 .name = "l", .path = "/a.img", .device = DiskDevice::kLun, .bus = DiskBus::kScsi});
+       },
+       "a lun needs a block device source"},
+      {"lun with qcow2",
+       [](DomainSpec& s) {
+         AddDisk(s, DiskSpec{.name = "l",
+                             .source_kind = DiskSourceKind::kBlock,
+                             .path = "/dev/sdb",
+                             .format = DiskFormat::kQcow2,
+                             .device = DiskDevice::kLun,
+                             .bus = DiskBus::kScsi});
+       },
+       "a lun must have format raw"},
+      {"disk serial with a slash", [](DomainSpec& s) { s.disks[0].serial = "a/b"; },
+       "serial: \"a/b\" may only contain"},
+      {"disk serial with a control character", [](DomainSpec& s) { s.disks[0].serial = "a\x02"; },
+       "serial: contains a control character"},
+      {"disk serial too long", [](DomainSpec& s) { s.disks[0].serial = std::string(21, 'x'); },
+       "longer than 20 bytes"},
+      {"duplicate boot order",
+       [](DomainSpec& s) {
+         AddDisk(s, DiskSpec{.name = "second", .path = "/b.img", .boot_order = 1});
+       },
+       "disk \"second\": boot order 1 is already used by disk \"rootdisk\""},
+      {"unix console without a socket", [](DomainSpec& s) { s.console.kind = ConsoleKind::kUnix; },
+       "console.socket_path: must not be empty"},
+      {"unix console with a relative socket",
+       [](DomainSpec& s) {
+         s.console = ConsoleSpec{ConsoleKind::kUnix, "serial.sock", ""};
+       },
+       "console.socket_path: \"serial.sock\" is not an absolute path"},
+      {"pty console with a socket",
+       [](DomainSpec& s) {
+         s.console = ConsoleSpec{ConsoleKind::kPty, "/run/s.sock", ""};
+       },
+       "only allowed with ConsoleKind::kUnix"},
+      {"console log without a console", [](DomainSpec& s) { s.console.log_path = "/var/log/x"; },
+       "there is no console to log"},
+      {"relative console log",
+       [](DomainSpec& s) {
+         s.console = ConsoleSpec{ConsoleKind::kPty, "", "console.log"};
+       },
+       "console.log_path: \"console.log\" is not an absolute path"},
+      {"relative VNC socket", [](DomainSpec& s) { s.vnc_socket_path = "vnc.sock"; },
+       "vnc_socket_path: \"vnc.sock\" is not an absolute path"},
+      {"relative guest agent socket", [](DomainSpec& s) { s.guest_agent_socket_path = "qga"; },
+       "guest_agent_socket_path: \"qga\" is not an absolute path"},
+  };
+  for (const InvalidCase& c : cases) {
+    DYNAMIC_SECTION(c.what) {
+      DomainSpec s = Minimal();
+      c.mutate(s);
+      auto xml = DomainXml(s);
+      REQUIRE_FALSE(xml);
+      CHECK(xml.error().code == Code::kInvalid);
+      INFO("message: " << xml.error().message);
+      CHECK(xml.error().message.find(c.want) != std::string::npos);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace edgevirt::vmm
