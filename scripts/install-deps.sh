@@ -18,8 +18,9 @@ DEB_PACKAGES=(
   # libraries
   liblmdb-dev lmdb-utils libboost-dev libsystemd-dev libyaml-cpp-dev nlohmann-json3-dev
   libsqlite3-dev
-  # tests: Catch2, the cpp-httplib client, a standalone journald and journalctl, unshare
-  catch2 libcpp-httplib-dev systemd util-linux python3 curl procps
+  # tests: Catch2, the cpp-httplib client, a standalone journald and journalctl, unshare,
+  # virt-xml-validate and virsh (vmm/ golden domain XML checks)
+  catch2 libcpp-httplib-dev systemd util-linux python3 curl procps libvirt-clients
   # fuzzing: clang with libFuzzer and its sanitizer runtimes
   clang libclang-rt-14-dev
   # bench/api: the load generator and the reference server
@@ -30,7 +31,7 @@ DEB_PACKAGES=(
 RPM_PACKAGES=(
   gcc-c++ cmake ninja-build pkgconf-pkg-config git clang-tools-extra
   lmdb-devel lmdb boost-devel systemd-devel yaml-cpp-devel json-devel sqlite-devel
-  catch2-devel cpp-httplib-devel systemd util-linux python3 curl procps-ng
+  catch2-devel cpp-httplib-devel systemd util-linux python3 curl procps-ng libvirt-client
   clang compiler-rt
 )
 
