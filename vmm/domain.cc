@@ -162,6 +162,11 @@ Status CheckDisks(const std::vector<DiskSpec>& disks) {
     if (d.device == DiskDevice::kCdrom && d.bus == DiskBus::kVirtio) {
       return Invalid(field + ": a cdrom cannot be on the virtio bus (use sata or scsi)");
     }
+    // QEMU's ide-hd (the sata disk device) has no read-only mode; libvirt refuses it.
+    if (d.device == DiskDevice::kDisk && d.bus == DiskBus::kSata && d.readonly) {
+      return Invalid(
+          field + ": a read-only disk cannot be on the sata bus (use virtio or scsi, or a cdrom)");
+    }
     if (d.device == DiskDevice::kLun) {
       if (d.bus != DiskBus::kScsi) return Invalid(field + ": a lun must be on the scsi bus");
       if (d.source_kind != DiskSourceKind::kBlock) {

@@ -90,7 +90,7 @@ struct DiskSpec {
   DiskBus bus = DiskBus::kVirtio;
   // 0: not bootable. Otherwise unique among all boot orders of the domain (>= 1).
   uint32_t boot_order = 0;
-  bool readonly = false;
+  bool readonly = false;  // not for a kDisk on kSata (QEMU's ide-hd cannot be read-only)
   // Optional serial shown to the guest, [A-Za-z0-9_.+- ]+ (libvirt's rule), at most 20
   // bytes (virtio-blk's limit; QEMU truncates longer ones silently).
   std::string serial;
@@ -159,8 +159,8 @@ struct DomainSpec {
 // Errors (all kInvalid, the message names the field): an invalid name/uuid/machine/path/serial,
 // a non-absolute path, zero vCPUs or memory, duplicate disk names or boot orders, and
 // unsupported combinations (secure boot without EFI or on a non-q35 machine, EFI without
-// loader/nvram, host-passthrough under TCG, cdrom on virtio, lun not on scsi / not a block
-// device / not raw, a console socket without kUnix, ...).
+// loader/nvram, host-passthrough under TCG, cdrom on virtio, a read-only sata disk, lun not on
+// scsi / not a block device / not raw, a console socket without kUnix, ...).
 Result<std::string> DomainXml(const DomainSpec& spec);
 
 // The libvirt target device name of the index-th disk (0-based) with `prefix` ("vd", "sd"):

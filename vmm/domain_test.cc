@@ -103,13 +103,13 @@ TEST_CASE("golden: disks on virtio, sata and scsi") {
                    .boot_order = 1};
   DiskSpec tools{.name = "tools",
                  .path = "/var/lib/edgevirt/volumes/tools.img",
-                 .bus = DiskBus::kSata,
+                 .bus = DiskBus::kScsi,
                  .readonly = true,
                  .cache = DiskCache::kWritethrough};
   DiskSpec scratch{.name = "scratch",
                    .source_kind = DiskSourceKind::kBlock,
                    .path = "/dev/vg0/scratch",
-                   .bus = DiskBus::kScsi,
+                   .bus = DiskBus::kSata,
                    .serial = "scratch 1"};
   DiskSpec lun{.name = "shared-lun",
                .source_kind = DiskSourceKind::kBlock,
@@ -340,6 +340,12 @@ TEST_CASE("validation errors") {
          AddDisk(s, DiskSpec{.name = "cd", .path = "/a.iso", .device = DiskDevice::kCdrom});
        },
        "a cdrom cannot be on the virtio bus"},
+      {"read-only sata disk",
+       [](DomainSpec& s) {
+         AddDisk(s,
+                 DiskSpec{.name = "ro", .path = "/a.img", .bus = DiskBus::kSata, .readonly = true});
+       },
+       "a read-only disk cannot be on the sata bus"},
       {"lun on sata",
        [](DomainSpec& s) {
          AddDisk(s, DiskSpec{.name = "l",
