@@ -21,6 +21,8 @@ DEB_PACKAGES=(
   # tests: Catch2, the cpp-httplib client, a standalone journald and journalctl, unshare,
   # virt-xml-validate and virsh (vmm/ golden domain XML checks)
   catch2 libcpp-httplib-dev systemd util-linux python3 curl procps libvirt-clients
+  # vmm/: libvirt's QEMU driver (embedded), QEMU, OVMF (EFI), swtpm (vTPM), qemu-img
+  libvirt-daemon-driver-qemu qemu-system-x86 ovmf swtpm swtpm-tools qemu-utils
   # fuzzing: clang with libFuzzer and its sanitizer runtimes
   clang libclang-rt-14-dev
   # bench/api: the load generator and the reference server
@@ -32,6 +34,7 @@ RPM_PACKAGES=(
   gcc-c++ cmake ninja-build pkgconf-pkg-config git clang-tools-extra
   lmdb-devel lmdb boost-devel systemd-devel yaml-cpp-devel json-devel sqlite-devel
   catch2-devel cpp-httplib-devel systemd util-linux python3 curl procps-ng libvirt-client
+  libvirt-daemon-driver-qemu qemu-kvm edk2-ovmf swtpm swtpm-tools qemu-img
   clang compiler-rt
 )
 
