@@ -7,6 +7,8 @@
 #include <map>
 #include <set>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "vmm/xml_writer.h"
 
@@ -209,11 +211,26 @@ Status CheckConsole(const ConsoleSpec& console) {
   return CheckOptionalPath("console.log_path", console.log_path);
 }
 
+// The SMBIOS system strings of `s`, with libvirt's entry names.
+std::vector<std::pair<std::string_view, const std::string&>> SmbiosEntries(const SmbiosSystem& s) {
+  return {{"manufacturer", s.manufacturer},
+          {"product", s.product},
+          {"version", s.version},
+          {"sku", s.sku},
+          {"family", s.family}};
+}
+
 Status Validate(const DomainSpec& spec) {
   RETURN_IF_ERROR(CheckName(spec.name));
   RETURN_IF_ERROR(CheckUuid(spec.uuid));
   if (!IsXmlSafe(spec.firmware_serial)) {
     return Invalid("firmware_serial: contains a control character or invalid UTF-8");
+  }
+  for (const auto& [field, value] : SmbiosEntries(spec.smbios)) {
+    if (!IsXmlSafe(value)) {
+      return Invalid("smbios." + std::string(field) +
+                     ": contains a control character or invalid UTF-8");
+    }
   }
   if (!AllOf(spec.machine_type, "_.-")) {
     if (!IsXmlSafe(spec.machine_type)) {
@@ -260,6 +277,20 @@ std::string_view DeviceName(DiskDevice device) {
   return "disk";
 }
 
+std::string_view ErrorPolicyName(DiskErrorPolicy policy) {
+  switch (policy) {
+    case DiskErrorPolicy::kStop:
+      return "stop";
+    case DiskErrorPolicy::kReport:
+      return "report";
+    case DiskErrorPolicy::kIgnore:
+      return "ignore";
+    case DiskErrorPolicy::kEnospace:
+      return "enospace";
+  }
+  return "stop";
+}
+
 std::string_view CacheName(DiskCache cache) {
   switch (cache) {
     case DiskCache::kNone:
@@ -278,8 +309,13 @@ void WriteSysinfo(XmlWriter& w, const DomainSpec& spec) {
   w.Start("sysinfo", {{"type", "smbios"}});
   w.Start("system");
   w.Text("entry", spec.uuid, {{"name", "uuid"}});
-  if (!spec.firmware_serial.empty()) {
-    w.Text("entry", spec.firmware_serial, {{"name", "serial"}});
+  const SmbiosSystem& s = spec.smbios;
+  // libvirt's own order of the type 1 fields.
+  const std::pair<std::string_view, const std::string&> entries[] = {
+      {"manufacturer", s.manufacturer}, {"product", s.product}, {"version", s.version},
+      {"serial", spec.firmware_serial}, {"sku", s.sku},         {"family", s.family}};
+  for (const auto& [name, value] : entries) {
+    if (!value.empty()) w.Text("entry", value, {{"name", name}});
   }
   w.End();
   w.End();
@@ -358,12 +394,16 @@ void WriteDisks(XmlWriter& w, const std::vector<DiskSpec>& disks) {
     const std::string_view io = d.cache == DiskCache::kNone ? "native" : "threads";
     const std::string_view format = d.format == DiskFormat::kQcow2 ? "qcow2" : "raw";
     if (readonly) {
-      w.Empty("driver",
-              {{"name", "qemu"}, {"type", format}, {"cache", CacheName(d.cache)}, {"io", io}});
+      w.Empty("driver", {{"name", "qemu"},
+                         {"type", format},
+                         {"cache", CacheName(d.cache)},
+                         {"error_policy", ErrorPolicyName(d.error_policy)},
+                         {"io", io}});
     } else {
       w.Empty("driver", {{"name", "qemu"},
                          {"type", format},
                          {"cache", CacheName(d.cache)},
+                         {"error_policy", ErrorPolicyName(d.error_policy)},
                          {"io", io},
                          {"discard", "unmap"}});
     }

@@ -78,6 +78,14 @@ enum class DiskCache {
   kWriteback,     // io='threads'
 };
 
+// What QEMU does when a read or write of the disk fails (libvirt error_policy).
+enum class DiskErrorPolicy {
+  kStop,      // pause the VM (an I/O-error pause the caller observes); KubeVirt's default
+  kReport,    // report the error to the guest
+  kIgnore,    // ignore it
+  kEnospace,  // pause on ENOSPC only, report other errors
+};
+
 struct DiskSpec {
   // Logical name, unique among the disks, [A-Za-z0-9_-]+ (e.g. the KubeVirt volume name).
   // Becomes the libvirt user alias "ua-<name>", which identifies the disk in libvirt events
@@ -95,6 +103,7 @@ struct DiskSpec {
   // bytes (virtio-blk's limit; QEMU truncates longer ones silently).
   std::string serial;
   DiskCache cache = DiskCache::kNone;
+  DiskErrorPolicy error_policy = DiskErrorPolicy::kStop;
 };
 
 enum class ConsoleKind {
@@ -118,6 +127,14 @@ struct TpmSpec {
   bool persistent = true;
 };
 
+struct SmbiosSystem {
+  std::string manufacturer;
+  std::string product;
+  std::string version;
+  std::string sku;
+  std::string family;
+};
+
 // Everything a domain definition needs, as plain values. Paths are host paths chosen by the
 // caller; this module never creates or checks them.
 struct DomainSpec {
@@ -131,6 +148,10 @@ struct DomainSpec {
   std::string uuid;
   // SMBIOS system serial number (KubeVirt's spec.domain.firmware.serial); empty: none.
   std::string firmware_serial;
+  // Further SMBIOS type 1 (system) strings; each empty one is left out. KubeVirt fills them
+  // from its cluster config (by default manufacturer and family "KubeVirt", product "None"),
+  // and guests may look at them to know where they run.
+  SmbiosSystem smbios;
   // QEMU machine type, [A-Za-z0-9_.-]+.
   std::string machine_type = "q35";
   Accelerator accelerator = Accelerator::kKvm;

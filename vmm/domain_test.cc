@@ -59,6 +59,7 @@ TEST_CASE("golden: EFI with secure boot and a persistent vTPM on KVM") {
   s.name = "prod_win11";
   s.uuid = "0b9c6f4e-3c1d-4a57-9a0e-2f3b8d7c6e5a";
   s.firmware_serial = "EV-0001";
+  s.smbios = SmbiosSystem{.manufacturer = "KubeVirt", .product = "None", .family = "KubeVirt"};
   s.accelerator = Accelerator::kKvm;
   s.cpu = CpuSpec{CpuMode::kHostModel, "", 1, 2, 2};
   s.memory_bytes = 4096 * kMiB;
@@ -95,7 +96,8 @@ TEST_CASE("golden: disks on virtio, sata and scsi") {
   DiskSpec data{.name = "data",
                 .path = "/var/lib/edgevirt/volumes/data.img",
                 .serial = "DATA-0001",
-                .cache = DiskCache::kWriteback};
+                .cache = DiskCache::kWriteback,
+                .error_policy = DiskErrorPolicy::kReport};
   DiskSpec install{.name = "installer",
                    .path = "/var/lib/edgevirt/images/debian-12.iso",
                    .device = DiskDevice::kCdrom,
@@ -110,12 +112,14 @@ TEST_CASE("golden: disks on virtio, sata and scsi") {
                    .source_kind = DiskSourceKind::kBlock,
                    .path = "/dev/vg0/scratch",
                    .bus = DiskBus::kSata,
-                   .serial = "scratch 1"};
+                   .serial = "scratch 1",
+                   .error_policy = DiskErrorPolicy::kEnospace};
   DiskSpec lun{.name = "shared-lun",
                .source_kind = DiskSourceKind::kBlock,
                .path = "/dev/disk/by-id/wwn-0x5000c500a1b2c3d4",
                .device = DiskDevice::kLun,
-               .bus = DiskBus::kScsi};
+               .bus = DiskBus::kScsi,
+               .error_policy = DiskErrorPolicy::kIgnore};
   DiskSpec drivers{.name = "drivers",
                    .path = "/var/lib/edgevirt/images/virtio-win.iso",
                    .device = DiskDevice::kCdrom,
@@ -247,6 +251,8 @@ TEST_CASE("validation errors") {
        "is not a UUID"},
       {"serial with a control character", [](DomainSpec& s) { s.firmware_serial = "a\x01"; },
        "firmware_serial: contains a control character"},
+      {"SMBIOS product with a control character", [](DomainSpec& s) { s.smbios.product = "a\rb"; },
+       "smbios.product: contains a control character"},
       {"empty machine type", [](DomainSpec& s) { s.machine_type = ""; }, "machine_type"},
       {"machine type with a quote", [](DomainSpec& s) { s.machine_type = "q35'"; }, "machine_type"},
       {"machine type with a control character", [](DomainSpec& s) { s.machine_type = "q35\x1b"; },
