@@ -21,8 +21,12 @@ DEB_PACKAGES=(
   # tests: Catch2, the cpp-httplib client, a standalone journald and journalctl, unshare,
   # virt-xml-validate and virsh (vmm/ golden domain XML checks)
   catch2 libcpp-httplib-dev systemd util-linux python3 curl procps libvirt-clients
-  # vmm/: libvirt's QEMU driver (embedded), QEMU, OVMF (EFI), swtpm (vTPM), qemu-img
-  libvirt-daemon-driver-qemu qemu-system-x86 ovmf swtpm swtpm-tools qemu-utils
+  # vmm/: libvirt's QEMU driver (embedded) and its headers, QEMU, OVMF (EFI), swtpm (vTPM),
+  # qemu-img
+  libvirt-dev libvirt-daemon-driver-qemu qemu-system-x86 ovmf swtpm swtpm-tools qemu-utils
+  # the test guest (tests/fixtures/guest/build-test-guest.sh): a kernel with modules,
+  # busybox, extlinux + MBR, partitioning, ext2, initramfs tools
+  linux-image-amd64 busybox-static extlinux syslinux-common fdisk e2fsprogs cpio kmod adduser
   # fuzzing: clang with libFuzzer and its sanitizer runtimes
   clang libclang-rt-14-dev
   # bench/api: the load generator and the reference server
@@ -34,7 +38,8 @@ RPM_PACKAGES=(
   gcc-c++ cmake ninja-build pkgconf-pkg-config git clang-tools-extra
   lmdb-devel lmdb boost-devel systemd-devel yaml-cpp-devel json-devel sqlite-devel
   catch2-devel cpp-httplib-devel systemd util-linux python3 curl procps-ng libvirt-client
-  libvirt-daemon-driver-qemu qemu-kvm edk2-ovmf swtpm swtpm-tools qemu-img
+  libvirt-devel libvirt-daemon-driver-qemu qemu-kvm edk2-ovmf swtpm swtpm-tools qemu-img
+  kernel-core busybox syslinux syslinux-extlinux util-linux e2fsprogs cpio kmod
   clang compiler-rt
 )
 
@@ -50,6 +55,16 @@ case "${ID}:${ID_LIKE:-}" in
       apt-get update -q
       apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
+    # A root (embedded) libvirt QEMU driver resolves its compiled-in QEMU user and group
+    # (Debian: libvirt-qemu) before it reads qemu.conf, and refuses to start without them.
+    # They come with libvirt-daemon-system (libvirtd, which edgevirt does not need), so create
+    # them as that package does. edgevirt runs QEMU as the user its qemu.conf names.
+    getent group libvirt-qemu >/dev/null || addgroup --quiet --system libvirt-qemu
+    qemu_primary_group=libvirt-qemu
+    getent group kvm >/dev/null && qemu_primary_group=kvm
+    getent passwd libvirt-qemu >/dev/null ||
+      adduser --quiet --system --ingroup "$qemu_primary_group" --disabled-login --disabled-password \
+        --home /var/lib/libvirt --no-create-home --gecos "Libvirt Qemu" libvirt-qemu
     ;;
   almalinux:* | rhel:* | rocky:* | *:*rhel*)
     missing=()
@@ -62,6 +77,7 @@ case "${ID}:${ID_LIKE:-}" in
       dnf config-manager --set-enabled crb
       dnf install -y "${missing[@]}"
     fi
+    # qemu-kvm-common creates libvirt's default QEMU user 'qemu' (see the Debian branch).
     ;;
   *)
     echo "install-deps: unsupported distribution '${ID}' (Debian 12 and AlmaLinux 9 are supported)" >&2
