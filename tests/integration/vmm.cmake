@@ -1,0 +1,14 @@
+# Integration tests of vmm/ against libvirt's real QEMU driver (embedded) and a real guest.
+# The test guest (tests/fixtures/guest) is built once per ctest run by a FIXTURES_SETUP test
+# into the build dir, and reused while its build script is unchanged.
+set(EDGEVIRT_GUEST_DIR ${PROJECT_BINARY_DIR}/tests/fixtures/guest)
+add_test(NAME vmm_guest_image
+  COMMAND ${PROJECT_SOURCE_DIR}/tests/fixtures/guest/build-test-guest.sh ${EDGEVIRT_GUEST_DIR})
+set_tests_properties(vmm_guest_image PROPERTIES
+  FIXTURES_SETUP edgevirt_test_guest LABELS integration TIMEOUT 600 RUN_SERIAL TRUE)
+
+# Boots the guest several times under TCG (tens of seconds each on a loaded machine).
+edgevirt_add_test(NAME vmm_lifecycle_test SOURCES vmm_lifecycle_test.cc LIBS edgevirt_vmm
+  LABELS integration TIMEOUT 1800 RUN_SERIAL)
+target_compile_definitions(vmm_lifecycle_test PRIVATE EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
+set_tests_properties(vmm_lifecycle_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
