@@ -12,3 +12,8 @@ edgevirt_add_test(NAME vmm_lifecycle_test SOURCES vmm_lifecycle_test.cc LIBS edg
   LABELS integration TIMEOUT 1800 RUN_SERIAL)
 target_compile_definitions(vmm_lifecycle_test PRIVATE EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
 set_tests_properties(vmm_lifecycle_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
+
+# Safety net: a test killed by CTest (timeout) cannot run its own cleanup.
+add_test(NAME vmm_reap_qemu COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/vmm_reap_qemu.sh ${PROJECT_BINARY_DIR})
+set_tests_properties(vmm_reap_qemu PROPERTIES
+  FIXTURES_CLEANUP edgevirt_test_guest LABELS integration TIMEOUT 60 RUN_SERIAL TRUE)
