@@ -13,7 +13,7 @@ for marker in "$reg"/*; do
   root=$(head -1 "$marker")
   [[ $root == /* ]] || continue
   for dir in /proc/[0-9]*; do
-    cmd=$(tr '\0' ' ' <"$dir/cmdline" 2>/dev/null) || continue
+    cmd=$( { tr '\0' ' ' <"$dir/cmdline"; } 2>/dev/null) || continue
     [[ $cmd == *qemu-system* && $cmd == *"$root/"* ]] || continue
     echo "vmm_reap_qemu: killing leftover QEMU ${dir#/proc/} of $root"
     kill -KILL "${dir#/proc/}" 2>/dev/null && killed=$((killed + 1))
