@@ -8,6 +8,8 @@
 #   edgevirt watch fan-out    100 watchers, sequential creates: ack -> event, p50/p99
 #   etcd 3.4 durable puts     wrk -t2 -c64, POST /v3/kv/put of the same JSON bytes
 #   ratio                     edgevirt POST/s / etcd put/s
+#   CPU per write             edgevirtd's CPU us per POST and etcd's per put (user+system time
+#                             from /proc/PID/stat around each phase, divided by its requests)
 #
 # The POST and etcd phases alternate, `--runs` times each; figures are medians over the runs.
 # Both servers keep their default durability (edgevirt acknowledges after the LMDB commit is
@@ -142,6 +144,26 @@ wrk_phase() {
   sed -n 's/^BENCH_JSON //p' "$tmp/$name.out" >> "$tmp/$name.jsonl"
 }
 
+# CPU time (user + system, all threads) of process $1 so far, in clock ticks. The fields are
+# counted after the last ')' so that a command name with spaces cannot shift them.
+clk_tck=$(getconf CLK_TCK)
+cpu_ticks() {
+  local stat
+  stat=$(< "/proc/$1/stat")
+  stat=${stat##*) }
+  awk '{print $12 + $13}' <<< "$stat"
+}
+
+# wrk_cpu_phase NAME PID ARGS...: wrk_phase, and PID's CPU time over it -> $tmp/NAME.cpu.jsonl
+wrk_cpu_phase() {
+  local name=$1 pid=$2 before after
+  shift 2
+  before=$(cpu_ticks "$pid")
+  wrk_phase "$name" "$@"
+  after=$(cpu_ticks "$pid")
+  echo "{\"cpu_ticks\": $((after - before)), \"clk_tck\": $clk_tck}" >> "$tmp/$name.cpu.jsonl"
+}
+
 # --- GET one VM ------------------------------------------------------------------------------
 "$tool" preload "$ev_url" bench-get vm 1 1 "$template" > /dev/null
 log "GET one VM: ${runs} x ${duration}s, 64 connections"
@@ -163,8 +185,9 @@ log "watch fan-out: 100 watchers, $watch_writes writes"
 # --- durable creates: edgevirt POST and etcd put, alternating ---------------------------------
 log "POST distinct VMs vs etcd puts: ${runs} x ${duration}s each, 64 connections"
 for r in $(seq "$runs"); do
-  wrk_phase post -c64 "$ev_url$vms/bench-post/virtualmachines" -- post "$template" bench-post "r$r"
-  wrk_phase etcd -c64 "$etcd_url/v3/kv/put" -- etcd "$template" bench-post "r$r"
+  wrk_cpu_phase post "${pids[0]}" -c64 "$ev_url$vms/bench-post/virtualmachines" -- \
+    post "$template" bench-post "r$r"
+  wrk_cpu_phase etcd "${pids[1]}" -c64 "$etcd_url/v3/kv/put" -- etcd "$template" bench-post "r$r"
 done
 
 cut -d' ' -f1 /proc/loadavg > "$tmp/load.end"
@@ -199,6 +222,19 @@ def summary(name):
     }
 
 get, lst, post, etcd = summary("get"), summary("list"), summary("post"), summary("etcd")
+
+def cpu_us_per_request(name):
+    # Per run: the server's CPU time over the phase / the requests wrk completed; the median.
+    rows, cpu = load(name), load(f"{name}.cpu")
+    per_run = [c["cpu_ticks"] * 1e6 / c["clk_tck"] / r["requests"]
+               for r, c in zip(rows, cpu) if r["requests"]]
+    return {
+        "cpu_us_per_request": round(statistics.median(per_run), 1) if per_run else None,
+        "cpu_us_per_request_runs": [round(v, 1) for v in per_run],
+    }
+
+post.update(cpu_us_per_request("post"))
+etcd.update(cpu_us_per_request("etcd"))
 with open(f"{tmp}/watch.json") as f:
     w = json.load(f)
 ratio = post["rps"] / etcd["rps"] if etcd["rps"] else 0.0
@@ -227,6 +263,8 @@ out = {
     },
     "etcd": {"put": {"connections": 64, **etcd}},
     "ratio_edgevirt_post_per_etcd_put": round(ratio, 3),
+    "cpu_us_per_write": {"edgevirt_post": post["cpu_us_per_request"],
+                         "etcd_put": etcd["cpu_us_per_request"]},
     "targets": {
         "get_rps_ge_20000": get["rps"] >= 20000,
         "get_p99_lt_5ms": get["p99_ms"] < 5,
