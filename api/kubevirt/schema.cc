@@ -99,6 +99,13 @@ std::string RefName(const Json& schema) {
   return slash == std::string::npos ? ref : ref.substr(slash + 1);
 }
 
+// RefName without a copy: a view into `schema`.
+std::string_view RefView(const Json& ref) {
+  std::string_view s = ref.get_ref<const std::string&>();
+  size_t slash = s.rfind('/');
+  return slash == std::string_view::npos ? s : s.substr(slash + 1);
+}
+
 void CollectRefs(const Json& node, std::set<std::string>* out) {
   if (node.is_object()) {
     auto it = node.find("$ref");
@@ -221,46 +228,44 @@ class Decoder {
         def.substr(kMetaPrefix.size()) == "FieldsV1") {
       return;  // free-form by design
     }
-    const Json* d = model_.Definition(def);
+    const SchemaModel::CompiledDefinition* d = model_.Compiled(def);
     if (d == nullptr) return;
-    if (!d->contains("properties")) return Value(*d, def, "", node, path, opt);
+    if (!d->has_properties) return Value(*d->definition, def, "", node, path, opt);
     if (!node.is_object()) return TypeError(node, path, "object");
-    const Json& props = d->at("properties");
-    std::vector<std::string> keys;
-    for (const auto& item : node.items()) keys.push_back(item.key());
-    for (const auto& key : keys) {
-      auto prop = props.find(key);
-      if (prop == props.end()) {
+    const bool top = def == "v1.VirtualMachine" || def == "v1.VirtualMachineInstance";
+    // Erasing while walking leaves the other entries (and the keys the paths view) in place.
+    for (auto it = node.begin(); it != node.end();) {
+      const std::string& key = it.key();
+      auto prop = d->properties.find(key);
+      if (prop == d->properties.end()) {
         result_->unknown_fields.push_back(Join(path.Str(), key));
-        node.erase(key);
+        it = node.erase(it);
         continue;
       }
-      Json& value = node[key];
-      if (value.is_null() && !Nullable(*prop)) {
-        node.erase(key);
+      Json& value = it.value();
+      if (value.is_null() && !prop->second.nullable) {
+        it = node.erase(it);
         continue;
       }
-      if (!opt.status && !model_.Implemented(def, key)) {
+      if (!opt.status && !prop->second.implemented) {
         std::string field = Join(path.Str(), key);
         result_->causes.push_back(
             {"FieldValueForbidden", field + ": Forbidden: not supported by edgevirt", field});
+        ++it;
         continue;
       }
       DecodeOptions sub = opt;
-      if (key == "status" && (def == "v1.VirtualMachine" || def == "v1.VirtualMachineInstance")) {
+      if (top && key == "status") {
         sub.status = true;
         sub.canonicalize_quantities = false;
       }
-      Value(*prop, def, key, value, Path(path, key, Path::Sep::kJoin), sub);
+      Value(*prop->second.schema, def, key, value, Path(path, key, Path::Sep::kJoin), sub);
+      ++it;
     }
-    auto required = d->find("required");
-    if (required != d->end()) {
-      for (const auto& r : *required) {
-        const std::string& name = r.get_ref<const std::string&>();
-        if (!node.contains(name)) {
-          std::string field = Join(path.Str(), name);
-          result_->causes.push_back({"FieldValueRequired", field + ": Required value", field});
-        }
+    for (const std::string& name : d->required) {
+      if (!node.contains(name)) {
+        std::string field = Join(path.Str(), name);
+        result_->causes.push_back({"FieldValueRequired", field + ": Required value", field});
       }
     }
   }
@@ -268,7 +273,9 @@ class Decoder {
  private:
   void Value(const Json& schema, std::string_view owner, std::string_view prop, Json& node,
              const Path& path, const DecodeOptions& opt) {
-    if (schema.contains("$ref")) return Definition(RefName(schema), node, path, opt);
+    if (auto ref = schema.find("$ref"); ref != schema.end()) {
+      return Definition(RefView(*ref), node, path, opt);
+    }
     auto type_it = schema.find("type");
     if (type_it == schema.end()) return;
     if (type_it->is_array()) {
@@ -494,6 +501,22 @@ std::shared_ptr<const SchemaModel> SchemaModel::Load(std::string_view structure_
     *error = std::string("descriptions.yaml: ") + e.what();
     return nullptr;
   }
+  for (const auto& [name, def] : model->definitions_.items()) {
+    CompiledDefinition& c = model->compiled_[name];
+    c.definition = &def;
+    auto props = def.find("properties");
+    if (props == def.end()) continue;
+    c.has_properties = true;
+    for (const auto& [prop, schema] : props->items()) {
+      Property& p = c.properties[prop];
+      p.schema = &schema;
+      p.nullable = Nullable(schema);
+      p.implemented = model->Implemented(name, prop);
+    }
+    if (auto required = def.find("required"); required != def.end()) {
+      for (const auto& r : *required) c.required.push_back(r.get<std::string>());
+    }
+  }
   model->published_ = Reachable(model->definitions_,
                                 {"v1.VirtualMachine", "v1.VirtualMachineList",
                                  "v1.VirtualMachineInstance", "v1.VirtualMachineInstanceList"});
@@ -521,6 +544,11 @@ std::shared_ptr<const SchemaModel> SchemaModel::Embedded() {
 const Json* SchemaModel::Definition(std::string_view name) const {
   auto it = definitions_.find(std::string(name));
   return it == definitions_.end() ? nullptr : &*it;
+}
+
+const SchemaModel::CompiledDefinition* SchemaModel::Compiled(std::string_view name) const {
+  auto it = compiled_.find(name);
+  return it == compiled_.end() ? nullptr : &it->second;
 }
 
 bool SchemaModel::Implemented(std::string_view definition, std::string_view property) const {

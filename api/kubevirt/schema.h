@@ -21,6 +21,27 @@ using Json = nlohmann::json;
 
 class SchemaModel {
  public:
+  SchemaModel() = default;
+  // The compiled tables point into `definitions_`.
+  SchemaModel(const SchemaModel&) = delete;
+  SchemaModel& operator=(const SchemaModel&) = delete;
+
+  // A property of a definition as the decoder needs it, computed once by Load.
+  struct Property {
+    const Json* schema = nullptr;
+    bool nullable = false;     // its "type" lists "null"
+    bool implemented = false;  // Implemented(definition, property)
+  };
+  // A definition as the decoder needs it, computed once by Load.
+  struct CompiledDefinition {
+    const Json* definition = nullptr;
+    bool has_properties = false;
+    std::map<std::string, Property, std::less<>> properties;
+    std::vector<std::string> required;
+  };
+  // The compiled form of Definition(name), or null.
+  const CompiledDefinition* Compiled(std::string_view name) const;
+
   // Builds the model from the structure extract and the descriptions YAML. Returns null and sets
   // *error when either is malformed (a build-time mistake; tests catch it).
   static std::shared_ptr<const SchemaModel> Load(std::string_view structure_json,
@@ -64,6 +85,7 @@ class SchemaModel {
   std::map<std::string, std::map<std::string, std::string>> descriptions_;
   std::set<std::string> published_;
   std::set<std::string> status_only_;
+  std::map<std::string, CompiledDefinition, std::less<>> compiled_;
 };
 
 // What structural decoding found.
