@@ -2,14 +2,28 @@
 // webhook defaulting and validation. Private to api/kubevirt; the contract is in kubevirt.h.
 #pragma once
 
+#include <optional>
+#include <regex>
+#include <vector>
+
 #include "api/kubevirt/kubevirt.h"
 #include "api/kubevirt/schema.h"
 
 namespace edgevirt::api::kubevirt {
 
-AdmitResult AdmitVirtualMachine(const SchemaModel& model, const KubevirtOptions& options,
+// KubevirtOptions and what admission derives from them once instead of per request.
+struct AdmitOptions {
+  explicit AdmitOptions(KubevirtOptions kubevirt_options);
+
+  KubevirtOptions options;
+  // `options.emulated_machines` compiled (ECMAScript); nullopt for a pattern std::regex refuses,
+  // which never matches.
+  std::vector<std::optional<std::regex>> machine_patterns;
+};
+
+AdmitResult AdmitVirtualMachine(const SchemaModel& model, const AdmitOptions& options,
                                 const AdmitRequest& request);
-AdmitResult AdmitVirtualMachineInstance(const SchemaModel& model, const KubevirtOptions& options,
+AdmitResult AdmitVirtualMachineInstance(const SchemaModel& model, const AdmitOptions& options,
                                         const AdmitRequest& request);
 
 }  // namespace edgevirt::api::kubevirt

@@ -61,7 +61,7 @@ AdmitResult Sanitized(AdmitResult r) {
 
 api::ApiGroupVersion KubevirtV1(const KubevirtOptions& options) {
   std::shared_ptr<const SchemaModel> model = SchemaModel::Embedded();
-  auto opts = std::make_shared<const KubevirtOptions>(options);
+  auto opts = std::make_shared<const AdmitOptions>(options);
 
   api::ApiGroupVersion gv;
   gv.group = "kubevirt.io";
