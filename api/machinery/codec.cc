@@ -153,20 +153,72 @@ std::optional<Json> PreviousLabels(const store::Record& record) {
   return labels;
 }
 
+namespace {
+
+// Appends JSON text to one string: Dump() without a string per value. Same output as Dump
+// (nlohmann's own serializer, invalid UTF-8 replaced).
+class Appender {
+ public:
+  explicit Appender(std::string* out)
+      : out_(out),
+        serializer_(nlohmann::detail::output_adapter<char, std::string>(*out), ' ',
+                    Json::error_handler_t::replace) {}
+
+  void Value(const Json& v) { serializer_.dump(v, false, false, 0); }
+
+  // An object key: copied as is when nothing in it needs escaping (the common case).
+  void Key(const std::string& k) {
+    bool plain = true;
+    for (char c : k) {
+      auto u = static_cast<unsigned char>(c);
+      if (u < 0x20 || u >= 0x7f || c == '"' || c == '\\') {
+        plain = false;
+        break;
+      }
+    }
+    if (plain) {
+      *out_ += '"';
+      *out_ += k;
+      *out_ += '"';
+    } else {
+      Value(Json(k));
+    }
+  }
+
+ private:
+  std::string* out_;
+  nlohmann::detail::serializer<Json> serializer_;
+};
+
+}  // namespace
+
 std::string EncodeForStore(const Json& object, const Json* previous_labels) {
   std::string out;
-  out.reserve(1024);
+  out.reserve(2048);
+  Appender append(&out);
   if (previous_labels != nullptr) {
     out += kPrefixMark;
-    out += previous_labels->is_object() ? Dump(*previous_labels) : std::string("{}");
+    if (previous_labels->is_object()) {
+      append.Value(*previous_labels);
+    } else {
+      out += "{}";
+    }
     out += kPrefixMark;
   }
   out += "{\"apiVersion\":";
   auto av = object.find("apiVersion");
-  out += av != object.end() && av->is_string() ? Dump(*av) : "\"\"";
+  if (av != object.end() && av->is_string()) {
+    append.Value(*av);
+  } else {
+    out += "\"\"";
+  }
   out += ",\"kind\":";
   auto kind = object.find("kind");
-  out += kind != object.end() && kind->is_string() ? Dump(*kind) : "\"\"";
+  if (kind != object.end() && kind->is_string()) {
+    append.Value(*kind);
+  } else {
+    out += "\"\"";
+  }
   out += ",\"metadata\":{";
   bool first = true;
   if (auto meta = object.find("metadata"); meta != object.end() && meta->is_object()) {
@@ -174,18 +226,18 @@ std::string EncodeForStore(const Json& object, const Json* previous_labels) {
       if (IsServerField(k)) continue;
       if (!first) out += ',';
       first = false;
-      out += Dump(Json(k));
+      append.Key(k);
       out += ':';
-      out += Dump(v);
+      append.Value(v);
     }
   }
   out += '}';
   for (const auto& [k, v] : object.items()) {
     if (k == "apiVersion" || k == "kind" || k == "metadata") continue;
     out += ',';
-    out += Dump(Json(k));
+    append.Key(k);
     out += ':';
-    out += Dump(v);
+    append.Value(v);
   }
   out += '}';
   return out;

@@ -12,6 +12,13 @@ namespace {
 
 std::string FieldKey(const std::string& name) { return "f:" + name; }
 
+// Metadata that no manager owns (server-owned, identity, managedFields itself).
+bool IsUnmanagedMetaField(std::string_view k) {
+  return k == "name" || k == "namespace" || k == "uid" || k == "resourceVersion" ||
+         k == "generation" || k == "creationTimestamp" || k == "selfLink" || k == "managedFields" ||
+         k == "deletionTimestamp" || k == "deletionGracePeriodSeconds" || k == "generateName";
+}
+
 void AddAll(FieldSet::Path& path, const Json& v, FieldSet& out) {
   if (v.is_object() && !v.empty()) {
     for (const auto& [k, child] : v.items()) {
@@ -344,12 +351,7 @@ Json StripForFieldManagement(const Json& object, FieldScope scope) {
       if (!v.is_object()) continue;
       Json meta = Json::object();
       for (const auto& [mk, mv] : v.items()) {
-        if (mk == "name" || mk == "namespace" || mk == "uid" || mk == "resourceVersion" ||
-            mk == "generation" || mk == "creationTimestamp" || mk == "selfLink" ||
-            mk == "managedFields" || mk == "deletionTimestamp" ||
-            mk == "deletionGracePeriodSeconds" || mk == "generateName") {
-          continue;
-        }
+        if (IsUnmanagedMetaField(mk)) continue;
         meta[mk] = mv;
       }
       if (!meta.empty()) out["metadata"] = std::move(meta);
@@ -391,6 +393,60 @@ Comparison Compare(const Json& old_object, const Json& new_object) {
     CompareNode(path, nullptr, &v, out);
   }
   return out;
+}
+
+namespace {
+
+// The FieldsV1 of LeafSet(v) below one path element: a non-empty object recurses, anything else
+// (scalars, arrays: atomic; empty objects) is a leaf, `{}`.
+Json LeafFieldsV1(const Json& v) {
+  Json out = Json::object();
+  if (v.is_object()) {
+    auto& fields = out.get_ref<Json::object_t&>();
+    for (const auto& [k, child] : v.items()) fields.emplace(FieldKey(k), LeafFieldsV1(child));
+  }
+  return out;
+}
+
+}  // namespace
+
+Json CreateManagedFields(const Json& object, FieldScope scope, const std::string& manager,
+                         const std::string& api_version, const std::string& subresource,
+                         const std::string& now) {
+  // StripForFieldManagement + LeafSet + ToFieldsV1 in one walk.
+  Json fields = Json::object();
+  if (object.is_object()) {
+    auto& out = fields.get_ref<Json::object_t&>();
+    for (const auto& [k, v] : object.items()) {
+      if (k == "apiVersion" || k == "kind") continue;
+      if (scope == FieldScope::kStatus && k != "status") continue;
+      if (scope == FieldScope::kMainWithStatus && k == "status") continue;
+      if (k == "metadata") {
+        if (!v.is_object()) continue;
+        Json meta = Json::object();
+        auto& meta_fields = meta.get_ref<Json::object_t&>();
+        for (const auto& [mk, mv] : v.items()) {
+          if (IsUnmanagedMetaField(mk)) continue;
+          meta_fields.emplace(FieldKey(mk), LeafFieldsV1(mv));
+        }
+        if (!meta_fields.empty()) out.emplace(FieldKey(k), std::move(meta));
+        continue;
+      }
+      out.emplace(FieldKey(k), LeafFieldsV1(v));
+    }
+  }
+  Json result = Json::array();
+  if (fields.empty()) return result;
+  Json j = Json::object();
+  j["manager"] = manager;
+  j["operation"] = "Update";
+  j["apiVersion"] = api_version;
+  if (!now.empty()) j["time"] = now;
+  j["fieldsType"] = "FieldsV1";
+  j["fieldsV1"] = std::move(fields);
+  if (!subresource.empty()) j["subresource"] = subresource;
+  result.push_back(std::move(j));
+  return result;
 }
 
 bool RecordUpdate(std::vector<ManagedFieldsEntry>& entries, const Json& old_object,

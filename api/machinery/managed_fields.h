@@ -96,6 +96,13 @@ bool RecordUpdate(std::vector<ManagedFieldsEntry>& entries, const Json& old_obje
                   const std::string& api_version, const std::string& subresource,
                   const std::string& now);
 
+// The managedFields of a create that arrived without entries: exactly what `RecordUpdate` on
+// no entries from `{}` to `object` followed by `EncodeManagedFields` gives (an empty array when
+// `object` holds no managed field), built straight from `object` without copying it.
+Json CreateManagedFields(const Json& object, FieldScope scope, const std::string& manager,
+                         const std::string& api_version, const std::string& subresource,
+                         const std::string& now);
+
 struct ApplyConflict {
   std::string manager_text;  // `"kubectl-client-side-apply" using kubevirt.io/v1`
   std::string path;          // ".spec.runStrategy"

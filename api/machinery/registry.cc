@@ -473,9 +473,15 @@ Outcome<WriteResult> Registry::CreateObject(const ResourceType& rt, const std::s
       auto decoded = DecodeManagedFields(incoming);
       if (decoded) entries = std::move(*decoded);
     }
-    RecordUpdate(entries, Json::object(), object, ScopeFor(rt, false), ManagerOf(options),
-                 rt.ApiVersion(), "", now_text);
-    Json encoded = EncodeManagedFields(std::move(entries));
+    Json encoded;
+    if (entries.empty()) {
+      encoded = CreateManagedFields(object, ScopeFor(rt, false), ManagerOf(options),
+                                    rt.ApiVersion(), "", now_text);
+    } else {
+      RecordUpdate(entries, Json::object(), object, ScopeFor(rt, false), ManagerOf(options),
+                   rt.ApiVersion(), "", now_text);
+      encoded = EncodeManagedFields(std::move(entries));
+    }
     if (encoded.empty()) {
       Meta(object).erase("managedFields");
     } else {
