@@ -433,7 +433,10 @@ class StoreImpl final : public Store {
 
  private:
   Result<Record> One(Mutation m) {
-    ASSIGN_OR_RETURN(std::vector<Record> records, Apply(std::vector<Mutation>{std::move(m)}));
+    // Not std::vector<Mutation>{std::move(m)}: an initializer list is copied from, data and all.
+    std::vector<Mutation> mutations;
+    mutations.push_back(std::move(m));
+    ASSIGN_OR_RETURN(std::vector<Record> records, Apply(std::move(mutations)));
     if (records.size() != 1) return MakeError(Code::kInternal, "store: lost a write result");
     return std::move(records.front());
   }

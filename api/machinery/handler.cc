@@ -281,6 +281,7 @@ std::optional<HttpResponse> ApiHandler::Serve(const HttpRequest& req) const {
   if (auto d = discovery_.Serve(req)) return d;
   const std::string& path = req.path;
   std::vector<std::string_view> segs;
+  segs.reserve(8);  // /apis/<g>/<v>/namespaces/<ns>/<plural>/<name>/<sub>: one allocation
   {
     std::string_view p = path;
     size_t i = 0;
