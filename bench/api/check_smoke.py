@@ -19,4 +19,6 @@ assert w["missing"] == 0 and w["p99_ms"] > 0, w
 e = d["etcd"]["put"]
 assert e["rps"] > 0 and e["p99_ms"] > 0 and e["errors"] == 0, e
 assert d["ratio_edgevirt_post_per_etcd_put"] > 0, d
+cpu = d["cpu_us_per_write"]
+assert cpu["edgevirt_post"] > 0 and cpu["etcd_put"] > 0, cpu
 print(json.dumps(d, indent=2))
