@@ -13,6 +13,15 @@ namespace {
 std::string FieldKey(const std::string& name) { return "f:" + name; }
 
 // Metadata that no manager owns (server-owned, identity, managedFields itself).
+// Top-level members that field management does not track in `scope`: type meta always, and
+// status or everything but status depending on the scope.
+bool SkippedTopLevel(std::string_view k, FieldScope scope) {
+  if (k == "apiVersion" || k == "kind") return true;
+  if (scope == FieldScope::kStatus && k != "status") return true;
+  if (scope == FieldScope::kMainWithStatus && k == "status") return true;
+  return false;
+}
+
 bool IsUnmanagedMetaField(std::string_view k) {
   return k == "name" || k == "namespace" || k == "uid" || k == "resourceVersion" ||
          k == "generation" || k == "creationTimestamp" || k == "selfLink" || k == "managedFields" ||
@@ -344,9 +353,7 @@ Json StripForFieldManagement(const Json& object, FieldScope scope) {
   Json out = Json::object();
   if (!object.is_object()) return out;
   for (const auto& [k, v] : object.items()) {
-    if (k == "apiVersion" || k == "kind") continue;
-    if (scope == FieldScope::kStatus && k != "status") continue;
-    if (scope == FieldScope::kMainWithStatus && k == "status") continue;
+    if (SkippedTopLevel(k, scope)) continue;
     if (k == "metadata") {
       if (!v.is_object()) continue;
       Json meta = Json::object();
@@ -418,9 +425,7 @@ Json CreateManagedFields(const Json& object, FieldScope scope, const std::string
   if (object.is_object()) {
     auto& out = fields.get_ref<Json::object_t&>();
     for (const auto& [k, v] : object.items()) {
-      if (k == "apiVersion" || k == "kind") continue;
-      if (scope == FieldScope::kStatus && k != "status") continue;
-      if (scope == FieldScope::kMainWithStatus && k == "status") continue;
+      if (SkippedTopLevel(k, scope)) continue;
       if (k == "metadata") {
         if (!v.is_object()) continue;
         Json meta = Json::object();
