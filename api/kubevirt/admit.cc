@@ -992,60 +992,62 @@ class SpecValidator {
     }
   }
 
+  // One cloud-init data kind (user data or network data): its source fields and the wording of
+  // KubeVirt's messages about it.
+  struct CloudInitData {
+    const char* secret_ref;    // "secretRef"
+    const char* plain;         // "userData"
+    const char* base64;        // "userDataBase64"
+    const char* source_label;  // "userdatasource", as in "must have only one <label> set."
+    const char* size_label;    // "userdata", as in "<label> exceeds 2048 byte limit."
+    const char* secret_label;  // "UserDataSecretRef", the advice for larger data
+    size_t max_len;
+  };
+
+  // Checks one data kind of a cloud-init volume at `f`; returns how many sources it has set.
+  size_t CloudInitSources(const std::string& f, const std::string& kind, const Json& ci,
+                          const CloudInitData& d) {
+    size_t len = 0, sources = 0;
+    if (!Str(Path(&ci, d.secret_ref, "name")).empty()) ++sources;
+    std::string b64 = Str(Get(ci, d.base64));
+    if (!b64.empty()) {
+      ++sources;
+      auto decoded = Base64DecodedLen(b64);
+      if (!decoded) {
+        Add(c_, "FieldValueInvalid",
+            f + "." + d.base64 + "." + kind + "." + d.base64 + " is not a valid base64 value.",
+            f + "." + d.base64);
+      }
+      len = decoded.value_or(0);
+    }
+    std::string plain = Str(Get(ci, d.plain));
+    if (!plain.empty()) {
+      ++sources;
+      len = plain.size();
+    }
+    if (sources > 1) {
+      Add(c_, "FieldValueInvalid", f + " must have only one " + d.source_label + " set.", f);
+    }
+    if (len > d.max_len) {
+      Add(c_, "FieldValueInvalid",
+          f + " " + d.size_label + " exceeds " + std::to_string(d.max_len) +
+              " byte limit. Should use " + d.secret_label + " for larger data.",
+          f);
+    }
+    return sources;
+  }
+
   void CloudInit(const std::string& at, const std::string& kind, const Json& ci) {
+    static constexpr CloudInitData kUser = {"secretRef",         "userData", "userDataBase64",
+                                            "userdatasource",    "userdata", "UserDataSecretRef",
+                                            kCloudInitUserMaxLen};
+    static constexpr CloudInitData kNetwork = {"networkDataSecretRef", "networkData",
+                                               "networkDataBase64",    "networkdata source",
+                                               "networkdata",          "NetworkDataSecretRef",
+                                               kCloudInitNetworkMaxLen};
     std::string f = at + "." + kind;
-    size_t user_len = 0, user_sources = 0, net_len = 0, net_sources = 0;
-    if (!Str(Path(&ci, "secretRef", "name")).empty()) ++user_sources;
-    std::string user_b64 = Str(Get(ci, "userDataBase64"));
-    if (!user_b64.empty()) {
-      ++user_sources;
-      auto len = Base64DecodedLen(user_b64);
-      if (!len) {
-        Add(c_, "FieldValueInvalid",
-            f + ".userDataBase64." + kind + ".userDataBase64 is not a valid base64 value.",
-            f + ".userDataBase64");
-      }
-      user_len = len.value_or(0);
-    }
-    std::string user = Str(Get(ci, "userData"));
-    if (!user.empty()) {
-      ++user_sources;
-      user_len = user.size();
-    }
-    if (user_sources > 1) {
-      Add(c_, "FieldValueInvalid", f + " must have only one userdatasource set.", f);
-    }
-    if (user_len > kCloudInitUserMaxLen) {
-      Add(c_, "FieldValueInvalid",
-          f + " userdata exceeds 2048 byte limit. Should use UserDataSecretRef for larger data.",
-          f);
-    }
-    if (!Str(Path(&ci, "networkDataSecretRef", "name")).empty()) ++net_sources;
-    std::string net_b64 = Str(Get(ci, "networkDataBase64"));
-    if (!net_b64.empty()) {
-      ++net_sources;
-      auto len = Base64DecodedLen(net_b64);
-      if (!len) {
-        Add(c_, "FieldValueInvalid",
-            f + ".networkDataBase64." + kind + ".networkDataBase64 is not a valid base64 value.",
-            f + ".networkDataBase64");
-      }
-      net_len = len.value_or(0);
-    }
-    std::string net = Str(Get(ci, "networkData"));
-    if (!net.empty()) {
-      ++net_sources;
-      net_len = net.size();
-    }
-    if (net_sources > 1) {
-      Add(c_, "FieldValueInvalid", f + " must have only one networkdata source set.", f);
-    }
-    if (net_len > kCloudInitNetworkMaxLen) {
-      Add(c_, "FieldValueInvalid",
-          f + " networkdata exceeds 2048 byte limit. Should use NetworkDataSecretRef for larger "
-              "data.",
-          f);
-    }
+    const size_t user_sources = CloudInitSources(f, kind, ci, kUser);
+    const size_t net_sources = CloudInitSources(f, kind, ci, kNetwork);
     if (user_sources == 0 && net_sources == 0) {
       Add(c_, "FieldValueInvalid",
           f + " must have at least one userdatasource or one networkdatasource set.", f);
