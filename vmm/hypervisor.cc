@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <grp.h>
+#include <libvirt/libvirt-qemu.h>
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 #include <linux/kvm.h>
@@ -299,6 +300,8 @@ std::string_view LifecycleEventName(LifecycleEvent event) {
       return "crashed";
     case LifecycleEvent::kOther:
       return "other";
+    case LifecycleEvent::kAgent:
+      return "agent";
   }
   return "other";
 }
@@ -329,11 +332,15 @@ class Hypervisor::Impl {
   std::shared_ptr<EventLoop> loop;  // declared before conn: outlives it
   ConnPtr conn;
   int callback_id = -1;
+  int agent_callback_id = -1;
   DomainEventCallback on_event;
   Accelerator accelerator = Accelerator::kTcg;
 
   ~Impl() {
     if (conn && callback_id >= 0) virConnectDomainEventDeregisterAny(conn.get(), callback_id);
+    if (conn && agent_callback_id >= 0) {
+      virConnectDomainEventDeregisterAny(conn.get(), agent_callback_id);
+    }
     conn.reset();
     loop.reset();
   }
@@ -349,6 +356,18 @@ class Hypervisor::Impl {
     ev.detail = detail;
     self->on_event(ev);
     return 0;
+  }
+
+  static void OnAgent(virConnectPtr, virDomainPtr dom, int state, int /*reason*/, void* opaque) {
+    auto* self = static_cast<Impl*>(opaque);
+    if (!self->on_event) return;
+    DomainEvent ev;
+    const char* name = virDomainGetName(dom);
+    ev.name = name ? name : "";
+    ev.uuid = DomainUuid(dom);
+    ev.event = LifecycleEvent::kAgent;
+    ev.detail = state;
+    self->on_event(ev);
   }
 
   Result<DomPtr> Lookup(DomainId id) {
@@ -462,6 +481,11 @@ Result<std::unique_ptr<Hypervisor>> Hypervisor::Open(HypervisorOptions options) 
   if (impl->callback_id < 0) {
     return LibvirtError("register lifecycle events on " + impl->uri, Code::kUnavailable);
   }
+  // Agent connection events are optional (the test driver has none).
+  impl->agent_callback_id = virConnectDomainEventRegisterAny(
+      conn, nullptr, VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(&Impl::OnAgent),
+      impl.get(), nullptr);
+  if (impl->agent_callback_id < 0) virResetLastError();
   impl->accelerator = impl->DetectAccelerator();
   return std::unique_ptr<Hypervisor>(new Hypervisor(std::move(impl)));
 }
@@ -643,6 +667,37 @@ Result<std::vector<DomainInfo>> Hypervisor::List() {
     }
     out.push_back(std::move(*info));
   }
+  return out;
+}
+
+Result<bool> Hypervisor::AgentConnected(DomainId id) {
+  ASSIGN_OR_RETURN(DomPtr dom, impl_->Lookup(id));
+  char* xml = virDomainGetXMLDesc(dom.get(), 0);
+  if (!xml) return LibvirtError("domain XML of " + std::string(id));
+  std::string text(xml);
+  std::free(xml);
+  // <channel type='unix'>...<target type='virtio' name='org.qemu.guest_agent.0'
+  //  state='connected'/>: libvirt tracks the virtio-serial port's open state.
+  const size_t at = text.find("name='org.qemu.guest_agent.0'");
+  if (at == std::string::npos) return false;
+  const size_t end = text.find("/>", at);
+  return text.substr(at, end == std::string::npos ? std::string::npos : end - at)
+             .find("state='connected'") != std::string::npos;
+}
+
+Result<std::string> Hypervisor::AgentCommand(DomainId id, const std::string& command,
+                                             std::chrono::seconds timeout) {
+  ASSIGN_OR_RETURN(DomPtr dom, impl_->Lookup(id));
+  char* reply =
+      virDomainQemuAgentCommand(dom.get(), command.c_str(), static_cast<int>(timeout.count()), 0);
+  if (!reply) {
+    Error err = LibvirtError("guest agent command on " + std::string(id), Code::kInternal);
+    // libvirt reports a missing agent as "unresponsive" too; it is a state, not a timeout.
+    if (err.message.find("not connected") != std::string::npos) err.code = Code::kConflict;
+    return err;
+  }
+  std::string out(reply);
+  std::free(reply);
   return out;
 }
 

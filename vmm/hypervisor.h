@@ -58,6 +58,9 @@ enum class LifecycleEvent {
   kPmSuspended,
   kCrashed,
   kOther,
+  // Not a libvirt lifecycle event: the guest agent's channel connected or disconnected
+  // (VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE); detail 1 = connected, 2 = disconnected.
+  kAgent,
 };
 std::string_view LifecycleEventName(LifecycleEvent event);
 
@@ -151,6 +154,14 @@ class Hypervisor {
   Status Undefine(DomainId id);
 
   Result<DomainStatus> State(DomainId id);
+  // Whether the qemu-guest-agent channel is connected (a guest agent opened its end), as
+  // libvirt reports it in the live domain XML. false for a domain without the channel.
+  Result<bool> AgentConnected(DomainId id);
+  // Runs one guest agent command (QGA JSON, e.g. {"execute":"guest-get-osinfo"}) and returns
+  // the agent's whole reply ({"return": ...}). kConflict when no agent is connected, kTimeout
+  // when it does not answer within `timeout`.
+  Result<std::string> AgentCommand(DomainId id, const std::string& command,
+                                   std::chrono::seconds timeout);
   Result<DomainInfo> Info(DomainId id);
   // Every domain of this connection, running or defined (after a daemon restart: the ones
   // whose QEMU kept running are listed as running or paused).
