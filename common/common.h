@@ -2,6 +2,7 @@
 #pragma once
 
 #include "common/clock.h"
+#include "common/exec.h"
 #include "common/fd.h"
 #include "common/log.h"
 #include "common/result.h"
