@@ -24,6 +24,8 @@ DEB_PACKAGES=(
   # vmm/: libvirt's QEMU driver (embedded) and its headers, QEMU, OVMF (EFI), swtpm (vTPM),
   # qemu-img
   libvirt-dev libvirt-daemon-driver-qemu qemu-system-x86 ovmf swtpm swtpm-tools qemu-utils
+  # daemon/: cloud-init NoCloud/ConfigDrive ISOs (xorriso -as mkisofs), as KubeVirt makes them
+  xorriso
   # the test guest (tests/fixtures/guest/build-test-guest.sh): a kernel with modules,
   # busybox, extlinux + MBR, partitioning, ext2, initramfs tools
   linux-image-amd64 busybox-static extlinux syslinux-common fdisk e2fsprogs cpio kmod adduser
@@ -39,6 +41,8 @@ RPM_PACKAGES=(
   lmdb-devel lmdb boost-devel systemd-devel yaml-cpp-devel json-devel sqlite-devel
   catch2-devel cpp-httplib-devel systemd util-linux python3 curl procps-ng libvirt-client
   libvirt-devel libvirt-daemon-driver-qemu qemu-kvm edk2-ovmf swtpm swtpm-tools qemu-img
+  # daemon/: cloud-init ISOs (xorriso -as mkisofs)
+  xorriso
   kernel-core busybox syslinux syslinux-extlinux util-linux e2fsprogs cpio kmod
   clang compiler-rt
 )
