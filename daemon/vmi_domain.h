@@ -1,0 +1,124 @@
+// From a stored, admitted KubeVirt VirtualMachineInstance to what the hypervisor needs: a
+// vmm::DomainSpec plus the per-VMI files (cloud-init ISOs, emptyDisk images, created host
+// disks) that must exist before the domain starts. Three steps, kept apart so that the mapping
+// is a pure, testable function:
+//   PlanVmi          pure: JSON (+ Secret lookups) -> VmiPlan; no file system, no process
+//   PrepareVmiFiles  creates the per-VMI directory and every task's file; idempotent
+//   RemoveVmiFiles   deletes the per-VMI directory; not-found is success
+// The mapping follows KubeVirt v1.0's virt-launcher converter (pkg/virt-launcher/virtwrap/
+// converter) and cloud-init package (pkg/cloud-init); differences are documented in
+// daemon/README.md ("VMI mapping").
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/result.h"
+#include "vmm/domain.h"
+
+namespace edgevirt::daemon {
+
+using Json = nlohmann::json;
+
+// OVMF images; each empty when not installed.
+struct FirmwarePaths {
+  std::string ovmf_code;         // OVMF code without secure boot
+  std::string ovmf_vars;         // its variable store template
+  std::string ovmf_code_secure;  // secure-boot (SMM) build of the code
+  std::string ovmf_vars_secure;  // variable store with Microsoft's keys enrolled
+};
+
+// Looks for OVMF in the distributions' places: Debian 12 /usr/share/OVMF/OVMF_*_4M*.fd,
+// AlmaLinux 9 /usr/share/edk2/ovmf/OVMF_*.fd. Missing images stay empty (EFI VMIs then fail
+// to plan with kUnavailable naming the missing image). Never fails; reads only file metadata.
+FirmwarePaths FindFirmware();
+
+// Site facts the mapping needs. Plain values: the daemon fills them from its config and probes.
+struct VmiHostOptions {
+  // <stateDir>/vms; each VMI's files live in <vms_dir>/<metadata.uid>/. Absolute.
+  std::string vms_dir;
+  vmm::Accelerator accelerator = vmm::Accelerator::kTcg;
+  // hostDisk paths must resolve (after symlinks) under one of these absolute directories.
+  // Empty: every hostDisk volume is refused.
+  std::vector<std::string> host_disk_dirs;
+  FirmwarePaths firmware;
+  // The group QEMU runs as (vmm's private qemu.conf: "kvm", else "nogroup"). The per-VMI
+  // directory is group-owned by it so that QEMU (user nobody) can reach its files. Empty: the
+  // group is left as created (tests that do not run as root).
+  std::string qemu_group = "kvm";
+  // Whether vms_dir's file system supports O_DIRECT (tmpfs does not). KubeVirt's default cache
+  // mode is "none" where O_DIRECT works and "writethrough" elsewhere; an explicit
+  // `cache: none` on a file system without it is refused, as KubeVirt does.
+  bool direct_io = true;
+};
+
+enum class VolumeTaskKind {
+  kCloudInitNoCloud,      // ISO 9660 (Joliet, Rock Ridge), label "cidata"
+  kCloudInitConfigDrive,  // ISO 9660 (Joliet, Rock Ridge), label "config-2"
+  kEmptyDisk,             // sparse qcow2 of capacity_bytes (qemu-img create)
+  kHostDiskCreate,        // sparse raw file of capacity_bytes, 0640, only if missing
+};
+
+// One file PrepareVmiFiles makes.
+struct VolumeTask {
+  VolumeTaskKind kind = VolumeTaskKind::kEmptyDisk;
+  std::string volume;  // the KubeVirt volume name
+  std::string path;    // absolute
+  // Cloud-init only: the files of the seed. network_data empty: no network file.
+  std::string user_data;
+  std::string network_data;
+  std::string meta_data;        // NoCloud meta-data / ConfigDrive meta_data.json (JSON text)
+  uint64_t capacity_bytes = 0;  // kEmptyDisk, kHostDiskCreate
+};
+
+struct VmiPlan {
+  std::string uid;  // metadata.uid (canonical UUID)
+  std::string dir;  // <vms_dir>/<uid>
+  std::string qemu_group;
+  vmm::DomainSpec domain;
+  std::vector<VolumeTask> tasks;
+};
+
+// Returns the core/v1 Secret `name` in namespace `ns` as stored JSON (`data` values base64),
+// or an error (kNotFound when it does not exist).
+using SecretLookup = std::function<Result<Json>(const std::string& ns, const std::string& name)>;
+
+// Maps an admitted VMI (full object: metadata.uid/namespace/name, defaulted spec) to a plan.
+// Pure apart from calling `secrets` (for secretRef / networkDataSecretRef) and reading the
+// file system for hostDisk paths (realpath of the existing part, type of an existing file).
+// Errors:
+//  - kInvalid: the object lacks what admission guarantees (uid, firmware uuid, memory.guest),
+//    a disk without a volume, bus usb, a lun on a file, a hostDisk path that is relative, not
+//    clean, outside host_disk_dirs (also through a symlink), a `Disk` that does not exist or
+//    is not a regular file, cloud-init data that is not valid base64 or has neither user nor
+//    network data, `cache: none` without O_DIRECT, anything vmm::DomainXml refuses.
+//  - kNotFound: a referenced Secret (or key) is missing, with the volume named.
+//  - kUnsupported: containerDisk, persistentVolumeClaim, ephemeral, dataVolume or any other
+//    volume source edgevirt does not serve yet, with the volume named.
+//  - kUnavailable: an EFI VMI on a host without the needed OVMF image.
+// The returned DomainSpec has been rendered once through vmm::DomainXml (so a plan that is
+// returned is one libvirt will be given).
+Result<VmiPlan> PlanVmi(const Json& vmi, const VmiHostOptions& host, const SecretLookup& secrets);
+
+// Creates plan.dir (mode 0750, group qemu_group) with the subdirectory vnc/ (0770, group
+// qemu_group; QEMU binds the VNC socket itself) and every task's file. Each file is written
+// under a temporary name and renamed into place, so a file that exists is complete; existing
+// files are kept (idempotent, and a guest's writes to its emptyDisk survive a re-plan). Cloud-
+// init ISOs are built with xorriso from a staging directory (data never on a command line);
+// emptyDisks with `qemu-img create -f qcow2`. Files made here are 0600 root (libvirt's DAC
+// driver hands them to QEMU's user when the domain starts), created host disks 0640.
+Status PrepareVmiFiles(const VmiPlan& plan);
+
+// Removes <vms_dir>/<uid> and everything in it. Missing: success. `uid` must be a canonical
+// UUID (8-4-4-4-12 hex), else kInvalid (so no path can be built from it). Host disks live
+// outside and are never touched.
+Status RemoveVmiFiles(const std::string& vms_dir, const std::string& uid);
+
+// True if `text` is a canonical 8-4-4-4-12 hex UUID.
+bool IsCanonicalUuid(std::string_view text);
+
+}  // namespace edgevirt::daemon

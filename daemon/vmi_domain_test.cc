@@ -1,0 +1,646 @@
+// daemon/vmi_domain: mapping of admitted VMIs (run through api::kubevirt admission first, so
+// the test sees what the store holds) to vmm::DomainSpec, and the per-VMI files made by the real
+// xorriso and qemu-img.
+#include "daemon/vmi_domain.h"
+
+#include <grp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "api/kubevirt/kubevirt.h"
+#include "api/kubevirt/yaml_json.h"
+#include "common/exec.h"
+#include "tests/support/catch.h"
+#include "tests/support/temp_dir.h"
+
+namespace edgevirt::daemon {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::TempDir;
+
+constexpr const char* kUid = "0b2c6c9e-4f5e-4e43-9d55-8f4b8b4f1a21";
+constexpr const char* kFirmwareUuid = "5d307ca9-b3ef-428c-8861-06e72d69f223";
+
+// Admits `yaml` as a VMI create, as the API server does, then adds the server-owned uid.
+Json Admitted(const std::string& yaml) {
+  static const api::ApiGroupVersion gv = [] {
+    api::kubevirt::KubevirtOptions options;
+    options.random_uuid = [] { return std::string(kFirmwareUuid); };
+    return api::kubevirt::KubevirtV1(options);
+  }();
+  std::string error;
+  auto doc = api::kubevirt::YamlToJson(yaml, &error);
+  INFO(error);
+  REQUIRE(doc.has_value());
+  Json vmi = *doc;
+  api::AdmitRequest r;
+  r.op = api::Operation::kCreate;
+  r.object = &vmi;
+  api::AdmitResult result = gv.resources.at(1).admit(r);
+  std::string causes;
+  for (const auto& c : result.invalid) causes += c.field + ": " + c.message + "\n";
+  INFO(causes);
+  REQUIRE(result.invalid.empty());
+  vmi["metadata"]["uid"] = kUid;
+  return vmi;
+}
+
+std::string Read(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// A minimal VMI with the given volumes and disks (YAML flow sequences).
+std::string Vmi(const std::string& disks, const std::string& volumes,
+                const std::string& extra_domain = "") {
+  return "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n"
+         "metadata: {name: vm1, namespace: ns1}\n"
+         "spec:\n  domain:\n    memory: {guest: 128Mi}\n" +
+         extra_domain + "    devices:\n      disks: " + disks + "\n  volumes: " + volumes + "\n";
+}
+
+struct Fixture {
+  TempDir tmp{"ev-vmi"};
+  VmiHostOptions host;
+  std::map<std::string, Json> secrets;
+  SecretLookup lookup = [this](const std::string& ns, const std::string& name) -> Result<Json> {
+    auto it = secrets.find(ns + "/" + name);
+    if (it == secrets.end()) {
+      return MakeError(Code::kNotFound, "secrets \"" + name + "\" not found");
+    }
+    return it->second;
+  };
+  Fixture() {
+    host.vms_dir = tmp.Path("vms");
+    host.host_disk_dirs = {tmp.Path("disks")};
+    host.firmware = FindFirmware();
+    fs::create_directories(tmp / "disks");
+    if (::geteuid() != 0) host.qemu_group.clear();
+  }
+  Result<VmiPlan> Plan(const std::string& yaml) { return PlanVmi(Admitted(yaml), host, lookup); }
+};
+
+TEST_CASE("an admitted VMI maps onto an exact DomainSpec") {
+  Fixture f;
+  std::string yaml = R"(apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: web
+  namespace: prod
+spec:
+  hostname: www
+  domain:
+    cpu: {sockets: 1, cores: 2, threads: 1}
+    memory: {guest: 1000M}
+    firmware: {serial: ABC-123}
+    devices:
+      disks:
+      - name: data
+        disk: {bus: virtio}
+        bootOrder: 1
+        serial: DATA1
+      - name: seed
+        cdrom: {bus: sata}
+      - name: logs
+        disk: {bus: scsi}
+        cache: writeback
+  volumes:
+  - name: data
+    hostDisk: {path: )" +
+                     f.tmp.Path("disks") +
+                     R"(/web.img, type: DiskOrCreate, capacity: 1Gi}
+  - name: seed
+    cloudInitNoCloud: {userData: "#cloud-config\nhello: world\n"}
+  - name: logs
+    emptyDisk: {capacity: 64Mi}
+  - name: scratch
+    emptyDisk: {capacity: 1Gi}
+)";
+  auto plan = f.Plan(yaml);
+  INFO((plan ? "" : plan.error().ToString()));
+  REQUIRE(plan.has_value());
+  const std::string dir = f.host.vms_dir + "/" + kUid;
+  CHECK(plan->dir == dir);
+  CHECK(plan->uid == kUid);
+  const vmm::DomainSpec& d = plan->domain;
+  CHECK(d.name == "prod_web");
+  CHECK(d.uuid == kFirmwareUuid);
+  CHECK(d.firmware_serial == "ABC-123");
+  CHECK(d.smbios.manufacturer == "KubeVirt");
+  CHECK(d.smbios.product == "None");
+  CHECK(d.smbios.family == "KubeVirt");
+  CHECK(d.smbios.version.empty());
+  CHECK(d.machine_type == "q35");
+  CHECK(d.accelerator == vmm::Accelerator::kTcg);
+  // Admission defaulted cpu.model to host-model; under TCG that becomes QEMU's default model.
+  CHECK(d.cpu.mode == vmm::CpuMode::kNone);
+  CHECK(d.cpu.sockets == 1);
+  CHECK(d.cpu.cores == 2);
+  CHECK(d.cpu.threads == 1);
+  // 1000M = 1e9 bytes, rounded up to whole MiB (954 MiB).
+  CHECK(d.memory_bytes == 954ull * 1024 * 1024);
+  CHECK(d.firmware.kind == vmm::FirmwareKind::kBios);
+
+  REQUIRE(d.disks.size() == 4);
+  const auto& data = d.disks[0];
+  CHECK(data.name == "data");
+  CHECK(data.path == f.tmp.Path("disks") + "/web.img");
+  CHECK(data.format == vmm::DiskFormat::kRaw);
+  CHECK(data.device == vmm::DiskDevice::kDisk);
+  CHECK(data.bus == vmm::DiskBus::kVirtio);
+  CHECK(data.boot_order == 1);
+  CHECK(data.serial == "DATA1");
+  CHECK_FALSE(data.readonly);
+  CHECK(data.cache == vmm::DiskCache::kNone);
+  CHECK(data.error_policy == vmm::DiskErrorPolicy::kStop);
+  const auto& seed = d.disks[1];
+  CHECK(seed.path == dir + "/cloudinit-seed.iso");
+  CHECK(seed.device == vmm::DiskDevice::kCdrom);
+  CHECK(seed.bus == vmm::DiskBus::kSata);
+  CHECK(seed.readonly);
+  CHECK(seed.format == vmm::DiskFormat::kRaw);
+  CHECK(seed.boot_order == 0);
+  const auto& logs = d.disks[2];
+  CHECK(logs.path == dir + "/emptydisk-logs.qcow2");
+  CHECK(logs.format == vmm::DiskFormat::kQcow2);
+  CHECK(logs.bus == vmm::DiskBus::kScsi);
+  CHECK(logs.cache == vmm::DiskCache::kWriteback);
+  // A volume without a disk got `disk: {bus: sata}` from admission.
+  CHECK(d.disks[3].name == "scratch");
+  CHECK(d.disks[3].bus == vmm::DiskBus::kSata);
+
+  CHECK(d.console.kind == vmm::ConsoleKind::kUnix);
+  CHECK(d.console.socket_path == dir + "/serial0.sock");
+  CHECK(d.console.log_path == dir + "/serial0.log");
+  CHECK(d.vnc_socket_path == dir + "/vnc/vnc.sock");
+  CHECK(d.guest_agent_socket_path == dir + "/qga.sock");
+  CHECK_FALSE(d.tpm.has_value());
+
+  REQUIRE(plan->tasks.size() == 4);
+  CHECK(plan->tasks[0].kind == VolumeTaskKind::kHostDiskCreate);
+  CHECK(plan->tasks[0].path == f.tmp.Path("disks") + "/web.img");
+  CHECK(plan->tasks[0].capacity_bytes == 1024ull * 1024 * 1024);
+  CHECK(plan->tasks[1].kind == VolumeTaskKind::kCloudInitNoCloud);
+  CHECK(plan->tasks[1].user_data == "#cloud-config\nhello: world\n");
+  CHECK(plan->tasks[1].network_data.empty());
+  // KubeVirt v1.0: instance-id is the firmware UUID, local-hostname spec.hostname.
+  CHECK(plan->tasks[1].meta_data ==
+        std::string(R"({"instance-id":")") + kFirmwareUuid + R"(","local-hostname":"www"})");
+  CHECK(plan->tasks[2].kind == VolumeTaskKind::kEmptyDisk);
+  CHECK(plan->tasks[2].capacity_bytes == 64ull * 1024 * 1024);
+
+  auto xml = vmm::DomainXml(d);
+  REQUIRE(xml.has_value());
+  for (const std::string& piece : std::vector<std::string>{
+           "<domain type='qemu'>", "<name>prod_web</name>",
+           "<entry name='manufacturer'>KubeVirt</entry>", "<entry name='serial'>ABC-123</entry>",
+           "<source file='" + dir + "/cloudinit-seed.iso'/>", "<target dev='vda' bus='virtio'/>",
+           "<alias name='ua-seed'/>", "<serial>DATA1</serial>",
+           "<source mode='bind' path='" + dir + "/qga.sock'/>",
+           "<listen type='socket' socket='" + dir + "/vnc/vnc.sock'/>"}) {
+    INFO(piece);
+    CHECK(xml->find(piece) != std::string::npos);
+  }
+  CHECK(xml->find("<cpu mode") == std::string::npos);
+
+  SECTION("KVM keeps host-model; host-passthrough maps too") {
+    f.host.accelerator = vmm::Accelerator::kKvm;
+    auto kvm = f.Plan(yaml);
+    REQUIRE(kvm.has_value());
+    CHECK(kvm->domain.cpu.mode == vmm::CpuMode::kHostModel);
+    CHECK(kvm->domain.accelerator == vmm::Accelerator::kKvm);
+  }
+}
+
+TEST_CASE("CPU models, autoattach switches, TPM and EFI") {
+  Fixture f;
+  const std::string disks = "[{name: seed, disk: {bus: virtio}}]";
+  const std::string vols = "[{name: seed, cloudInitNoCloud: {userData: hi}}]";
+  SECTION("named model and host-passthrough") {
+    auto named = f.Plan(Vmi(disks, vols, "    cpu: {model: Skylake-Client-IBRS}\n"));
+    REQUIRE(named.has_value());
+    CHECK(named->domain.cpu.mode == vmm::CpuMode::kNamed);
+    CHECK(named->domain.cpu.model == "Skylake-Client-IBRS");
+    auto pt = f.Plan(Vmi(disks, vols, "    cpu: {model: host-passthrough}\n"));
+    REQUIRE(pt.has_value());
+    CHECK(pt->domain.cpu.mode == vmm::CpuMode::kNone);  // TCG
+    f.host.accelerator = vmm::Accelerator::kKvm;
+    pt = f.Plan(Vmi(disks, vols, "    cpu: {model: host-passthrough}\n"));
+    REQUIRE(pt.has_value());
+    CHECK(pt->domain.cpu.mode == vmm::CpuMode::kHostPassthrough);
+  }
+  SECTION("no serial console, no VNC") {
+    std::string yaml =
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n"
+        "metadata: {name: vm1, namespace: ns1}\n"
+        "spec:\n  domain:\n    memory: {guest: 128Mi}\n    devices:\n"
+        "      autoattachSerialConsole: false\n      autoattachGraphicsDevice: false\n"
+        "      disks: " +
+        disks + "\n  volumes: " + vols + "\n";
+    auto plan = f.Plan(yaml);
+    REQUIRE(plan.has_value());
+    CHECK(plan->domain.console.kind == vmm::ConsoleKind::kNone);
+    CHECK(plan->domain.vnc_socket_path.empty());
+    CHECK_FALSE(plan->domain.guest_agent_socket_path.empty());
+  }
+  SECTION("TPM") {
+    std::string yaml =
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n"
+        "metadata: {name: vm1, namespace: ns1}\n"
+        "spec:\n  domain:\n    memory: {guest: 128Mi}\n    devices:\n"
+        "      tpm: {persistent: true}\n      disks: " +
+        disks + "\n  volumes: " + vols + "\n";
+    auto plan = f.Plan(yaml);
+    REQUIRE(plan.has_value());
+    REQUIRE(plan->domain.tpm.has_value());
+    CHECK(plan->domain.tpm->persistent);
+    auto ephemeral = f.Plan(std::string(yaml).replace(yaml.find("{persistent: true}"), 18, "{}"));
+    REQUIRE(ephemeral.has_value());
+    REQUIRE(ephemeral->domain.tpm.has_value());
+    CHECK_FALSE(ephemeral->domain.tpm->persistent);
+  }
+  SECTION("EFI: secure boot by default, as KubeVirt v1.0") {
+    REQUIRE_FALSE(f.host.firmware.ovmf_code_secure.empty());  // ovmf is a test dependency
+    auto plan = f.Plan(Vmi(disks, vols,
+                           "    firmware: {bootloader: {efi: {}}}\n"
+                           "    features: {smm: {}}\n"));
+    INFO((plan ? "" : plan.error().ToString()));
+    REQUIRE(plan.has_value());
+    const auto& fw = plan->domain.firmware;
+    CHECK(fw.kind == vmm::FirmwareKind::kEfi);
+    CHECK(fw.secure_boot);
+    CHECK(fw.loader == f.host.firmware.ovmf_code_secure);
+    CHECK(fw.nvram_template == f.host.firmware.ovmf_vars_secure);
+    CHECK(fw.nvram == plan->dir + "/nvram.fd");
+    auto insecure =
+        f.Plan(Vmi(disks, vols, "    firmware: {bootloader: {efi: {secureBoot: false}}}\n"));
+    REQUIRE(insecure.has_value());
+    CHECK_FALSE(insecure->domain.firmware.secure_boot);
+    CHECK(insecure->domain.firmware.loader == f.host.firmware.ovmf_code);
+
+    f.host.firmware = FirmwarePaths{};
+    auto missing =
+        f.Plan(Vmi(disks, vols, "    firmware: {bootloader: {efi: {secureBoot: false}}}\n"));
+    REQUIRE_FALSE(missing.has_value());
+    CHECK(missing.error().code == Code::kUnavailable);
+    CHECK(missing.error().message ==
+          "VMI ns1/vm1: EFI needs the OVMF code and variable images, which are not installed on "
+          "this host (package ovmf / edk2-ovmf)");
+  }
+}
+
+TEST_CASE("FindFirmware finds Debian's OVMF images") {
+  FirmwarePaths fw = FindFirmware();
+  if (fs::exists("/usr/share/OVMF/OVMF_CODE_4M.fd")) {
+    CHECK(fw.ovmf_code == "/usr/share/OVMF/OVMF_CODE_4M.fd");
+    CHECK(fw.ovmf_vars == "/usr/share/OVMF/OVMF_VARS_4M.fd");
+    CHECK(fw.ovmf_code_secure == "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd");
+    CHECK(fw.ovmf_vars_secure == "/usr/share/OVMF/OVMF_VARS_4M.ms.fd");
+  } else {
+    CHECK(fw.ovmf_code == "/usr/share/edk2/ovmf/OVMF_CODE.fd");
+  }
+}
+
+TEST_CASE("cloud-init sources: inline, base64, Secrets, ConfigDrive") {
+  Fixture f;
+  const std::string disks = "[{name: ci, disk: {bus: virtio}}]";
+  auto task = [&](const std::string& source) -> VolumeTask {
+    auto plan = f.Plan(Vmi(disks, "[{name: ci, " + source + "}]"));
+    INFO((plan ? "" : plan.error().ToString()));
+    REQUIRE(plan.has_value());
+    REQUIRE(plan->tasks.size() == 1);
+    // KubeVirt leaves a virtio seed writable; edgevirt makes it read-only.
+    CHECK(plan->domain.disks[0].readonly);
+    return plan->tasks[0];
+  };
+  CHECK(task("cloudInitNoCloud: {userDataBase64: aGVsbG8K}").user_data == "hello\n");
+  CHECK(task("cloudInitNoCloud: {networkData: 'version: 2'}").network_data == "version: 2");
+  CHECK(task("cloudInitNoCloud: {networkData: 'version: 2'}").user_data.empty());
+
+  f.secrets["ns1/ud"] = Json::parse(R"({"data":{"userdata":"c2VjcmV0IHVzZXIgZGF0YQ=="}})");
+  f.secrets["ns1/ud2"] = Json::parse(R"({"data":{"userData":"Y2FtZWw="}})");
+  f.secrets["ns1/nd"] = Json::parse(R"({"data":{"networkData":"bmV0"}})");
+  f.secrets["ns1/empty"] = Json::parse(R"({"data":{"other":"eA=="}})");
+  f.secrets["ns1/bad"] = Json::parse(R"({"data":{"userdata":"***"}})");
+  CHECK(task("cloudInitNoCloud: {secretRef: {name: ud}}").user_data == "secret user data");
+  CHECK(task("cloudInitNoCloud: {secretRef: {name: ud2}}").user_data == "camel");
+  auto both = task("cloudInitNoCloud: {secretRef: {name: ud}, networkDataSecretRef: {name: nd}}");
+  CHECK(both.user_data == "secret user data");
+  CHECK(both.network_data == "net");
+
+  auto cd = task("cloudInitConfigDrive: {userData: hi, networkData: '{}'}");
+  CHECK(cd.kind == VolumeTaskKind::kCloudInitConfigDrive);
+  CHECK(cd.path == f.host.vms_dir + "/" + kUid + "/cloudinit-ci.iso");
+  CHECK(cd.meta_data == std::string(R"({"instance_id":"vm1.ns1","hostname":"vm1","uuid":")") +
+                            kFirmwareUuid + "\"}");
+
+  auto err = [&](const std::string& source) {
+    auto plan = f.Plan(Vmi(disks, "[{name: ci, " + source + "}]"));
+    REQUIRE_FALSE(plan.has_value());
+    return plan.error();
+  };
+  Error missing = err("cloudInitNoCloud: {secretRef: {name: nope}}");
+  CHECK(missing.code == Code::kNotFound);
+  CHECK(missing.message ==
+        "VMI ns1/vm1: volume ci: secretRef Secret ns1/nope: secrets \"nope\" not found");
+  Error nokey = err("cloudInitNoCloud: {secretRef: {name: empty}}");
+  CHECK(nokey.code == Code::kNotFound);
+  CHECK(nokey.message ==
+        "VMI ns1/vm1: volume ci: secretRef Secret ns1/empty has no key userdata or userData");
+  Error bad = err("cloudInitNoCloud: {secretRef: {name: bad}}");
+  CHECK(bad.code == Code::kInvalid);
+  CHECK(bad.message ==
+        "VMI ns1/vm1: volume ci: secretRef Secret ns1/bad: key userdata is not valid base64");
+  // Admission checks inline base64, so feed the planner directly with an unchecked object.
+  Json vmi = Admitted(Vmi(disks, "[{name: ci, cloudInitNoCloud: {userData: x}}]"));
+  vmi["spec"]["volumes"][0]["cloudInitNoCloud"] = Json::parse(R"({"userDataBase64":"%%%"})");
+  auto plan = PlanVmi(vmi, f.host, f.lookup);
+  REQUIRE_FALSE(plan.has_value());
+  CHECK(plan.error().message == "VMI ns1/vm1: volume ci: userDataBase64 is not valid base64");
+  vmi["spec"]["volumes"][0]["cloudInitNoCloud"] = Json::object();
+  plan = PlanVmi(vmi, f.host, f.lookup);
+  REQUIRE_FALSE(plan.has_value());
+  CHECK(plan.error().message ==
+        "VMI ns1/vm1: volume ci: userDataBase64, userData, networkDataBase64 or networkData is "
+        "required for a cloud-init data source");
+}
+
+TEST_CASE("volume types edgevirt does not serve yet are refused with their reason") {
+  Fixture f;
+  auto err = [&](const std::string& volume) {
+    auto plan = f.Plan(Vmi("[{name: v, disk: {bus: virtio}}]", "[{name: v, " + volume + "}]"));
+    REQUIRE_FALSE(plan.has_value());
+    return plan.error();
+  };
+  Error cd = err("containerDisk: {image: quay.io/kubevirt/cirros-container-disk-demo:v1.0.0}");
+  CHECK(cd.code == Code::kUnsupported);
+  CHECK(cd.message ==
+        "VMI ns1/vm1: volume v: containerDisk needs the image puller (not built yet)");
+  Error pvc = err("persistentVolumeClaim: {claimName: data}");
+  CHECK(pvc.code == Code::kUnsupported);
+  CHECK(pvc.message ==
+        "VMI ns1/vm1: volume v: PersistentVolumeClaims (persistentVolumeClaim, ephemeral, "
+        "dataVolume) are not served yet");
+  CHECK(err("ephemeral: {persistentVolumeClaim: {claimName: data}}").code == Code::kUnsupported);
+
+  // Shapes admission already refuses, checked on the planner directly.
+  Json vmi =
+      Admitted(Vmi("[{name: v, disk: {bus: virtio}}]", "[{name: v, emptyDisk: {capacity: 1Mi}}]"));
+  vmi["spec"]["volumes"][0] = Json::parse(R"({"name":"v","configMap":{"name":"x"}})");
+  auto plan = PlanVmi(vmi, f.host, f.lookup);
+  REQUIRE_FALSE(plan.has_value());
+  CHECK(plan.error().code == Code::kUnsupported);
+  CHECK(plan.error().message == "VMI ns1/vm1: volume v: volume type configMap is not supported");
+  vmi =
+      Admitted(Vmi("[{name: v, disk: {bus: virtio}}]", "[{name: v, emptyDisk: {capacity: 1Mi}}]"));
+  vmi["spec"]["domain"]["devices"]["disks"][0]["disk"]["bus"] = "usb";
+  plan = PlanVmi(vmi, f.host, f.lookup);
+  REQUIRE_FALSE(plan.has_value());
+  CHECK(plan.error().code == Code::kUnsupported);
+  CHECK(plan.error().message ==
+        "VMI ns1/vm1: disk v: bus usb is not supported (use virtio, sata or scsi)");
+  // Admission maps a lun only to a PVC; the planner refuses one on a file on its own.
+  vmi =
+      Admitted(Vmi("[{name: v, disk: {bus: virtio}}]", "[{name: v, emptyDisk: {capacity: 1Mi}}]"));
+  vmi["spec"]["domain"]["devices"]["disks"][0] =
+      Json::parse(R"({"name":"v","lun":{"bus":"scsi"}})");
+  plan = PlanVmi(vmi, f.host, f.lookup);
+  REQUIRE_FALSE(plan.has_value());
+  CHECK(plan.error().message ==
+        "VMI ns1/vm1: disk v: a lun passes a block device through, but this volume is a file");
+  vmi =
+      Admitted(Vmi("[{name: v, disk: {bus: virtio}}]", "[{name: v, emptyDisk: {capacity: 1Mi}}]"));
+  vmi["metadata"]["uid"] = "../../etc";
+  plan = PlanVmi(vmi, f.host, f.lookup);
+  REQUIRE_FALSE(plan.has_value());
+  CHECK(plan.error().message == "VMI ns1/vm1: metadata.uid \"../../etc\" is not a UUID");
+}
+
+TEST_CASE("cache none needs O_DIRECT; the default follows it") {
+  Fixture f;
+  f.host.direct_io = false;
+  auto plan =
+      f.Plan(Vmi("[{name: v, disk: {bus: virtio}}]", "[{name: v, emptyDisk: {capacity: 1Mi}}]"));
+  REQUIRE(plan.has_value());
+  CHECK(plan->domain.disks[0].cache == vmm::DiskCache::kWritethrough);
+  auto none = f.Plan(Vmi("[{name: v, disk: {bus: virtio}, cache: none}]",
+                         "[{name: v, emptyDisk: {capacity: 1Mi}}]"));
+  REQUIRE_FALSE(none.has_value());
+  CHECK(none.error().code == Code::kInvalid);
+}
+
+TEST_CASE("hostDisk paths must stay inside the host disk directories") {
+  Fixture f;
+  const std::string disks_dir = f.tmp.Path("disks");
+  fs::create_directories(f.tmp / "outside");
+  std::ofstream(f.tmp / "outside" / "secret.img") << "x";
+  std::ofstream(fs::path(disks_dir) / "ok.img") << "disk";
+  fs::create_symlink(f.tmp / "outside", fs::path(disks_dir) / "link-dir");
+  fs::create_symlink(f.tmp / "outside" / "secret.img", fs::path(disks_dir) / "link.img");
+  fs::create_directories(fs::path(disks_dir) / "sub");
+
+  auto plan = [&](const std::string& path, const std::string& type = "Disk",
+                  const std::string& cap = "") {
+    std::string hd =
+        "{path: '" + path + "', type: " + type + (cap.empty() ? "" : ", capacity: " + cap) + "}";
+    Json vmi = Admitted(Vmi("[{name: hd, disk: {bus: virtio}}]",
+                            "[{name: hd, hostDisk: {path: /placeholder, type: Disk}}]"));
+    // Admission has its own (lexical) check when configured; the planner must hold alone.
+    vmi["spec"]["volumes"][0]["hostDisk"] =
+        Json::parse(R"({"path":")" + path + R"(","type":")" + type + "\"" +
+                    (cap.empty() ? "" : R"(,"capacity":")" + cap + "\"") + "}");
+    return PlanVmi(vmi, f.host, f.lookup);
+  };
+  auto ok = plan(disks_dir + "/ok.img");
+  REQUIRE(ok.has_value());
+  CHECK(ok->domain.disks[0].path == disks_dir + "/ok.img");
+  CHECK(ok->domain.disks[0].format == vmm::DiskFormat::kRaw);
+  CHECK(ok->tasks.empty());
+
+  auto refused = [&](const std::string& path, const std::string& type = "Disk") {
+    auto r = plan(path, type, type == "DiskOrCreate" ? "1Mi" : "");
+    INFO(path);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().code == Code::kInvalid);
+    return r.error().message;
+  };
+  CHECK(refused("relative/ok.img") ==
+        "VMI ns1/vm1: volume hd: hostDisk.path \"relative/ok.img\" is not absolute");
+  CHECK(refused(disks_dir + "/../outside/secret.img").find("is not a clean path") !=
+        std::string::npos);
+  CHECK(refused(disks_dir + "/./ok.img").find("is not a clean path") != std::string::npos);
+  CHECK(refused(disks_dir + "//ok.img").find("is not a clean path") != std::string::npos);
+  CHECK(refused(f.tmp.Path("outside") + "/secret.img") ==
+        "VMI ns1/vm1: volume hd: hostDisk.path \"" + f.tmp.Path("outside") +
+            "/secret.img\" is not under one of the host disk directories [" + disks_dir + "]");
+  CHECK(refused(disks_dir + "/link.img") ==
+        "VMI ns1/vm1: volume hd: hostDisk.path \"" + disks_dir + "/link.img\" (resolves to \"" +
+            f.tmp.Path("outside") +
+            "/secret.img\") is not under one of the host disk directories [" + disks_dir + "]");
+  // Through a symlinked directory, also for a file that does not exist yet.
+  CHECK(refused(disks_dir + "/link-dir/secret.img").find("resolves to") != std::string::npos);
+  CHECK(refused(disks_dir + "/link-dir/new.img", "DiskOrCreate").find("resolves to") !=
+        std::string::npos);
+  CHECK(refused(disks_dir).find("is not under one of") != std::string::npos);
+  CHECK(refused(disks_dir + "/sub") ==
+        "VMI ns1/vm1: volume hd: hostDisk.path \"" + disks_dir + "/sub\" is not a regular file");
+  CHECK(refused(disks_dir + "/missing.img") == "VMI ns1/vm1: volume hd: hostDisk.path \"" +
+                                                   disks_dir +
+                                                   "/missing.img\" does not exist (type Disk)");
+  auto nocap = plan(disks_dir + "/new.img", "DiskOrCreate");
+  REQUIRE_FALSE(nocap.has_value());
+  CHECK(nocap.error().message ==
+        "VMI ns1/vm1: volume hd: hostDisk.capacity (type DiskOrCreate) is missing");
+
+  auto create = plan(disks_dir + "/sub/new.img", "DiskOrCreate", "3Mi");
+  REQUIRE(create.has_value());
+  REQUIRE(create->tasks.size() == 1);
+  CHECK(create->tasks[0].kind == VolumeTaskKind::kHostDiskCreate);
+  CHECK(create->tasks[0].capacity_bytes == 3u * 1024 * 1024);
+
+  f.host.host_disk_dirs.clear();
+  CHECK(refused(disks_dir + "/ok.img") ==
+        "VMI ns1/vm1: volume hd: hostDisk.path: hostDisk volumes are not allowed on this host (no "
+        "host disk directories configured)");
+}
+
+std::string RunOk(const std::vector<std::string>& argv) {
+  auto r = ExecChecked(argv);
+  INFO((r ? "" : r.error().ToString()));
+  REQUIRE(r.has_value());
+  return r->stdout_text;
+}
+
+TEST_CASE("PrepareVmiFiles makes the ISOs, disks and directories; RemoveVmiFiles deletes them") {
+  Fixture f;
+  const std::string disks_dir = f.tmp.Path("disks");
+  auto plan =
+      f.Plan(Vmi("[{name: seed, cdrom: {bus: sata}}, {name: cd, disk: {bus: virtio}}, "
+                 "{name: scratch, disk: {bus: virtio}}, {name: data, disk: {bus: virtio}}]",
+                 "[{name: seed, cloudInitNoCloud: {userData: \"#cloud-config\\nfirst line\\n\", "
+                 "networkData: 'version: 2'}}, "
+                 "{name: cd, cloudInitConfigDrive: {userData: \"config drive data\"}}, "
+                 "{name: scratch, emptyDisk: {capacity: 64Mi}}, "
+                 "{name: data, hostDisk: {path: " +
+                     disks_dir + "/data.img, type: DiskOrCreate, capacity: 5Mi}}]"));
+  INFO((plan ? "" : plan.error().ToString()));
+  REQUIRE(plan.has_value());
+  REQUIRE(PrepareVmiFiles(*plan).has_value());
+
+  const fs::path dir = plan->dir;
+  struct stat st {};
+  REQUIRE(::stat(dir.c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0750);
+  if (!plan->qemu_group.empty()) {
+    struct group* g = ::getgrnam(plan->qemu_group.c_str());
+    REQUIRE(g != nullptr);
+    CHECK(st.st_gid == g->gr_gid);
+  }
+  REQUIRE(::stat((dir / "vnc").c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0770);
+
+  // NoCloud seed: label cidata, user-data, meta-data, network-config.
+  const std::string iso = (dir / "cloudinit-seed.iso").string();
+  REQUIRE(::stat(iso.c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0600);
+  std::string pvd = RunOk({"xorriso", "-indev", iso, "-pvd_info"});
+  CHECK(pvd.find("Volume Id    : cidata") != std::string::npos);
+  TempDir out("ev-iso");
+  RunOk({"xorriso", "-osirrox", "on", "-indev", iso, "-extract", "/", out.Path("nocloud")});
+  CHECK(Read(out / "nocloud" / "user-data") == "#cloud-config\nfirst line\n");
+  CHECK(Read(out / "nocloud" / "meta-data") ==
+        std::string(R"({"instance-id":")") + kFirmwareUuid + R"(","local-hostname":"vm1"})");
+  CHECK(Read(out / "nocloud" / "network-config") == "version: 2");
+
+  // ConfigDrive: label config-2, openstack/latest/{user_data,meta_data.json}.
+  const std::string cd = (dir / "cloudinit-cd.iso").string();
+  CHECK(RunOk({"xorriso", "-indev", cd, "-pvd_info"}).find("Volume Id    : config-2") !=
+        std::string::npos);
+  RunOk({"xorriso", "-osirrox", "on", "-indev", cd, "-extract", "/", out.Path("cd")});
+  CHECK(Read(out / "cd" / "openstack" / "latest" / "user_data") == "config drive data");
+  CHECK(Read(out / "cd" / "openstack" / "latest" / "meta_data.json")
+            .find("\"instance_id\":\"vm1.ns1\"") != std::string::npos);
+  CHECK_FALSE(fs::exists(out / "cd" / "openstack" / "latest" / "network_data.json"));
+
+  // emptyDisk: qcow2 of the requested virtual size.
+  const std::string qcow = (dir / "emptydisk-scratch.qcow2").string();
+  Json info = Json::parse(RunOk({"qemu-img", "info", "--output=json", qcow}));
+  CHECK(info["format"] == "qcow2");
+  CHECK(info["virtual-size"] == 64 * 1024 * 1024);
+
+  // hostDisk DiskOrCreate: sparse raw file, 0640.
+  const std::string raw = disks_dir + "/data.img";
+  REQUIRE(::stat(raw.c_str(), &st) == 0);
+  CHECK(st.st_size == 5 * 1024 * 1024);
+  CHECK(st.st_blocks == 0);
+  CHECK((st.st_mode & 07777) == 0640);
+
+  // No staging or temporary files are left behind.
+  for (const auto& e : fs::directory_iterator(dir)) {
+    std::string n = e.path().filename().string();
+    CHECK(n.find("stage") == std::string::npos);
+    CHECK(n.find(".tmp") == std::string::npos);
+  }
+
+  SECTION("idempotent: existing files are kept as they are") {
+    struct stat before {};
+    REQUIRE(::stat(qcow.c_str(), &before) == 0);
+    std::ofstream(raw, std::ios::app) << "guest wrote this";
+    REQUIRE(PrepareVmiFiles(*plan).has_value());
+    struct stat after {};
+    REQUIRE(::stat(qcow.c_str(), &after) == 0);
+    CHECK(before.st_ino == after.st_ino);
+    CHECK(before.st_mtime == after.st_mtime);
+    REQUIRE(::stat(raw.c_str(), &after) == 0);
+    CHECK(after.st_size == 5 * 1024 * 1024 + 16);
+    // A file removed meanwhile is made again.
+    fs::remove(iso);
+    REQUIRE(PrepareVmiFiles(*plan).has_value());
+    CHECK(fs::exists(iso));
+  }
+
+  SECTION("RemoveVmiFiles removes the directory, not the host disks") {
+    REQUIRE(RemoveVmiFiles(f.host.vms_dir, kUid).has_value());
+    CHECK_FALSE(fs::exists(dir));
+    CHECK(fs::exists(raw));
+    CHECK(RemoveVmiFiles(f.host.vms_dir, kUid).has_value());  // not found = success
+    auto bad = RemoveVmiFiles(f.host.vms_dir, "..");
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error().code == Code::kInvalid);
+    CHECK_FALSE(RemoveVmiFiles(f.host.vms_dir, "").has_value());
+    CHECK_FALSE(RemoveVmiFiles("relative", kUid).has_value());
+  }
+}
+
+TEST_CASE("PrepareVmiFiles reports a failing helper with its stderr") {
+  Fixture f;
+  VmiPlan plan;
+  plan.uid = kUid;
+  plan.dir = f.host.vms_dir + "/" + kUid;
+  plan.qemu_group = f.host.qemu_group;
+  VolumeTask t;
+  t.kind = VolumeTaskKind::kEmptyDisk;
+  t.volume = "huge";
+  t.path = plan.dir + "/emptydisk-huge.qcow2";
+  t.capacity_bytes = UINT64_MAX;  // more than qemu-img accepts
+  plan.tasks.push_back(t);
+  auto st = PrepareVmiFiles(plan);
+  REQUIRE_FALSE(st.has_value());
+  INFO(st.error().message);
+  CHECK(st.error().message.rfind(
+            "prepare volume huge: qemu-img create " + t.path + ".tmp: exit 1: ", 0) == 0);
+  CHECK_FALSE(fs::exists(t.path));
+
+  plan.dir = f.host.vms_dir + "/not-a-uid";
+  CHECK_FALSE(PrepareVmiFiles(plan).has_value());
+}
+
+}  // namespace
+}  // namespace edgevirt::daemon
