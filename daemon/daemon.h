@@ -17,3 +17,4 @@
 #include "daemon/notify.h"
 #include "daemon/probe.h"
 #include "daemon/signals.h"
+#include "daemon/vmi_domain.h"

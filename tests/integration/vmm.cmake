@@ -17,3 +17,11 @@ set_tests_properties(vmm_lifecycle_test PROPERTIES FIXTURES_REQUIRED edgevirt_te
 add_test(NAME vmm_reap_qemu COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/vmm_reap_qemu.sh ${PROJECT_BINARY_DIR})
 set_tests_properties(vmm_reap_qemu PROPERTIES
   FIXTURES_CLEANUP edgevirt_test_guest LABELS integration TIMEOUT 60 RUN_SERIAL TRUE)
+
+# daemon/vmi_domain end to end: an admitted VMI planned, its files prepared, booted through
+# vmm::Hypervisor; the guest reads both cloud-init seeds.
+edgevirt_add_test(NAME daemon_vmi_boot_test
+  SOURCES daemon_vmi_boot_test.cc ${PROJECT_SOURCE_DIR}/api/kubevirt/yaml_json.cc
+  LIBS edgevirt_daemon_lib yaml-cpp LABELS integration TIMEOUT 900 RUN_SERIAL)
+target_compile_definitions(daemon_vmi_boot_test PRIVATE EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
+set_tests_properties(daemon_vmi_boot_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
