@@ -47,6 +47,11 @@ struct AdmitResult {
   // denied the request: …`); empty for schema (CRD structural) failures, which use
   // `<Kind>.<group> "<name>" is invalid: …`.
   std::string denied_by;
+  // Extension (api/machinery): the body does not decode into the kind (a value of the wrong
+  // type, invalid base64 in a []byte field). Non-empty means 400 BadRequest `<Kind> in version
+  // "<v>" cannot be handled as a <Kind>: <decode_error>`, as the apiserver's decoder answers;
+  // nothing is written and nothing else is reported.
+  std::string decode_error;
 };
 
 struct AdmitRequest {

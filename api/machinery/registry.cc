@@ -139,6 +139,10 @@ std::optional<ApiError> AdmitAndValidate(const ResourceType& rt, Operation op, J
     req.status_subresource = status;
     ar = rt.admit(req);
   }
+  if (!ar.decode_error.empty()) {
+    return BadRequest(rt.kind + " in version " + Quote(rt.version) + " cannot be handled as a " +
+                      rt.kind + ": " + ar.decode_error);
+  }
   for (auto& f : ar.unknown_fields) {
     if (std::find(unknown.begin(), unknown.end(), f) == unknown.end()) unknown.push_back(f);
   }
@@ -340,6 +344,15 @@ Outcome<store::Record> Registry::Get(const ResourceType& rt, const std::string& 
   auto r = store_.Get(KeyOf(rt, ns, name));
   if (!r) return StoreError(r.error(), rt, name);
   return std::move(*r);
+}
+
+Outcome<Json> Registry::GetObject(const ResourceType& rt, const std::string& ns,
+                                  const std::string& name) const {
+  auto r = Get(rt, ns, name);
+  if (!r) return r.error();
+  auto object = DecodeRecord(*r);
+  if (!object) return Internal(object.error().message);
+  return std::move(*object);
 }
 
 Outcome<ListPage> Registry::List(const ResourceType& rt, const ListQuery& query) const {

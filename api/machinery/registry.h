@@ -90,6 +90,9 @@ class Registry {
 
   Outcome<store::Record> Get(const ResourceType& rt, const std::string& ns,
                              const std::string& name) const;
+  // The same, decoded: the object as clients see it (server-owned metadata set).
+  Outcome<Json> GetObject(const ResourceType& rt, const std::string& ns,
+                          const std::string& name) const;
   // Items in (namespace, name) order. Pages are read at the latest state; every page reports
   // the first page's resourceVersion, so a watch started from it misses nothing.
   Outcome<ListPage> List(const ResourceType& rt, const ListQuery& query) const;
