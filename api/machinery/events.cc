@@ -5,6 +5,7 @@
 
 #include "api/machinery/codec.h"
 #include "api/machinery/meta.h"
+#include "api/machinery/secrets.h"
 #include "common/log.h"
 
 namespace edgevirt::api::machinery {
@@ -339,8 +340,9 @@ ApiGroupVersion CoreV1() {
   ApiGroupVersion gv;
   gv.group = "";
   gv.version = "v1";
-  gv.resources = {std::move(ev)};
+  gv.resources = {std::move(ev), SecretResource()};
   gv.schemas = EventSchemas();
+  gv.schemas.update(SecretSchemas());
   return gv;
 }
 

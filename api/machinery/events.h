@@ -22,7 +22,8 @@ namespace edgevirt::api::machinery {
 
 // The core/v1 group-version the machinery serves itself: Event (events, short name "ev",
 // field selectors involvedObject.{kind,namespace,name,uid,apiVersion,resourceVersion,fieldPath},
-// reason, reportingComponent, source, type; the apiserver's event printer columns).
+// reason, reportingComponent, source, type; the apiserver's event printer columns) and Secret
+// (secrets.h).
 ApiGroupVersion CoreV1();
 
 // What an event is about (core/v1 ObjectReference).

@@ -1,0 +1,187 @@
+// core/v1 Secret through the machinery: what `kubectl create secret generic` and
+// `kubectl get secret` send and expect, and kube-apiserver's decoding and validation answers.
+#include "api/machinery/secrets.h"
+
+#include "api/machinery/machinery.h"
+#include "api/machinery/testing.h"
+#include "tests/support/catch.h"
+
+namespace edgevirt::api::machinery {
+namespace {
+
+using testing::Env;
+
+const std::string kSecrets = "/api/v1/namespaces/default/secrets";
+
+std::string SecretJson(const std::string& name, const std::string& rest) {
+  return R"({"apiVersion":"v1","kind":"Secret","metadata":{"name":")" + name + "\"}" +
+         (rest.empty() ? "" : "," + rest) + "}";
+}
+
+TEST_CASE("base64 as Go's StdEncoding", "[secrets]") {
+  CHECK(Base64Encode("") == "");
+  CHECK(Base64Encode("a") == "YQ==");
+  CHECK(Base64Encode("ab") == "YWI=");
+  CHECK(Base64Encode("abc") == "YWJj");
+  CHECK(*Base64Decode("YWJj") == "abc");
+  CHECK(*Base64Decode("YWI=") == "ab");
+  CHECK(*Base64Decode("YQ==") == "a");
+  CHECK(*Base64Decode("YW\nJj\r\n") == "abc");
+  CHECK(*Base64Decode("") == "");
+  CHECK(Base64Decode("!!!!").error().message == "illegal base64 data at input byte 0");
+  CHECK(Base64Decode("YWJ").error().message == "illegal base64 data at input byte 0");
+  CHECK(Base64Decode("YWJjY").error().message == "illegal base64 data at input byte 4");
+  CHECK(Base64Decode("YQ=").error().message == "illegal base64 data at input byte 3");
+  CHECK(Base64Decode("YQ==YQ==").error().message == "illegal base64 data at input byte 4");
+  CHECK(Base64Decode("Y===").error().message == "illegal base64 data at input byte 1");
+}
+
+TEST_CASE("secrets: discovery, kubectl create secret generic, get, table", "[secrets]") {
+  Env env;
+  auto core = env.Call("GET", "/api/v1");
+  REQUIRE(core.status == 200);
+  Json secrets;
+  for (const auto& r : core.json["resources"]) {
+    if (r["name"] == "secrets") secrets = r;
+  }
+  REQUIRE(secrets.is_object());
+  CHECK(secrets["kind"] == "Secret");
+  CHECK(secrets["namespaced"] == true);
+  CHECK_FALSE(secrets.contains("shortNames"));
+
+  // OpenAPI: kubectl's server-side field validation looks for the path and the schema.
+  auto doc = env.Call("GET", "/openapi/v3/api/v1");
+  REQUIRE(doc.status == 200);
+  CHECK(doc.json["paths"].contains("/api/v1/namespaces/{namespace}/secrets"));
+  CHECK(doc.json["components"]["schemas"]["io.k8s.api.core.v1.Secret"]
+                ["x-kubernetes-group-version-kind"][0]["kind"] == "Secret");
+  CHECK(doc.json["components"]["schemas"].contains("io.k8s.api.core.v1.Event"));
+
+  // kubectl create secret generic x --from-literal=a=b
+  auto created = env.Call("POST", kSecrets + "?fieldManager=kubectl-create&fieldValidation=Strict",
+                          R"({"kind":"Secret","apiVersion":"v1","metadata":{"name":"x",)"
+                          R"("creationTimestamp":null},"data":{"a":"Yg=="},"type":"Opaque"})");
+  INFO(created.body);
+  REQUIRE(created.status == 201);
+  CHECK(created.json["data"]["a"] == "Yg==");
+  CHECK(created.json["type"] == "Opaque");
+
+  // stringData is merged (and wins), never stored; type defaults to Opaque.
+  auto merged = env.Call("POST", kSecrets,
+                         SecretJson("y", R"("data":{"a":"eA==","b":"eQ=="},)"
+                                         R"("stringData":{"a":"hello"})"));
+  INFO(merged.body);
+  REQUIRE(merged.status == 201);
+  CHECK(merged.json["data"] == Json{{"a", "aGVsbG8="}, {"b", "eQ=="}});
+  CHECK_FALSE(merged.json.contains("stringData"));
+  CHECK(merged.json["type"] == "Opaque");
+  CHECK(env.Call("GET", kSecrets + "/y").json["data"]["a"] == "aGVsbG8=");
+
+  // kubectl get secret: NAME TYPE DATA AGE.
+  auto table = env.Call("GET", kSecrets, "", "",
+                        {{"accept", "application/json;as=Table;v=v1;g=meta.k8s.io"}});
+  REQUIRE(table.status == 200);
+  std::vector<std::string> cols;
+  for (const auto& c : table.json["columnDefinitions"]) cols.push_back(c["name"]);
+  CHECK(cols == std::vector<std::string>{"Name", "Type", "Data", "Age"});
+  CHECK(table.json["columnDefinitions"][0]["format"] == "name");
+  REQUIRE(table.json["rows"].size() == 2);
+  CHECK(table.json["rows"][0]["cells"][0] == "x");
+  CHECK(table.json["rows"][0]["cells"][1] == "Opaque");
+  CHECK(table.json["rows"][1]["cells"][2] == "2");
+  CHECK(table.json["rows"][1]["cells"][3].is_string());
+
+  // The "type" field selector (kubectl get secret --field-selector type=Opaque).
+  CHECK(env.Call("GET", kSecrets + "?fieldSelector=type%3DOpaque").json["items"].size() == 2);
+  CHECK(env.Call("GET", kSecrets + "?fieldSelector=type%3Dother").json["items"].empty());
+}
+
+TEST_CASE("secrets: decoding and validation errors", "[secrets]") {
+  Env env;
+  // Invalid base64: the apiserver's decoder refuses the body (400), as for any type error.
+  auto b64 = env.Call("POST", kSecrets, SecretJson("s", R"("data":{"a":"b"})"));
+  CHECK(b64.status == 400);
+  CHECK(b64.json["reason"] == "BadRequest");
+  CHECK(b64.json["message"] ==
+        "Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data at input "
+        "byte 0");
+  auto typed = env.Call("POST", kSecrets, SecretJson("s", R"("data":{"a":5})"));
+  CHECK(typed.status == 400);
+
+  // Keys must be config keys: 422 with field data[<key>].
+  auto key = env.Call("POST", kSecrets, SecretJson("s", R"("stringData":{"a b":"x"})"));
+  REQUIRE(key.status == 422);
+  CHECK(key.json["details"]["kind"] == "Secret");
+  CHECK(key.json["details"]["causes"][0]["field"] == "data[a b]");
+  CHECK(key.json["message"] ==
+        "Secret \"s\" is invalid: data[a b]: Invalid value: \"a b\": a valid config key must "
+        "consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  "
+        "or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')");
+  CHECK(env.Call("POST", kSecrets, SecretJson("s", R"("stringData":{"..x":"x"})")).status == 422);
+
+  // kubernetes.io/dockerconfigjson needs .dockerconfigjson holding JSON.
+  auto missing =
+      env.Call("POST", kSecrets, SecretJson("d", R"("type":"kubernetes.io/dockerconfigjson")"));
+  REQUIRE(missing.status == 422);
+  CHECK(missing.json["details"]["causes"][0]["field"] == "data[.dockerconfigjson]");
+  CHECK(missing.json["details"]["causes"][0]["reason"] == "FieldValueRequired");
+  auto bad_json = env.Call("POST", kSecrets,
+                           SecretJson("d", R"("type":"kubernetes.io/dockerconfigjson",)"
+                                           R"("stringData":{".dockerconfigjson":"{nope"})"));
+  REQUIRE(bad_json.status == 422);
+  CHECK(bad_json.json["details"]["causes"][0]["field"] == "data[.dockerconfigjson]");
+  CHECK(bad_json.json["message"].get<std::string>().find("<secret contents redacted>") !=
+        std::string::npos);
+  CHECK(env.Call("POST", kSecrets,
+                 SecretJson("d", R"("type":"kubernetes.io/dockerconfigjson",)"
+                                 R"("stringData":{".dockerconfigjson":"{\"auths\":{}}"})"))
+            .status == 201);
+
+  // Unknown fields under Strict.
+  auto strict =
+      env.Call("POST", kSecrets + "?fieldValidation=Strict", SecretJson("u", R"("spec":{})"));
+  CHECK(strict.status == 400);
+  CHECK(strict.json["message"] ==
+        "Secret in version \"v1\" cannot be handled as a Secret: strict decoding error: unknown "
+        "field \"spec\"");
+}
+
+TEST_CASE("secrets: updates, type and immutable", "[secrets]") {
+  Env env;
+  REQUIRE(env.Call("POST", kSecrets, SecretJson("m", R"("data":{"a":"eA=="})")).status == 201);
+  // A mutable secret changes freely (merge patch with stringData too).
+  auto patched = env.Call("PATCH", kSecrets + "/m", R"({"stringData":{"b":"y"}})",
+                          "application/merge-patch+json");
+  INFO(patched.body);
+  REQUIRE(patched.status == 200);
+  CHECK(patched.json["data"] == Json{{"a", "eA=="}, {"b", "eQ=="}});
+  CHECK_FALSE(patched.json.contains("stringData"));
+  // type is immutable.
+  auto type =
+      env.Call("PATCH", kSecrets + "/m", R"({"type":"other"})", "application/merge-patch+json");
+  CHECK(type.status == 422);
+  CHECK(type.json["details"]["causes"][0]["field"] == "type");
+
+  REQUIRE(
+      env.Call("PATCH", kSecrets + "/m", R"({"immutable":true})", "application/merge-patch+json")
+          .status == 200);
+  auto data = env.Call("PATCH", kSecrets + "/m", R"({"data":{"a":"eg=="}})",
+                       "application/merge-patch+json");
+  REQUIRE(data.status == 422);
+  CHECK(data.json["message"] ==
+        "Secret \"m\" is invalid: data: Forbidden: field is immutable when `immutable` is set");
+  auto string_data = env.Call("PATCH", kSecrets + "/m", R"({"stringData":{"c":"z"}})",
+                              "application/merge-patch+json");
+  CHECK(string_data.status == 422);
+  auto unset =
+      env.Call("PATCH", kSecrets + "/m", R"({"immutable":false})", "application/merge-patch+json");
+  CHECK(unset.status == 422);
+  CHECK(unset.json["details"]["causes"][0]["field"] == "immutable");
+  // Metadata still changes.
+  CHECK(env.Call("PATCH", kSecrets + "/m", R"({"metadata":{"labels":{"l":"v"}}})",
+                 "application/merge-patch+json")
+            .status == 200);
+}
+
+}  // namespace
+}  // namespace edgevirt::api::machinery
