@@ -176,6 +176,46 @@ ApiError Conflict(const ResourceType& rt, std::string_view name, std::string_vie
                       rt, name);
 }
 
+namespace {
+
+ApiError WithNamedResource(int code, std::string reason, std::string_view group,
+                           std::string_view resource, std::string_view name, std::string message) {
+  ApiError e;
+  e.code = code;
+  e.reason = std::move(reason);
+  e.message = std::move(message);
+  e.has_details = true;
+  e.name = std::string(name);
+  e.group = std::string(group);
+  e.kind = std::string(resource);
+  return e;
+}
+
+std::string Qualified(std::string_view group, std::string_view resource) {
+  return group.empty() ? std::string(resource) : std::string(resource) + "." + std::string(group);
+}
+
+}  // namespace
+
+ApiError NotFound(std::string_view group, std::string_view resource, std::string_view name) {
+  return WithNamedResource(404, "NotFound", group, resource, name,
+                           Qualified(group, resource) + " " + Quote(name) + " not found");
+}
+
+ApiError Conflict(std::string_view group, std::string_view resource, std::string_view name,
+                  std::string_view detail) {
+  return WithNamedResource(409, "Conflict", group, resource, name,
+                           "Operation cannot be fulfilled on " + Qualified(group, resource) + " " +
+                               Quote(name) + ": " + std::string(detail));
+}
+
+ApiError Forbidden(std::string_view group, std::string_view resource, std::string_view name,
+                   std::string_view detail) {
+  return WithNamedResource(
+      403, "Forbidden", group, resource, name,
+      Qualified(group, resource) + " " + Quote(name) + " is forbidden: " + std::string(detail));
+}
+
 ApiError Invalid(const ResourceType& rt, std::string_view name, std::vector<StatusCause> errors) {
   std::string qualified = rt.group.empty() ? rt.kind : rt.kind + "." + rt.group;
   return InvalidFor(qualified, rt.group, rt.kind, name, std::move(errors));

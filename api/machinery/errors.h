@@ -67,6 +67,16 @@ ApiError NotFound(const ResourceType& rt, std::string_view name);
 ApiError AlreadyExists(const ResourceType& rt, std::string_view name);
 // 409 Conflict `Operation cannot be fulfilled on virtualmachines.kubevirt.io "x": <detail>`.
 ApiError Conflict(const ResourceType& rt, std::string_view name, std::string_view detail);
+// The same three for a resource named directly rather than by a served ResourceType: KubeVirt's
+// subresource API builds its errors with v1.Resource("virtualmachine"), the *singular*, so
+// NotFound("kubevirt.io", "virtualmachine", "x") gives `virtualmachine.kubevirt.io "x" not
+// found` with details {name, group, kind: "virtualmachine"}.
+ApiError NotFound(std::string_view group, std::string_view resource, std::string_view name);
+ApiError Conflict(std::string_view group, std::string_view resource, std::string_view name,
+                  std::string_view detail);
+// 403 Forbidden `<resource>.<group> "x" is forbidden: <detail>` (errors.NewForbidden).
+ApiError Forbidden(std::string_view group, std::string_view resource, std::string_view name,
+                   std::string_view detail);
 // The registry's optimistic-lock detail: "the object has been modified; please apply your
 // changes to the latest version and try again".
 extern const char kOptimisticLockMessage[];
