@@ -1,0 +1,75 @@
+// api/subresources — the public header of edgevirtd's subresources.kubevirt.io API: the REST
+// subresources virtctl v1.0 calls on VirtualMachines (start, stop, restart, migrate) and
+// VirtualMachineInstances (pause, unpause, softreboot, reset, guestosinfo, userlist,
+// filesystemlist), with KubeVirt v1.0's virt-api semantics (pkg/virt-api/rest/subresource.go):
+// request bodies, per-runStrategy rules, status codes and Status messages. See README.md.
+//
+// VM subresources only write the VM (spec.runStrategy / spec.running, or
+// status.stateChangeRequests) and, for a forced stop/restart, the VMI's
+// spec.terminationGracePeriodSeconds, through the machinery's registry; the controller acts on
+// those writes. VMI subresources act on the running guest through an injected VmiRuntime: this
+// library never calls a driver.
+#pragma once
+
+#include <optional>
+#include <string_view>
+
+#include "api/http_server.h"
+#include "api/machinery/registry.h"
+#include "api/resource.h"
+#include "common/result.h"
+
+namespace edgevirt::api::subresources {
+
+// Host-side actions on a running VMI, implemented by the daemon's controller. Every call gets
+// the stored VMI (decoded, full JSON). Errors: kConflict → 409 with the message, kNotFound → 404,
+// kUnavailable → 503, other → 500.
+class VmiRuntime {
+ public:
+  virtual ~VmiRuntime() = default;
+  virtual Status Pause(const Json& vmi) = 0;
+  virtual Status Unpause(const Json& vmi) = 0;
+  virtual Status SoftReboot(const Json& vmi) = 0;
+  virtual Status Reset(const Json& vmi) = 0;
+  // Guest agent queries: kind is "guestosinfo", "userlist" or "filesystemlist"; returns the
+  // JSON body KubeVirt returns (VirtualMachineInstanceGuestAgentInfo,
+  // VirtualMachineInstanceGuestOSUserList, VirtualMachineInstanceFileSystemList). kConflict
+  // "VMI does not have guest agent connected" when none.
+  virtual Result<Json> GuestAgent(const Json& vmi, std::string_view kind) = 0;
+};
+
+class Subresources {
+ public:
+  // registry/runtime must outlive it. runtime may be null (then host actions answer 503). The
+  // registry must serve kubevirt.io/v1 (api::kubevirt::KubevirtV1); without it every request
+  // it answers gets 503.
+  Subresources(machinery::Registry& registry, VmiRuntime* runtime);
+
+  // Answers /apis/subresources.kubevirt.io/{v1,v1alpha3}/namespaces/{ns}/virtualmachines/{name}/
+  // {start,stop,restart,migrate} (PUT) and .../virtualmachineinstances/{name}/{pause,unpause,
+  // softreboot,reset} (PUT) and {guestosinfo,userlist,filesystemlist} (GET); another method
+  // gets 405. Success: 202 with an empty body for the VM subresources, 200 with an empty body
+  // for pause/unpause/softreboot/reset, 200 with the guest agent's JSON for the queries.
+  // Errors are metav1.Status bodies. nullopt for every other path (console, vnc, portforward,
+  // addvolume, ... are served elsewhere or later).
+  //
+  // Thread-safe. Blocks on store commits and on VmiRuntime calls: the daemon calls it from a
+  // deferred (blocking-thread) handler, as it does for machinery writes.
+  std::optional<HttpResponse> Serve(const HttpRequest& request);
+
+ private:
+  struct Target;
+  HttpResponse Start(const Target& t, const HttpRequest& request);
+  HttpResponse Stop(const Target& t, const HttpRequest& request);
+  HttpResponse Restart(const Target& t, const HttpRequest& request);
+  HttpResponse Migrate(const Target& t, const HttpRequest& request);
+  HttpResponse VmiAction(const Target& t, const HttpRequest& request);
+  HttpResponse GuestAgent(const Target& t);
+
+  machinery::Registry& registry_;
+  VmiRuntime* runtime_;
+  const ResourceType* vms_;
+  const ResourceType* vmis_;
+};
+
+}  // namespace edgevirt::api::subresources

@@ -1,0 +1,598 @@
+// subresources.kubevirt.io against a real temp store and a Machinery serving the real
+// kubevirt.io/v1 kinds, with requests shaped as virtctl v1.0 sends them (PUT, no Content-Type,
+// an empty body or `{}`, Accept `application/json, */*`) and a recording fake VmiRuntime.
+#include "api/subresources/subresources.h"
+
+#include <mutex>
+
+#include "api/kubevirt/kubevirt.h"
+#include "api/machinery/machinery.h"
+#include "api/machinery/testing.h"
+#include "tests/support/catch.h"
+
+namespace edgevirt::api::subresources {
+namespace {
+
+using machinery::Machinery;
+using machinery::MachineryOptions;
+using machinery::testing::TempDir;
+
+const std::string kSr = "/apis/subresources.kubevirt.io/v1/namespaces/default/";
+const std::string kVms = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
+const std::string kVmis = "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances";
+
+class FakeRuntime : public VmiRuntime {
+ public:
+  Status Pause(const Json& vmi) override { return Record("pause", vmi); }
+  Status Unpause(const Json& vmi) override { return Record("unpause", vmi); }
+  Status SoftReboot(const Json& vmi) override { return Record("softreboot", vmi); }
+  Status Reset(const Json& vmi) override { return Record("reset", vmi); }
+  Result<Json> GuestAgent(const Json& vmi, std::string_view kind) override {
+    if (Status s = Record(std::string(kind), vmi); !s) return s.error();
+    return Json{{"hostname", "guest"}, {"kind", std::string(kind)}};
+  }
+  std::vector<std::string> calls() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_;
+  }
+  std::optional<Error> fail;
+
+ private:
+  Status Record(const std::string& what, const Json& vmi) {
+    std::lock_guard<std::mutex> lock(mu_);
+    calls_.push_back(what + ":" + vmi["metadata"]["name"].get<std::string>());
+    if (fail) return *fail;
+    return Ok();
+  }
+  std::mutex mu_;
+  std::vector<std::string> calls_;
+};
+
+struct Reply {
+  int status = 0;
+  std::string body;
+  Json json;
+};
+
+class Env {
+ public:
+  Env() {
+    store::Options so;
+    so.dir = dir_.path() / "state";
+    store_ = std::move(*store::Store::Open(so));
+    MachineryOptions mo;
+    mo.run_garbage_collector = false;
+    machinery_ = std::move(*Machinery::Create(*store_, {kubevirt::KubevirtV1({})}, mo));
+    sub_ = std::make_unique<Subresources>(machinery_->registry(), &runtime_);
+  }
+  ~Env() {
+    sub_.reset();
+    machinery_.reset();
+    store_->Close();
+  }
+  FakeRuntime& runtime() { return runtime_; }
+  machinery::Registry& registry() { return machinery_->registry(); }
+  Subresources& sub() { return *sub_; }
+
+  // As virtctl: no Content-Type, Accept "application/json, */*".
+  std::optional<Reply> Sub(const std::string& method, const std::string& path,
+                           const std::string& body = "{}") {
+    HttpRequest req;
+    req.method = method;
+    req.target = path;
+    req.path = path;
+    req.body = body;
+    req.headers.emplace_back("accept", "application/json, */*");
+    auto r = sub_->Serve(req);
+    if (!r) return std::nullopt;
+    return Reply{r->status, r->body, Json::parse(r->body, nullptr, false)};
+  }
+  Reply Put(const std::string& resource, const std::string& name, const std::string& sub,
+            const std::string& body = "{}") {
+    auto r = Sub("PUT", kSr + resource + "/" + name + "/" + sub, body);
+    REQUIRE(r);
+    return *r;
+  }
+  Reply Api(const std::string& method, const std::string& target, const std::string& body = "") {
+    HttpRequest req;
+    req.method = method;
+    req.target = target;
+    req.path = target;
+    req.body = body;
+    req.headers.emplace_back("content-type", "application/json");
+    auto r = machinery_->Serve(req);
+    REQUIRE(r);
+    return Reply{r->status, r->body, Json::parse(r->body, nullptr, false)};
+  }
+
+  // `strategy`: a runStrategy, or "running:true"/"running:false" for the deprecated field.
+  Json CreateVm(const std::string& name, const std::string& strategy) {
+    Json vm = Json::parse(R"({"apiVersion":"kubevirt.io/v1","kind":"VirtualMachine",)"
+                          R"("metadata":{"name":")" +
+                          name +
+                          R"("},"spec":{"template":{"spec":{"domain":)"
+                          R"({"devices":{},"resources":{"requests":{"memory":"64Mi"}}}}}}})");
+    if (strategy == "running:true" || strategy == "running:false") {
+      vm["spec"]["running"] = strategy == "running:true";
+    } else {
+      vm["spec"]["runStrategy"] = strategy;
+    }
+    auto r = Api("POST", kVms, vm.dump());
+    INFO(r.body);
+    REQUIRE(r.status == 201);
+    return r.json;
+  }
+  // A VMI named like its VM, in `phase`, with extra status/spec members.
+  Json CreateVmi(const std::string& name, const std::string& phase,
+                 const Json& conditions = Json::array(), const Json& spec_extra = Json::object()) {
+    Json vmi = Json::parse(R"({"apiVersion":"kubevirt.io/v1","kind":"VirtualMachineInstance",)"
+                           R"("metadata":{"name":")" +
+                           name +
+                           R"("},"spec":{"domain":)"
+                           R"({"devices":{},"resources":{"requests":{"memory":"64Mi"}}}}})");
+    auto r = Api("POST", kVmis, vmi.dump());
+    INFO(r.body);
+    REQUIRE(r.status == 201);
+    machinery::WriteOptions o;
+    o.admit = false;
+    auto m = registry().Mutate(
+        *registry().ByKind("kubevirt.io", "VirtualMachineInstance"), "default", name, false,
+        [&](Json& v) -> Status {
+          v["status"]["phase"] = phase;
+          v["status"]["conditions"] = conditions;
+          for (auto& [k, val] : spec_extra.items()) v["spec"][k] = val;
+          return Ok();
+        },
+        o);
+    REQUIRE(m);
+    return Api("GET", kVmis + "/" + name).json;
+  }
+  Json Vm(const std::string& name) { return Api("GET", kVms + "/" + name).json; }
+  Json Vmi(const std::string& name) { return Api("GET", kVmis + "/" + name).json; }
+  void SetVmStatus(const std::string& name, const Json& status) {
+    auto r = Api("PUT", kVms + "/" + name + "/status", [&] {
+      Json vm = Vm(name);
+      vm["status"] = status;
+      return vm.dump();
+    }());
+    INFO(r.body);
+    REQUIRE(r.status == 200);
+  }
+
+ private:
+  TempDir dir_;
+  std::unique_ptr<store::Store> store_;
+  std::unique_ptr<Machinery> machinery_;
+  FakeRuntime runtime_;
+  std::unique_ptr<Subresources> sub_;
+};
+
+Json Requests(const Json& vm) {
+  if (!vm.contains("status") || !vm["status"].contains("stateChangeRequests")) return nullptr;
+  return vm["status"]["stateChangeRequests"];
+}
+
+Json StopStart(const std::string& uid) {
+  return Json::array({{{"action", "Stop"}, {"uid", uid}}, {{"action", "Start"}}});
+}
+
+// Every runStrategy x {start, stop, restart}, with and without a Running VMI.
+TEST_CASE("VM subresources: every runStrategy x start/stop/restart", "[subresources][vm]") {
+  struct Row {
+    std::string strategy;
+    std::string op;
+    bool vmi;
+    int code;
+    std::string message;  // the Status message for errors
+    // What changed on success: "runStrategy=<v>", "running=<v>", "requests=[Start]",
+    // "requests=[Stop]", "requests=[Stop,Start]".
+    std::string effect;
+  };
+  const std::string ofx = "Operation cannot be fulfilled on virtualmachine.kubevirt.io \"vm\": ";
+  const std::vector<Row> rows = {
+      {"Always", "start", false, 409, ofx + "Always does not support manual start requests", ""},
+      {"Always", "start", true, 409, ofx + "VM is already running", ""},
+      {"Always", "stop", false, 202, "", "runStrategy=Halted"},
+      {"Always", "stop", true, 202, "", "runStrategy=Halted"},
+      {"Always", "restart", false, 409, ofx + "VM is not running: Halted", ""},
+      {"Always", "restart", true, 202, "", "requests=[Stop,Start]"},
+      {"Halted", "start", false, 202, "", "runStrategy=Always"},
+      {"Halted", "start", true, 409, ofx + "VM is already running", ""},
+      {"Halted", "stop", false, 409, ofx + "VM is not running", ""},
+      {"Halted", "stop", true, 409,
+       ofx + "Halted only supports manual stop requests with a shorter graceperiod", ""},
+      {"Halted", "restart", false, 409,
+       ofx + "RunStategy Halted does not support manual restart requests", ""},
+      {"Halted", "restart", true, 409,
+       ofx + "RunStategy Halted does not support manual restart requests", ""},
+      {"Manual", "start", false, 202, "", "requests=[Start]"},
+      {"Manual", "start", true, 409, ofx + "VM is already running", ""},
+      {"Manual", "stop", false, 409, ofx + "VM is not running", ""},
+      {"Manual", "stop", true, 202, "", "requests=[Stop]"},
+      {"Manual", "restart", false, 409, ofx + "VM is not running: Halted", ""},
+      {"Manual", "restart", true, 202, "", "requests=[Stop,Start]"},
+      {"RerunOnFailure", "start", false, 202, "", "requests=[Start]"},
+      {"RerunOnFailure", "start", true, 409, ofx + "VM is already running", ""},
+      {"RerunOnFailure", "stop", false, 202, "", "runStrategy=Halted"},
+      {"RerunOnFailure", "stop", true, 202, "", "runStrategy=Halted"},
+      {"RerunOnFailure", "restart", false, 409, ofx + "VM is not running: Halted", ""},
+      {"RerunOnFailure", "restart", true, 202, "", "requests=[Stop,Start]"},
+      {"Once", "start", false, 409, ofx + "Once does not support manual start requests", ""},
+      {"Once", "start", true, 409, ofx + "VM is already running", ""},
+      {"Once", "stop", false, 202, "", "runStrategy=Halted"},
+      {"Once", "stop", true, 202, "", "runStrategy=Halted"},
+      {"Once", "restart", false, 409,
+       ofx + "RunStategy Once does not support manual restart requests", ""},
+      {"Once", "restart", true, 409,
+       ofx + "RunStategy Once does not support manual restart requests", ""},
+      // The deprecated spec.running.
+      {"running:false", "start", false, 202, "", "running=true"},
+      {"running:true", "stop", true, 202, "", "running=false"},
+      {"running:true", "restart", true, 202, "", "requests=[Stop,Start]"},
+      {"running:false", "restart", false, 409,
+       ofx + "RunStategy Halted does not support manual restart requests", ""},
+  };
+  for (const auto& row : rows) {
+    for (const std::string body : {"", "{}"}) {
+      DYNAMIC_SECTION(row.strategy << " " << row.op << (row.vmi ? " with VMI" : " without VMI")
+                                   << " body '" << body << "'") {
+        Env env;
+        Json before = env.CreateVm("vm", row.strategy);
+        std::string uid;
+        if (row.vmi) uid = env.CreateVmi("vm", "Running")["metadata"]["uid"];
+        before = env.Vm("vm");
+        Reply r = env.Put("virtualmachines", "vm", row.op, body);
+        INFO(r.body);
+        REQUIRE(r.status == row.code);
+        Json after = env.Vm("vm");
+        if (row.code != 202) {
+          CHECK(r.json["kind"] == "Status");
+          CHECK(r.json["apiVersion"] == "v1");
+          CHECK(r.json["message"] == row.message);
+          CHECK(r.json["code"] == row.code);
+          CHECK(r.json["reason"] == "Conflict");
+          CHECK(r.json["details"] ==
+                Json{{"name", "vm"}, {"group", "kubevirt.io"}, {"kind", "virtualmachine"}});
+          CHECK(after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]);
+          continue;
+        }
+        CHECK(r.body.empty());
+        const std::string& e = row.effect;
+        if (e.rfind("runStrategy=", 0) == 0) {
+          CHECK(after["spec"]["runStrategy"] == e.substr(12));
+          CHECK(after["metadata"]["generation"] == before["metadata"]["generation"].get<int>() + 1);
+          CHECK(Requests(after).is_null());
+        } else if (e.rfind("running=", 0) == 0) {
+          CHECK(after["spec"]["running"] == (e == "running=true"));
+          CHECK_FALSE(after["spec"].contains("runStrategy"));
+          CHECK(after["metadata"]["generation"] == before["metadata"]["generation"].get<int>() + 1);
+        } else {
+          // Status writes leave the generation alone.
+          CHECK(after["metadata"]["generation"] == before["metadata"]["generation"]);
+          CHECK(after["spec"] == before["spec"]);
+          if (e == "requests=[Start]") {
+            CHECK(Requests(after) == Json::array({{{"action", "Start"}}}));
+          } else if (e == "requests=[Stop]") {
+            CHECK(Requests(after) == Json::array({{{"action", "Stop"}, {"uid", uid}}}));
+          } else {
+            CHECK(Requests(after) == StopStart(uid));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("VM subresources: dryRun validates and changes nothing", "[subresources][vm]") {
+  Env env;
+  env.CreateVm("halted", "Halted");
+  env.CreateVm("manual", "Manual");
+  env.CreateVm("always", "Always");
+  env.CreateVmi("always", "Running");
+  const Json halted = env.Vm("halted"), manual = env.Vm("manual"), always = env.Vm("always");
+  const Json vmi = env.Vmi("always");
+  const std::string dry = R"({"dryRun":["All"]})";
+  CHECK(env.Put("virtualmachines", "halted", "start", dry).status == 202);
+  CHECK(env.Put("virtualmachines", "manual", "start", dry).status == 202);
+  CHECK(env.Put("virtualmachines", "always", "stop", R"({"dryRun":["All"],"gracePeriod":0})")
+            .status == 202);
+  CHECK(env.Put("virtualmachines", "always", "restart",
+                R"({"dryRun":["All"],"gracePeriodSeconds":0})")
+            .status == 202);
+  CHECK(env.Vm("halted") == halted);
+  CHECK(env.Vm("manual") == manual);
+  CHECK(env.Vm("always") == always);
+  CHECK(env.Vmi("always") == vmi);
+  // Validation still answers.
+  CHECK(env.Put("virtualmachines", "always", "start", dry).status == 409);
+  CHECK(env.Put("virtualmachines", "halted", "start", R"({"dryRun":["Some"]})").status == 400);
+}
+
+TEST_CASE("VM subresources: bodies, paths, methods, 404", "[subresources][vm]") {
+  Env env;
+  env.CreateVm("vm", "Halted");
+
+  auto missing = env.Put("virtualmachines", "nope", "start");
+  CHECK(missing.status == 404);
+  CHECK(missing.json["message"] == "virtualmachine.kubevirt.io \"nope\" not found");
+  CHECK(missing.json["reason"] == "NotFound");
+  CHECK(missing.json["details"]["kind"] == "virtualmachine");
+  CHECK(env.Put("virtualmachines", "nope", "stop").json["message"] ==
+        "virtualmachine.kubevirt.io \"nope\" not found");
+  CHECK(env.Put("virtualmachines", "nope", "restart").status == 404);
+  CHECK(env.Put("virtualmachines", "nope", "migrate").status == 404);
+
+  auto bad = env.Put("virtualmachines", "vm", "start", "{nope");
+  CHECK(bad.status == 400);
+  CHECK(bad.json["reason"] == "BadRequest");
+  CHECK(bad.json["message"].get<std::string>().rfind(
+            "Can not unmarshal Request body to struct, error: ", 0) == 0);
+  auto typed = env.Put("virtualmachines", "vm", "stop", R"({"gracePeriod":"soon"})");
+  CHECK(typed.status == 400);
+  CHECK(typed.json["message"] ==
+        "Can not unmarshal Request body to struct, error: json: cannot unmarshal string into Go "
+        "struct field StopOptions.gracePeriod of type int64");
+
+  auto get = env.Sub("GET", kSr + "virtualmachines/vm/start");
+  REQUIRE(get);
+  CHECK(get->status == 405);
+  CHECK(get->json["reason"] == "MethodNotAllowed");
+  CHECK(env.Sub("POST", kSr + "virtualmachines/vm/stop")->status == 405);
+
+  // v1alpha3 is served too.
+  auto old = env.Sub("PUT",
+                     "/apis/subresources.kubevirt.io/v1alpha3/namespaces/default/"
+                     "virtualmachines/vm/start",
+                     "");
+  REQUIRE(old);
+  CHECK(old->status == 202);
+  CHECK(env.Vm("vm")["spec"]["runStrategy"] == "Always");
+
+  // Other paths are someone else's.
+  CHECK_FALSE(env.Sub("GET", kSr + "virtualmachineinstances/vm/console"));
+  CHECK_FALSE(env.Sub("GET", kSr + "virtualmachineinstances/vm/vnc"));
+  CHECK_FALSE(env.Sub("GET", kSr + "virtualmachines/vm/portforward/22/tcp"));
+  CHECK_FALSE(env.Sub("PUT", kSr + "virtualmachines/vm/addvolume"));
+  CHECK_FALSE(env.Sub("PUT", kSr + "virtualmachineinstances/vm/start"));
+  CHECK_FALSE(env.Sub("GET", "/apis/subresources.kubevirt.io/v1/version"));
+  CHECK_FALSE(env.Sub("GET", "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/vm"));
+  CHECK_FALSE(env.Sub("PUT",
+                      "/apis/subresources.kubevirt.io/v2/namespaces/default/"
+                      "virtualmachines/vm/start"));
+}
+
+TEST_CASE("start: paused, restart of a finished VMI, failures, pending requests",
+          "[subresources][vm]") {
+  Env env;
+  // Halted + paused: a Start request with data {paused: "true"}, runStrategy untouched.
+  env.CreateVm("h", "Halted");
+  CHECK(env.Put("virtualmachines", "h", "start", R"({"paused":true})").status == 202);
+  Json h = env.Vm("h");
+  CHECK(h["spec"]["runStrategy"] == "Halted");
+  CHECK(Requests(h) == Json::array({{{"action", "Start"}, {"data", {{"paused", "true"}}}}}));
+
+  // Manual with a finished VMI: Stop (its uid) then Start.
+  env.CreateVm("m", "Manual");
+  std::string uid = env.CreateVmi("m", "Succeeded")["metadata"]["uid"];
+  CHECK(env.Put("virtualmachines", "m", "start").status == 202);
+  CHECK(Requests(env.Vm("m")) == StopStart(uid));
+
+  // A pending request refuses another start (KubeVirt answers 500 here).
+  auto pending = env.Put("virtualmachines", "m", "start");
+  CHECK(pending.status == 500);
+  CHECK(pending.json["message"] ==
+        "Internal error occurred: unable to complete request: stop/start already underway");
+  // ... but a single Stop replaces it.
+  env.CreateVm("m2", "Manual");
+  std::string uid2 = env.CreateVmi("m2", "Running")["metadata"]["uid"];
+  env.SetVmStatus("m2", {{"stateChangeRequests", Json::array({{{"action", "Start"}}})},
+                         {"startFailure", {{"retryAfterTimestamp", "2025-01-01T00:00:00Z"}}}});
+  CHECK(env.Put("virtualmachines", "m2", "stop").status == 202);
+  Json m2 = env.Vm("m2");
+  CHECK(Requests(m2) == Json::array({{{"action", "Stop"}, {"uid", uid2}}}));
+  CHECK_FALSE(m2["status"].contains("startFailure"));
+
+  // RerunOnFailure: Succeeded restarts, Failed is refused.
+  env.CreateVm("r", "RerunOnFailure");
+  std::string ruid = env.CreateVmi("r", "Succeeded")["metadata"]["uid"];
+  CHECK(env.Put("virtualmachines", "r", "start").status == 202);
+  CHECK(Requests(env.Vm("r")) == StopStart(ruid));
+  env.CreateVm("f", "RerunOnFailure");
+  env.CreateVmi("f", "Failed");
+  auto failed = env.Put("virtualmachines", "f", "start");
+  CHECK(failed.status == 409);
+  CHECK(failed.json["message"] ==
+        "Operation cannot be fulfilled on virtualmachine.kubevirt.io \"f\": RerunOnFailure does "
+        "not support starting VM from failed state");
+
+  // A Pending VMI counts as running; an Unknown one does not.
+  env.CreateVm("p", "Manual");
+  env.CreateVmi("p", "Pending");
+  CHECK(env.Put("virtualmachines", "p", "start").status == 409);
+  env.CreateVm("u", "Halted");
+  env.CreateVmi("u", "Unknown");
+  CHECK(env.Put("virtualmachines", "u", "start").status == 202);
+}
+
+TEST_CASE("stop --force --grace-period and restart --force", "[subresources][vm]") {
+  Env env;
+  env.CreateVm("a", "Always");
+  env.CreateVmi("a", "Running");
+  CHECK(env.Put("virtualmachines", "a", "stop", R"({"gracePeriod":5})").status == 202);
+  CHECK(env.Vmi("a")["spec"]["terminationGracePeriodSeconds"] == 5);
+  CHECK(env.Vm("a")["spec"]["runStrategy"] == "Halted");
+
+  // Halted with a running VMI: only a shorter grace period stops it (a Stop request).
+  env.CreateVm("h", "Halted");
+  std::string uid = env.CreateVmi("h", "Running", Json::array(),
+                                  {{"terminationGracePeriodSeconds", 30}})["metadata"]["uid"];
+  const int64_t grace = env.Vmi("h")["spec"].value("terminationGracePeriodSeconds", 0);
+  REQUIRE(grace > 1);
+  auto longer =
+      env.Put("virtualmachines", "h", "stop", R"({"gracePeriod":)" + std::to_string(grace) + "}");
+  CHECK(longer.status == 409);
+  CHECK(env.Put("virtualmachines", "h", "stop", R"({"gracePeriod":1})").status == 202);
+  CHECK(env.Vmi("h")["spec"]["terminationGracePeriodSeconds"] == 1);
+  CHECK(Requests(env.Vm("h")) == Json::array({{{"action", "Stop"}, {"uid", uid}}}));
+
+  // restart: only gracePeriodSeconds 0; it makes the VMI stop without grace.
+  env.CreateVm("r", "Always");
+  std::string ruid = env.CreateVmi("r", "Running")["metadata"]["uid"];
+  auto positive = env.Put("virtualmachines", "r", "restart", R"({"gracePeriodSeconds":3})");
+  CHECK(positive.status == 400);
+  CHECK(positive.json["message"] == "For force restart, only gracePeriod=0 is supported for now");
+  CHECK(env.Put("virtualmachines", "r", "restart", R"({"gracePeriodSeconds":-1})").status == 400);
+  CHECK(env.Put("virtualmachines", "r", "restart", R"({"gracePeriodSeconds":0})").status == 202);
+  CHECK(env.Vmi("r")["spec"]["terminationGracePeriodSeconds"] == 0);
+  CHECK(Requests(env.Vm("r")) == StopStart(ruid));
+}
+
+TEST_CASE("migrate: 404s, then 409: no live migration on one host", "[subresources][vm]") {
+  Env env;
+  env.CreateVm("vm", "Always");
+  auto no_vmi = env.Put("virtualmachines", "vm", "migrate");
+  CHECK(no_vmi.status == 404);
+  CHECK(no_vmi.json["message"] == "virtualmachineinstance.kubevirt.io \"vm\" not found");
+  env.CreateVmi("vm", "Running");
+  auto r = env.Put("virtualmachines", "vm", "migrate", "");
+  CHECK(r.status == 409);
+  CHECK(r.json["reason"] == "Conflict");
+  CHECK(r.json["message"].get<std::string>().find("live migration is not possible") !=
+        std::string::npos);
+  env.CreateVm("s", "Always");
+  env.CreateVmi("s", "Scheduling");
+  CHECK(env.Put("virtualmachines", "s", "migrate").json["message"] ==
+        "Operation cannot be fulfilled on virtualmachine.kubevirt.io \"s\": VM is not running");
+}
+
+TEST_CASE("VMI pause/unpause/softreboot/reset", "[subresources][vmi]") {
+  Env env;
+  const std::string ofx = "Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io \"";
+  auto missing = env.Put("virtualmachineinstances", "nope", "pause");
+  CHECK(missing.status == 404);
+  CHECK(missing.json["message"] == "virtualmachineinstance.kubevirt.io \"nope\" not found");
+  CHECK(missing.json["details"]["kind"] == "virtualmachineinstance");
+
+  env.CreateVmi("pending", "Pending");
+  auto not_running = env.Put("virtualmachineinstances", "pending", "pause");
+  CHECK(not_running.status == 409);
+  CHECK(not_running.json["message"] == ofx + "pending\": VM is not running");
+  CHECK(env.Put("virtualmachineinstances", "pending", "unpause").json["message"] ==
+        ofx + "pending\": VMI is not paused");
+  CHECK(env.Put("virtualmachineinstances", "pending", "softreboot").status == 409);
+  CHECK(env.Put("virtualmachineinstances", "pending", "reset").json["message"] ==
+        ofx + "pending\": VMI is not running");
+
+  env.CreateVmi("run", "Running");
+  CHECK(env.Put("virtualmachineinstances", "run", "unpause").json["message"] ==
+        ofx + "run\": VMI is not paused");
+  // dryRun: validated, no runtime call.
+  auto dry = env.Put("virtualmachineinstances", "run", "pause", R"({"dryRun":["All"]})");
+  CHECK(dry.status == 200);
+  CHECK(env.runtime().calls().empty());
+  auto pause = env.Put("virtualmachineinstances", "run", "pause", "");
+  CHECK(pause.status == 200);
+  CHECK(pause.body.empty());
+  CHECK(env.Put("virtualmachineinstances", "run", "softreboot", "").status == 200);
+  CHECK(env.Put("virtualmachineinstances", "run", "reset", "").status == 200);
+  CHECK(env.runtime().calls() ==
+        std::vector<std::string>{"pause:run", "softreboot:run", "reset:run"});
+  CHECK(env.Sub("GET", kSr + "virtualmachineinstances/run/pause")->status == 405);
+
+  const Json paused_cond = Json::array({{{"type", "Paused"}, {"status", "True"}}});
+  env.CreateVmi("paused", "Running", paused_cond);
+  CHECK(env.Put("virtualmachineinstances", "paused", "pause").json["message"] ==
+        ofx + "paused\": VMI is already paused");
+  CHECK(env.Put("virtualmachineinstances", "paused", "softreboot").json["message"] ==
+        ofx + "paused\": VMI is paused");
+  CHECK(env.Put("virtualmachineinstances", "paused", "unpause", R"({"dryRun":["All"]})").status ==
+        200);
+  CHECK(env.Put("virtualmachineinstances", "paused", "unpause").status == 200);
+  CHECK(env.runtime().calls().back() == "unpause:paused");
+
+  // Pausing a VMI with a liveness probe is forbidden.
+  env.CreateVmi("probe", "Running", Json::array(),
+                {{"livenessProbe", {{"tcpSocket", {{"port", 22}}}}}});
+  auto probe = env.Put("virtualmachineinstances", "probe", "pause");
+  CHECK(probe.status == 403);
+  CHECK(probe.json["reason"] == "Forbidden");
+  CHECK(probe.json["message"] ==
+        "virtualmachineinstance.kubevirt.io \"probe\" is forbidden: Pausing VMIs with "
+        "LivenessProbe is currently not supported");
+
+  // Runtime errors map: kConflict 409, kNotFound 404, kUnavailable 503, others 500.
+  env.runtime().fail = Error{Code::kConflict, "domain is shutting down"};
+  auto c = env.Put("virtualmachineinstances", "run", "reset");
+  CHECK(c.status == 409);
+  CHECK(c.json["message"] == ofx + "run\": domain is shutting down");
+  env.runtime().fail = Error{Code::kNotFound, "no domain"};
+  CHECK(env.Put("virtualmachineinstances", "run", "reset").status == 404);
+  env.runtime().fail = Error{Code::kUnavailable, "libvirt is down"};
+  CHECK(env.Put("virtualmachineinstances", "run", "reset").status == 503);
+  env.runtime().fail = Error{Code::kInternal, "boom"};
+  CHECK(env.Put("virtualmachineinstances", "run", "reset").status == 500);
+}
+
+TEST_CASE("guest agent queries", "[subresources][vmi]") {
+  Env env;
+  const std::string ofx = "Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io \"";
+  CHECK(env.Sub("GET", kSr + "virtualmachineinstances/nope/guestosinfo")->status == 404);
+  env.CreateVmi("pending", "Pending");
+  auto pending = env.Sub("GET", kSr + "virtualmachineinstances/pending/guestosinfo");
+  CHECK(pending->status == 409);
+  CHECK(pending->json["message"] == ofx + "pending\": VMI is not running");
+  env.CreateVmi("noagent", "Running",
+                Json::array({{{"type", "AgentConnected"}, {"status", "False"}}}));
+  auto noagent = env.Sub("GET", kSr + "virtualmachineinstances/noagent/userlist");
+  CHECK(noagent->status == 409);
+  CHECK(noagent->json["message"] == ofx + "noagent\": VMI does not have guest agent connected");
+  CHECK(env.runtime().calls().empty());
+
+  env.CreateVmi("agent", "Running",
+                Json::array({{{"type", "AgentConnected"}, {"status", "True"}}}));
+  for (const std::string kind : {"guestosinfo", "userlist", "filesystemlist"}) {
+    auto r = env.Sub("GET", kSr + "virtualmachineinstances/agent/" + kind, "");
+    REQUIRE(r);
+    CHECK(r->status == 200);
+    CHECK(r->json["kind"] == kind);
+  }
+  CHECK(env.Sub("PUT", kSr + "virtualmachineinstances/agent/guestosinfo")->status == 405);
+}
+
+TEST_CASE("no runtime: host actions answer 503", "[subresources][vmi]") {
+  TempDir dir;
+  store::Options so;
+  so.dir = dir.path() / "state";
+  auto store = std::move(*store::Store::Open(so));
+  MachineryOptions mo;
+  mo.run_garbage_collector = false;
+  auto machinery = std::move(*Machinery::Create(*store, {kubevirt::KubevirtV1({})}, mo));
+  Subresources sub(machinery->registry(), nullptr);
+  machinery::WriteOptions o;
+  const auto& vmis = *machinery->registry().ByKind("kubevirt.io", "VirtualMachineInstance");
+  REQUIRE(machinery->registry().Create(
+      vmis, "default",
+      Json::parse(R"({"apiVersion":"kubevirt.io/v1","kind":"VirtualMachineInstance",)"
+                  R"("metadata":{"name":"v"},"spec":{"domain":{"devices":{},)"
+                  R"("resources":{"requests":{"memory":"64Mi"}}}}})"),
+      o));
+  o.admit = false;
+  REQUIRE(machinery->registry().Mutate(
+      vmis, "default", "v", false,
+      [](Json& v) -> Status {
+        v["status"]["phase"] = "Running";
+        return Ok();
+      },
+      o));
+  HttpRequest req;
+  req.method = "PUT";
+  req.path = kSr + "virtualmachineinstances/v/pause";
+  auto r = sub.Serve(req);
+  REQUIRE(r);
+  CHECK(r->status == 503);
+  machinery.reset();
+  store->Close();
+}
+
+}  // namespace
+}  // namespace edgevirt::api::subresources
