@@ -231,6 +231,32 @@ const std::vector<KeySpec>& Keys() {
          return Ok();
        },
        [](const Config& c) { return c.libvirt.uri; }},
+      {"vms.hostDiskDirs",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         if (n.IsNull()) {
+           c.vms.host_disk_dirs.clear();
+           return Ok();
+         }
+         if (!n.IsSequence()) return ctx.Fail(n, "expected a list, got " + Describe(n));
+         std::vector<std::string> dirs;
+         for (size_t i = 0; i < n.size(); ++i) {
+           Ctx item_ctx{ctx.source, ctx.path + "[" + std::to_string(i) + "]"};
+           ASSIGN_OR_RETURN(std::string dir, ReadAbsolutePath(n[i], item_ctx));
+           if (dir.find("/../") != std::string::npos || dir.ends_with("/..")) {
+             return item_ctx.Fail(n[i], "must not contain \"..\": " + Quote(dir));
+           }
+           dirs.push_back(std::move(dir));
+         }
+         c.vms.host_disk_dirs = std::move(dirs);
+         return Ok();
+       },
+       [](const Config& c) { return JoinList(c.vms.host_disk_dirs); }},
+      {"vms.resyncPeriod",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.vms.resync_period, ReadDuration(n, ctx));
+         return Ok();
+       },
+       [](const Config& c) { return FormatDuration(c.vms.resync_period); }},
       {"log.level",
        [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
          ASSIGN_OR_RETURN(std::string s, ReadString(n, ctx));

@@ -43,6 +43,14 @@ struct Config {
     bool operator==(const Libvirt&) const = default;
   } libvirt;
 
+  struct Vms {
+    // vms.hostDiskDirs: the only directories hostDisk volumes may use (empty: hostDisk is
+    // refused).
+    std::vector<std::string> host_disk_dirs;
+    // vms.resyncPeriod: every VM and VMI is reconciled at least this often.
+    std::chrono::milliseconds resync_period{30'000};
+    bool operator==(const Vms&) const = default;
+  } vms;
   struct Log {
     log::Level level = log::Level::kInfo;     // log.level
     log::Target target = log::Target::kAuto;  // log.target

@@ -87,6 +87,9 @@ api:
   eventTTL: 10m
 libvirt:
   uri: qemu:///system
+vms:
+  hostDiskDirs: [/srv/disks, /data/images]
+  resyncPeriod: 1m
 log:
   level: debug
   target: stderr
@@ -111,6 +114,8 @@ shutdown:
   CHECK(c.api.event_ttl == 10min);
   CHECK(c.libvirt.uri == "qemu:///system");
   CHECK(c.EffectiveLibvirtUri() == "qemu:///system");
+  CHECK(c.vms.host_disk_dirs == std::vector<std::string>{"/srv/disks", "/data/images"});
+  CHECK(c.vms.resync_period == 1min);
   CHECK(c.log.level == log::Level::kDebug);
   CHECK(c.log.target == log::Target::kStderr);
   CHECK(c.store.initial_map_size == 1ull << 30);
@@ -169,6 +174,8 @@ TEST_CASE("wrong types name the key path and the position") {
              Catch::Contains("test.yaml:2:19:") && Catch::Contains("store.initialMapSize"));
   CHECK_THAT(ParseError("store:\n  initialMapSize: 4Ki\n"),
              Catch::Contains("store.initialMapSize: must be between"));
+  CHECK_THAT(ParseError("vms:\n  hostDiskDirs: [relative/dir]\n"),
+             Catch::Contains("test.yaml:2:18:") && Catch::Contains("vms.hostDiskDirs[0]"));
   CHECK_THAT(ParseError("libvirt:\n  uri: not a uri\n"),
              Catch::Contains("test.yaml:2:8:") && Catch::Contains("libvirt.uri"));
   CHECK_THAT(ParseError("- a\n- b\n"), Catch::Contains("the top level: expected a mapping"));

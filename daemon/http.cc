@@ -1,5 +1,7 @@
 #include "daemon/http.h"
 
+#include <string_view>
+
 #include <nlohmann/json.hpp>
 
 namespace edgevirt::daemon {
@@ -21,10 +23,33 @@ api::HttpResponse NotFoundResponse() {
   return api::HttpResponse::Json(404, body);
 }
 
-api::Handler MakeApiHandler(api::HealthChecks checks, const api::machinery::Machinery* machinery) {
-  return [checks = std::move(checks),
-          machinery](const api::HttpRequest& request) -> api::HttpResponse {
+namespace {
+
+bool IsSubresourceRoute(std::string_view path) {
+  for (std::string_view prefix : {"/apis/subresources.kubevirt.io/v1/namespaces/",
+                                  "/apis/subresources.kubevirt.io/v1alpha3/namespaces/"}) {
+    if (path.substr(0, prefix.size()) == prefix) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+api::Handler MakeApiHandler(api::HealthChecks checks, const api::machinery::Machinery* machinery,
+                            api::subresources::Subresources* subresources) {
+  return [checks = std::move(checks), machinery,
+          subresources](const api::HttpRequest& request) -> api::HttpResponse {
     if (auto health = api::ServeHealth(request, checks)) return std::move(*health);
+    if (subresources != nullptr && IsSubresourceRoute(request.path)) {
+      // start/stop write to the store; pause, reset and the guest agent talk to libvirt.
+      return api::HttpResponse::Deferred([machinery, subresources](const api::HttpRequest& req) {
+        if (auto answer = subresources->Serve(req)) return std::move(*answer);
+        if (machinery != nullptr) {
+          if (auto answer = machinery->Serve(req)) return std::move(*answer);
+        }
+        return NotFoundResponse();
+      });
+    }
     if (machinery != nullptr && request.method != "GET" && request.method != "HEAD") {
       // A write returns once its store commit is durable: wait on a blocking thread, where
       // concurrent writes share one commit, not on an io thread.

@@ -1,9 +1,10 @@
-// The daemon's HTTP handler: health endpoints, the Kubernetes API (api/machinery), and
-// Kubernetes' 404 for everything else.
+// The daemon's HTTP handler: health endpoints, the Kubernetes API (api/machinery), KubeVirt's
+// subresources (api/subresources), and Kubernetes' 404 for everything else.
 #pragma once
 
 #include "api/api.h"
 #include "api/machinery/machinery.h"
+#include "api/subresources/subresources.h"
 
 namespace edgevirt::daemon {
 
@@ -13,12 +14,14 @@ namespace edgevirt::daemon {
 //  "details":{},"code":404}
 api::HttpResponse NotFoundResponse();
 
-// Answers /healthz, /livez and /readyz from `checks` (api::ServeHealth), then every path the
-// API machinery serves (when `machinery` is not null; it must outlive the handler), and
-// everything else with NotFoundResponse(). Writes (every method but GET and HEAD) are deferred
-// to the server's blocking threads, since they wait for a durable commit. Thread-safe if the
-// checks are.
+// Answers /healthz, /livez and /readyz from `checks` (api::ServeHealth), then the
+// subresources.kubevirt.io namespaced routes (when `subresources` is not null), then every path
+// the API machinery serves (when `machinery` is not null), and everything else with
+// NotFoundResponse(). `machinery` and `subresources` must outlive the handler. Writes (every
+// method but GET and HEAD) and every subresource request are deferred to the server's blocking
+// threads: they wait for a durable commit or for libvirt. Thread-safe if the checks are.
 api::Handler MakeApiHandler(api::HealthChecks checks,
-                            const api::machinery::Machinery* machinery = nullptr);
+                            const api::machinery::Machinery* machinery = nullptr,
+                            api::subresources::Subresources* subresources = nullptr);
 
 }  // namespace edgevirt::daemon

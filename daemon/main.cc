@@ -1,7 +1,7 @@
 // edgevirtd: the one place that wires the components together (STYLE.md). Order of a start:
 //   block signals -> command line -> configuration -> logging -> state and run directories ->
-//   store -> API machinery (kubevirt.io/v1 + core/v1, GC, watches) -> HTTP server -> READY=1
-//   -> wait for signals -> graceful stop.
+//   store -> API machinery (kubevirt.io/v1 + core/v1, GC, watches) -> controller (libvirt) ->
+//   HTTP server -> READY=1 -> wait for signals -> graceful stop.
 #include <signal.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -23,6 +23,7 @@
 #include "api/kubevirt/kubevirt.h"
 #include "api/machinery/machinery.h"
 #include "common/log.h"
+#include "daemon/controller.h"
 #include "daemon/daemon.h"
 #include "store/store.h"
 
@@ -70,9 +71,19 @@ Status EnsureDirectory(const std::string& key, const std::string& dir, mode_t mo
     if (::stat(dir.c_str(), &raw) == 0 && (raw.st_mode & 07777 & ~mode) != 0) {
       char octal[8];
       std::snprintf(octal, sizeof(octal), "%04o", raw.st_mode & 07777);
+      char want[8];
+      std::snprintf(want, sizeof(want), "%04o", mode);
       EV_LOG(kWarning).Field("DIRECTORY", dir)
-          << key << " " << dir << " has mode " << octal << "; expected at most "
-          << (mode == 0700 ? "0700" : "0755");
+          << key << " " << dir << " has mode " << octal << "; expected at most " << want;
+    }
+    // Search permission the mode asks for (stateDir: QEMU, running unprivileged, must traverse
+    // it to its per-VMI files) is added to a directory made before it was needed.
+    const mode_t search = mode & 0011;
+    if (::stat(dir.c_str(), &raw) == 0 && (raw.st_mode & search) != search) {
+      if (::chmod(dir.c_str(), (raw.st_mode & 07777) | search) != 0) {
+        return ErrnoError("chmod " + key + " " + dir, errno);
+      }
+      EV_LOG(kNotice).Field("DIRECTORY", dir) << key << " " << dir << ": added search permission";
     }
     return Ok();
   }
@@ -146,7 +157,7 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   Notifier notifier;
   (void)notifier.SetStatus("Opening state");
 
-  if (Status s = EnsureDirectory("stateDir", config.state_dir, 0700); !s) {
+  if (Status s = EnsureDirectory("stateDir", config.state_dir, 0711); !s) {
     return Fail(notifier, "prepare state directory", s.error());
   }
   if (Status s = EnsureDirectory("runDir", config.run_dir, 0755); !s) {
@@ -173,13 +184,42 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   machinery_options.watch.bookmark_interval = config.api.watch_bookmark_interval;
   machinery_options.watch.default_timeout = config.api.watch_timeout;
   machinery_options.gc.event_ttl = config.api.event_ttl;
+  api::kubevirt::KubevirtOptions kubevirt_options;
+  kubevirt_options.host_disk_dirs = config.vms.host_disk_dirs;
   auto created_machinery = api::machinery::Machinery::Create(
-      *store, {api::kubevirt::KubevirtV1(api::kubevirt::KubevirtOptions{})}, machinery_options);
+      *store, {api::kubevirt::KubevirtV1(kubevirt_options)}, machinery_options);
   if (!created_machinery) {
     store->Close();
     return Fail(notifier, "start the API machinery", created_machinery.error());
   }
   std::unique_ptr<api::machinery::Machinery> machinery = std::move(*created_machinery);
+
+  // The controller: libvirt (embedded QEMU driver by default), then every VM and VMI is
+  // reconciled; QEMU processes that survived a previous daemon are reconnected.
+  (void)notifier.SetStatus("Connecting to libvirt");
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  api::machinery::EventRecorderOptions recorder_options;
+  recorder_options.component = "virt-handler";
+  recorder_options.host = host;
+  std::unique_ptr<api::machinery::EventRecorder> recorder =
+      machinery->NewEventRecorder(recorder_options);
+  ControllerOptions controller_options;
+  controller_options.hypervisor.root = config.state_dir + "/libvirt";
+  controller_options.hypervisor.uri = config.libvirt.uri;
+  controller_options.host.vms_dir = config.state_dir + "/vms";
+  controller_options.host.host_disk_dirs = config.vms.host_disk_dirs;
+  controller_options.node_name = host;
+  controller_options.resync_period = config.vms.resync_period;
+  auto started_controller =
+      Controller::Start(*machinery, recorder.get(), std::move(controller_options));
+  if (!started_controller) {
+    recorder.reset();
+    machinery.reset();
+    store->Close();
+    return Fail(notifier, "start the controller", started_controller.error());
+  }
+  std::unique_ptr<Controller> controller = std::move(*started_controller);
 
   (void)notifier.SetStatus("Starting the API server");
   api::ServerOptions server_options;
@@ -199,10 +239,13 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   checks.ready.push_back(api::HealthCheck::Flag("store", store_open));
   checks.ready.push_back(api::HealthCheck::Flag("api-server", serving));
 
-  auto started_server =
-      api::HttpServer::Start(server_options, MakeApiHandler(std::move(checks), machinery.get()));
+  api::subresources::Subresources subresources(machinery->registry(), controller.get());
+  auto started_server = api::HttpServer::Start(
+      server_options, MakeApiHandler(std::move(checks), machinery.get(), &subresources));
   if (!started_server) {
     store_open = false;
+    controller.reset();
+    recorder.reset();
     machinery.reset();
     store->Close();
     return Fail(notifier, "start API server", started_server.error());
@@ -240,6 +283,7 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
           .Field("RUN_DIR", config.run_dir)
           .Field("LISTEN", Join(bound, ","))
           .Field("LIBVIRT_URI", config.EffectiveLibvirtUri())
+          .Field("ACCELERATOR", controller->accelerator() == vmm::Accelerator::kKvm ? "kvm" : "tcg")
           .Field("LOG_SINK", log::ActiveSink())
           .Field("WATCHDOG_USEC", ping_interval ? std::to_string(ping_interval->count() * 2) : "0")
       << "edgevirtd " << EDGEVIRT_VERSION << " serving on " << Join(bound, ", ");
@@ -294,6 +338,10 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   // Half the budget for in-flight requests; the rest covers closing the store.
   server->Stop(timeout / 2);
   server.reset();
+  // Running VMs keep running: only the controller's threads and libvirt connection stop.
+  controller->Stop();
+  controller.reset();
+  recorder.reset();
   machinery.reset();
   store_open = false;
   watchdog.reset();  // its check reads the store

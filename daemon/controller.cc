@@ -1,0 +1,1331 @@
+#include "daemon/controller.h"
+
+#include <grp.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <filesystem>
+#include <optional>
+#include <random>
+
+#include "api/kubevirt/kubevirt.h"
+#include "api/machinery/codec.h"
+#include "common/log.h"
+
+namespace edgevirt::daemon {
+
+using api::machinery::DecodeRecord;
+using api::machinery::EventType;
+using api::machinery::ReferenceTo;
+using api::machinery::WriteOptions;
+using namespace std::chrono_literals;
+
+std::string DomainName(const std::string& ns, const std::string& name) { return ns + "_" + name; }
+
+namespace {
+
+// KubeVirt's finalizers (kubevirt.io/api/core/v1 types.go).
+constexpr char kVmFinalizer[] = "kubevirt.io/virtualMachineControllerFinalize";
+constexpr char kVmiFinalizer[] = "kubevirt.io/foregroundDeleteVirtualMachine";
+// The VM generation a VMI was started from (KubeVirt's VirtualMachineGenerationAnnotation).
+constexpr char kGenerationAnnotation[] = "kubevirt.io/vm-generation";
+// Our own: a hash of the VM template a VMI was created from. KubeVirt compares the template
+// with a ControllerRevision to decide whether a VM spec change that left the template alone
+// (start/stop flip runStrategy) still describes the running VMI; edgevirt keeps no revisions.
+constexpr char kTemplateHashAnnotation[] = "edgevirt.io/vm-template-hash";
+constexpr int64_t kDefaultGraceSeconds = 30;
+
+const Json* At(const Json& j, std::initializer_list<const char*> path) {
+  const Json* cur = &j;
+  for (const char* key : path) {
+    if (!cur->is_object()) return nullptr;
+    auto it = cur->find(key);
+    if (it == cur->end()) return nullptr;
+    cur = &*it;
+  }
+  return cur;
+}
+
+std::string Str(const Json& j, std::initializer_list<const char*> path) {
+  const Json* v = At(j, path);
+  return v && v->is_string() ? v->get<std::string>() : std::string();
+}
+
+bool HasFinalizer(const Json& obj, std::string_view f) {
+  const Json* fs = At(obj, {"metadata", "finalizers"});
+  if (!fs || !fs->is_array()) return false;
+  for (const auto& x : *fs) {
+    if (x.is_string() && x.get<std::string>() == f) return true;
+  }
+  return false;
+}
+
+void AddFinalizer(Json& obj, std::string_view f) {
+  if (HasFinalizer(obj, f)) return;
+  Json& fs = obj["metadata"]["finalizers"];
+  if (!fs.is_array()) fs = Json::array();
+  fs.push_back(std::string(f));
+}
+
+void RemoveFinalizer(Json& obj, std::string_view f) {
+  Json* fs = obj.contains("metadata") ? &obj["metadata"] : nullptr;
+  if (!fs || !fs->contains("finalizers") || !(*fs)["finalizers"].is_array()) return;
+  Json& arr = (*fs)["finalizers"];
+  Json kept = Json::array();
+  for (auto& x : arr) {
+    if (!(x.is_string() && x.get<std::string>() == f)) kept.push_back(x);
+  }
+  if (kept.empty()) {
+    fs->erase("finalizers");
+  } else {
+    arr = std::move(kept);
+  }
+}
+
+bool BeingDeleted(const Json& obj) { return At(obj, {"metadata", "deletionTimestamp"}) != nullptr; }
+
+const Json* Condition(const Json& obj, std::string_view type) {
+  const Json* cs = At(obj, {"status", "conditions"});
+  if (!cs || !cs->is_array()) return nullptr;
+  for (const auto& c : *cs) {
+    if (c.is_object() && c.value("type", "") == type) return &c;
+  }
+  return nullptr;
+}
+
+bool ConditionTrue(const Json& obj, std::string_view type) {
+  const Json* c = Condition(obj, type);
+  return c && c->value("status", "") == "True";
+}
+
+// Sets a condition, keeping lastTransitionTime while its status does not change (so that an
+// unchanged state writes nothing).
+void SetCondition(Json& status, const std::string& type, const std::string& value,
+                  const std::string& reason, const std::string& message, const std::string& now) {
+  Json& cs = status["conditions"];
+  if (!cs.is_array()) cs = Json::array();
+  for (auto& c : cs) {
+    if (c.is_object() && c.value("type", "") == type) {
+      if (c.value("status", "") != value) c["lastTransitionTime"] = now;
+      c["status"] = value;
+      if (reason.empty()) {
+        c.erase("reason");
+      } else {
+        c["reason"] = reason;
+      }
+      if (message.empty()) {
+        c.erase("message");
+      } else {
+        c["message"] = message;
+      }
+      return;
+    }
+  }
+  Json c = {
+      {"type", type}, {"status", value}, {"lastProbeTime", nullptr}, {"lastTransitionTime", now}};
+  if (!reason.empty()) c["reason"] = reason;
+  if (!message.empty()) c["message"] = message;
+  cs.push_back(std::move(c));
+}
+
+void RemoveCondition(Json& status, std::string_view type) {
+  if (!status.contains("conditions") || !status["conditions"].is_array()) return;
+  Json kept = Json::array();
+  for (auto& c : status["conditions"]) {
+    if (!(c.is_object() && c.value("type", "") == type)) kept.push_back(c);
+  }
+  if (kept.empty()) {
+    status.erase("conditions");
+  } else {
+    status["conditions"] = std::move(kept);
+  }
+}
+
+bool IsFinalPhase(const std::string& phase) { return phase == "Succeeded" || phase == "Failed"; }
+
+// The phases in which QEMU may be running (KubeVirt's IsRunning is Running only; Scheduled
+// is where edgevirt defines and starts the domain).
+bool IsStartingPhase(const std::string& phase) {
+  return phase.empty() || phase == "Pending" || phase == "Scheduling" || phase == "Scheduled";
+}
+
+uint64_t Fnv1a(std::string_view s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+std::string TemplateHash(const Json& vm) {
+  const Json* t = At(vm, {"spec", "template"});
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx",
+                static_cast<unsigned long long>(Fnv1a(t ? api::machinery::Dump(*t) : "")));
+  return buf;
+}
+
+// vm.RunStrategy(): spec.runStrategy, else the deprecated spec.running (true → Always,
+// false → Halted).
+std::string RunStrategy(const Json& vm) {
+  std::string rs = Str(vm, {"spec", "runStrategy"});
+  if (!rs.empty()) return rs;
+  const Json* running = At(vm, {"spec", "running"});
+  if (running && running->is_boolean()) return running->get<bool>() ? "Always" : "Halted";
+  return "Halted";
+}
+
+const Json* FirstStateChange(const Json& vm) {
+  const Json* reqs = At(vm, {"status", "stateChangeRequests"});
+  if (!reqs || !reqs->is_array() || reqs->empty()) return nullptr;
+  return &(*reqs)[0];
+}
+
+bool HasStartRequest(const Json& vm) {
+  const Json* r = FirstStateChange(vm);
+  return r && r->value("action", "") == "Start";
+}
+
+bool HasStartPausedRequest(const Json& vm) {
+  const Json* r = FirstStateChange(vm);
+  if (!r || r->value("action", "") != "Start") return false;
+  const Json* d = At(*r, {"data", "paused"});
+  return d && d->is_string() && d->get<std::string>() == "true";
+}
+
+bool HasStopRequestForVmi(const Json& vm, const Json* vmi) {
+  const Json* r = FirstStateChange(vm);
+  if (!r || !vmi || r->value("action", "") != "Stop") return false;
+  return r->contains("uid") && (*r)["uid"].is_string() &&
+         (*r)["uid"].get<std::string>() == Str(*vmi, {"metadata", "uid"});
+}
+
+bool WasRunning(const Json& vmi) {
+  const Json* ts = At(vmi, {"status", "phaseTransitionTimestamps"});
+  if (!ts || !ts->is_array()) return false;
+  for (const auto& t : *ts) {
+    if (t.is_object() && t.value("phase", "") == "Running") return true;
+  }
+  return false;
+}
+
+int64_t GraceSeconds(const Json& vmi) {
+  const Json* g = At(vmi, {"spec", "terminationGracePeriodSeconds"});
+  if (g && g->is_number_integer()) return std::max<int64_t>(0, g->get<int64_t>());
+  return kDefaultGraceSeconds;
+}
+
+// KubeVirt's calculateStartBackoffTime: (max/30, at least 10 s) × failures², plus up to half
+// of that at random (so that VMs failing together do not retry together), capped at max.
+int64_t StartBackoffSeconds(int64_t fail_count, int64_t max_delay) {
+  if (fail_count <= 0) fail_count = 1;
+  int64_t interval = std::max<int64_t>(10, max_delay / 30);
+  int64_t delay = interval * fail_count * fail_count;
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  delay += std::uniform_int_distribution<int64_t>(0, delay / 2)(rng);
+  return std::min(delay, max_delay);
+}
+
+bool DomainActive(vmm::DomainState s) {
+  switch (s) {
+    case vmm::DomainState::kRunning:
+    case vmm::DomainState::kBlocked:
+    case vmm::DomainState::kPaused:
+    case vmm::DomainState::kShuttingDown:
+    case vmm::DomainState::kPmSuspended:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// The "return" member of a guest agent reply, or an error.
+Result<Json> AgentReturn(const std::string& reply) {
+  Json j = Json::parse(reply, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    return Error(Code::kInternal, "guest agent: reply is not JSON");
+  }
+  if (j.contains("error")) {
+    return Error(Code::kInternal, "guest agent: " + j["error"].value("desc", std::string("error")));
+  }
+  return j.contains("return") ? j["return"] : Json();
+}
+
+// QGA guest-get-osinfo → KubeVirt's VirtualMachineInstanceGuestOSInfo.
+Json GuestOsInfo(const Json& r) {
+  Json os = Json::object();
+  const std::pair<const char*, const char*> fields[] = {{"id", "id"},
+                                                        {"name", "name"},
+                                                        {"pretty-name", "prettyName"},
+                                                        {"version", "version"},
+                                                        {"version-id", "versionId"},
+                                                        {"kernel-release", "kernelRelease"},
+                                                        {"kernel-version", "kernelVersion"},
+                                                        {"machine", "machine"}};
+  for (const auto& [from, to] : fields) {
+    if (r.is_object() && r.contains(from) && r[from].is_string()) os[to] = r[from];
+  }
+  return os;
+}
+
+Json GuestUsers(const Json& r) {
+  Json items = Json::array();
+  if (!r.is_array()) return items;
+  for (const auto& u : r) {
+    Json item = {{"userName", u.value("user", "")}};
+    if (u.contains("domain")) item["domain"] = u["domain"];
+    if (u.contains("login-time")) item["loginTime"] = u["login-time"];
+    items.push_back(std::move(item));
+  }
+  return items;
+}
+
+Json GuestFileSystems(const Json& r) {
+  Json items = Json::array();
+  if (!r.is_array()) return items;
+  for (const auto& f : r) {
+    items.push_back({{"diskName", f.value("name", "")},
+                     {"mountPoint", f.value("mountpoint", "")},
+                     {"fileSystemType", f.value("type", "")},
+                     {"usedBytes", f.value("used-bytes", int64_t{0})},
+                     {"totalBytes", f.value("total-bytes", int64_t{0})}});
+  }
+  return items;
+}
+
+}  // namespace
+
+class Controller::Impl {
+ public:
+  Impl(api::machinery::Machinery& machinery, api::machinery::EventRecorder* events,
+       ControllerOptions options)
+      : machinery_(machinery),
+        registry_(machinery.registry()),
+        events_(events),
+        options_(std::move(options)) {}
+
+  Status Open();
+  void Run();
+  void WatchLoop();
+  void ResyncLoop();
+  void Stop();
+  void EnqueueAll();
+  void OnDomainEvent(const vmm::DomainEvent& e);
+  bool WaitIdle(std::chrono::milliseconds timeout);
+
+  Status ReconcileVm(const std::string& ns, const std::string& name);
+  Status ReconcileVmi(const std::string& ns, const std::string& name);
+
+  // VM side (virt-controller).
+  Status StartStop(const Json& vm, const Json* vmi, const std::string& key);
+  Status StartVmi(const Json& vm);
+  Status StopVmi(const Json& vm, const Json& vmi);
+  Status UpdateVmStatus(const Json& vm, const Json* vmi, const Status& sync_error,
+                        const std::string& key);
+  std::string PrintableStatus(const Json& vm, const Json* vmi) const;
+
+  // VMI side (virt-handler).
+  Status StartDomain(const Json& vmi);
+  Status FinishVmi(const Json& vmi, const std::string& phase, const std::string& reason);
+  Status CleanupDomain(const std::string& dname, const std::string& uid);
+  Status WriteVmiStatus(const std::string& ns, const std::string& name,
+                        const std::function<void(Json& vmi, const std::string& now)>& edit);
+
+  Result<std::optional<Json>> GetObject(const api::ResourceType* rt, const std::string& ns,
+                                        const std::string& name);
+  std::string Now() const { return FormatRfc3339(Clock()); }
+  WallClock::time_point Clock() const {
+    return options_.clock ? options_.clock() : WallClock::now();
+  }
+  void Event(const Json& obj, EventType type, std::string reason, std::string message) {
+    if (events_) events_->Record(ReferenceTo(obj), type, std::move(reason), std::move(message));
+  }
+  bool Embedded() const { return options_.hypervisor.uri.empty(); }
+
+  api::machinery::Machinery& machinery_;
+  api::machinery::Registry& registry_;
+  api::machinery::EventRecorder* events_;
+  ControllerOptions options_;
+  const api::ResourceType* vm_rt_ = nullptr;
+  const api::ResourceType* vmi_rt_ = nullptr;
+  std::unique_ptr<vmm::Hypervisor> hv_;
+  WorkQueue queue_;
+  std::unique_ptr<store::Watch> watch_;
+  std::thread worker_, watcher_, resyncer_;
+  std::atomic<bool> stopping_{false};
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
+
+  std::mutex idle_mu_;
+  std::condition_variable idle_cv_;
+  bool busy_ = false;  // guarded by idle_mu_
+
+  // VMIs whose guest got the ACPI power button (in memory only: after a restart the button is
+  // pressed again, which a guest that is already shutting down ignores).
+  std::mutex shutdown_mu_;
+  std::set<std::string> shutdown_requested_;  // VMI uids; guarded by shutdown_mu_
+};
+
+Result<std::optional<Json>> Controller::Impl::GetObject(const api::ResourceType* rt,
+                                                        const std::string& ns,
+                                                        const std::string& name) {
+  auto rec = registry_.Get(*rt, ns, name);
+  if (!rec) {
+    if (rec.error().code == 404) return std::optional<Json>();
+    return rec.error().ToError();
+  }
+  ASSIGN_OR_RETURN(Json obj, DecodeRecord(*rec));
+  return std::optional<Json>(std::move(obj));
+}
+
+Status Controller::Impl::Open() {
+  vm_rt_ = registry_.ByKind("kubevirt.io", "VirtualMachine");
+  vmi_rt_ = registry_.ByKind("kubevirt.io", "VirtualMachineInstance");
+  if (!vm_rt_ || !vmi_rt_) return Error(Code::kInvalid, "controller: kubevirt.io/v1 is not served");
+  vmm::HypervisorOptions hv_options = options_.hypervisor;
+  hv_options.on_event = [this](const vmm::DomainEvent& e) { OnDomainEvent(e); };
+  ASSIGN_OR_RETURN(hv_, vmm::Hypervisor::Open(std::move(hv_options)));
+  options_.host.accelerator = hv_->accelerator();
+  // The group QEMU runs as (the same choice vmm makes for qemu.conf) owns the per-VMI dirs.
+  if (!options_.hypervisor.qemu_group.empty()) {
+    options_.host.qemu_group = options_.hypervisor.qemu_group;
+  } else {
+    options_.host.qemu_group = ::getgrnam("kvm") != nullptr ? "kvm" : "nogroup";
+  }
+  if (options_.host.firmware.ovmf_code.empty()) options_.host.firmware = FindFirmware();
+
+  std::error_code ec;
+  std::filesystem::create_directories(options_.host.vms_dir, ec);
+  if (ec) {
+    return Error(Code::kInternal, "create " + options_.host.vms_dir + ": " + ec.message());
+  }
+  // QEMU runs unprivileged and must reach its files under here (traverse only).
+  ::chmod(options_.host.vms_dir.c_str(), 0711);
+
+  // Watch first, then list: nothing that changes in between is missed.
+  store::WatchOptions wo;
+  wo.from_rv = registry_.store().CurrentResourceVersion();
+  ASSIGN_OR_RETURN(watch_, registry_.store().StartWatch(wo));
+
+  // Garbage collection of what no VMI owns. Only for the embedded driver: every domain of its
+  // private root is ours, whereas qemu:///system may hold other users' domains.
+  std::set<std::string> live_uids;
+  std::set<std::string> live_domains;
+  api::machinery::ListQuery all;
+  auto vmis = registry_.List(*vmi_rt_, all);
+  if (!vmis) return vmis.error().ToError().Wrap("list VMIs");
+  for (const auto& rec : vmis->items) {
+    live_uids.insert(rec.uid);
+    live_domains.insert(DomainName(rec.key.ns, rec.key.name));
+  }
+  if (Embedded()) {
+    auto domains = hv_->List();
+    if (!domains) return Error(domains.error()).Wrap("list domains");
+    for (const auto& d : *domains) {
+      if (live_domains.count(d.name) != 0) continue;
+      EV_LOG(kNotice).Field("DOMAIN", d.name)
+          << "removing domain " << d.name << ": no VirtualMachineInstance owns it";
+      if (Status s = hv_->Destroy(d.name); !s) EV_LOG(kWarning) << s.error().message;
+      if (Status s = hv_->Undefine(d.name); !s) EV_LOG(kWarning) << s.error().message;
+    }
+  }
+  for (const auto& entry : std::filesystem::directory_iterator(options_.host.vms_dir, ec)) {
+    const std::string uid = entry.path().filename().string();
+    if (!IsCanonicalUuid(uid) || live_uids.count(uid) != 0) continue;
+    EV_LOG(kNotice).Field("VM_UID", uid)
+        << "removing files of VMI " << uid << ": it no longer exists";
+    if (Status s = RemoveVmiFiles(options_.host.vms_dir, uid); !s) {
+      EV_LOG(kWarning) << s.error().message;
+    }
+  }
+  EnqueueAll();
+  return Ok();
+}
+
+void Controller::Impl::EnqueueAll() {
+  api::machinery::ListQuery all;
+  if (auto vms = registry_.List(*vm_rt_, all)) {
+    for (const auto& rec : vms->items) queue_.Add("vm/" + rec.key.ns + "/" + rec.key.name);
+  }
+  if (auto vmis = registry_.List(*vmi_rt_, all)) {
+    for (const auto& rec : vmis->items) {
+      queue_.Add("vmi/" + rec.key.ns + "/" + rec.key.name);
+      queue_.Add("vm/" + rec.key.ns + "/" + rec.key.name);
+    }
+  }
+}
+
+void Controller::Impl::OnDomainEvent(const vmm::DomainEvent& e) {
+  const size_t sep = e.name.find('_');
+  if (sep == std::string::npos) return;
+  queue_.Add("vmi/" + e.name.substr(0, sep) + "/" + e.name.substr(sep + 1));
+}
+
+void Controller::Impl::WatchLoop() {
+  while (!stopping_) {
+    auto next = watch_->Next(500ms);
+    if (!next) {
+      if (stopping_) return;
+      // Fell behind or compacted: start again from now and look at everything.
+      EV_LOG(kWarning) << "controller: store watch broken (" << next.error().message
+                       << "); resyncing";
+      store::WatchOptions wo;
+      wo.from_rv = registry_.store().CurrentResourceVersion();
+      auto w = registry_.store().StartWatch(wo);
+      if (!w) {
+        std::this_thread::sleep_for(1s);
+        continue;
+      }
+      watch_ = std::move(*w);
+      EnqueueAll();
+      continue;
+    }
+    if (!next->has_value()) continue;
+    const store::ObjectKey& k = (*next)->object.key;
+    if (k.group != "kubevirt.io") continue;
+    const std::string suffix = k.ns + "/" + k.name;
+    if (k.kind == "VirtualMachine") {
+      queue_.Add("vm/" + suffix);
+    } else if (k.kind == "VirtualMachineInstance") {
+      queue_.Add("vmi/" + suffix);
+      queue_.Add("vm/" + suffix);  // the owner, if any, has the same name
+    }
+  }
+}
+
+void Controller::Impl::ResyncLoop() {
+  std::unique_lock lock(stop_mu_);
+  while (!stopping_) {
+    stop_cv_.wait_for(lock, options_.resync_period);
+    if (stopping_) return;
+    lock.unlock();
+    EnqueueAll();
+    lock.lock();
+  }
+}
+
+void Controller::Impl::Run() {
+  while (true) {
+    auto key = queue_.Get();
+    if (!key) return;
+    {
+      std::lock_guard lock(idle_mu_);
+      busy_ = true;
+    }
+    const size_t a = key->find('/');
+    const size_t b = key->find('/', a + 1);
+    const std::string kind = key->substr(0, a);
+    const std::string ns = key->substr(a + 1, b - a - 1);
+    const std::string name = key->substr(b + 1);
+    Status s = kind == "vm" ? ReconcileVm(ns, name) : ReconcileVmi(ns, name);
+    if (!s) {
+      auto delay = queue_.NextBackoff(*key, 60s);
+      EV_LOG(kWarning).Field("VM_NAMESPACE", ns).Field("VM_NAME", name)
+          << "reconcile " << *key << ": " << s.error().message << " (retry in "
+          << std::chrono::duration_cast<std::chrono::seconds>(delay).count() << "s)";
+      queue_.AddAfter(*key, delay);
+    } else {
+      queue_.Forget(*key);
+    }
+    queue_.Done(*key);
+    {
+      std::lock_guard lock(idle_mu_);
+      busy_ = false;
+    }
+    idle_cv_.notify_all();
+  }
+}
+
+bool Controller::Impl::WaitIdle(std::chrono::milliseconds timeout) {
+  const auto deadline = MonoClock::now() + timeout;
+  while (MonoClock::now() < deadline) {
+    {
+      std::unique_lock lock(idle_mu_);
+      if (!busy_ && queue_.Len() == 0) return true;
+      idle_cv_.wait_for(lock, 50ms);
+    }
+  }
+  return false;
+}
+
+void Controller::Impl::Stop() {
+  {
+    std::lock_guard lock(stop_mu_);
+    if (stopping_.exchange(true)) return;
+  }
+  stop_cv_.notify_all();
+  queue_.ShutDown();
+  if (worker_.joinable()) worker_.join();
+  if (watcher_.joinable()) watcher_.join();
+  if (resyncer_.joinable()) resyncer_.join();
+  watch_.reset();
+  hv_.reset();
+}
+
+// ---------------------------------------------------------------------------------------------
+// VirtualMachine → VirtualMachineInstance (KubeVirt's VM controller).
+
+Status Controller::Impl::ReconcileVm(const std::string& ns, const std::string& name) {
+  ASSIGN_OR_RETURN(auto vm_opt, GetObject(vm_rt_, ns, name));
+  if (!vm_opt) return Ok();
+  Json vm = std::move(*vm_opt);
+  ASSIGN_OR_RETURN(auto vmi_opt, GetObject(vmi_rt_, ns, name));
+  const Json* vmi = nullptr;
+  if (vmi_opt) {
+    // Only a VMI this VM controls counts (a standalone VMI of the same name is not adopted).
+    const Json* owners = At(*vmi_opt, {"metadata", "ownerReferences"});
+    if (owners && owners->is_array()) {
+      for (const auto& o : *owners) {
+        if (o.value("uid", "") == Str(vm, {"metadata", "uid"}) && o.value("controller", false)) {
+          vmi = &*vmi_opt;
+        }
+      }
+    }
+  }
+  const std::string key = "vm/" + ns + "/" + name;
+  const WriteOptions wo{.field_manager = "virt-controller", .admit = false};
+
+  if (BeingDeleted(vm)) {
+    if (vmi == nullptr || HasFinalizer(vm, "orphan")) {
+      if (HasFinalizer(vm, kVmFinalizer)) {
+        auto r = registry_.Mutate(
+            *vm_rt_, ns, name, false,
+            [](Json& o) -> Status {
+              RemoveFinalizer(o, kVmFinalizer);
+              return Ok();
+            },
+            wo);
+        if (!r && r.error().code != 404) return r.error().ToError();
+      }
+      return Ok();
+    }
+    RETURN_IF_ERROR(StopVmi(vm, *vmi));
+    return UpdateVmStatus(vm, vmi, Ok(), key);
+  }
+  if (!HasFinalizer(vm, kVmFinalizer)) {
+    auto r = registry_.Mutate(
+        *vm_rt_, ns, name, false,
+        [](Json& o) -> Status {
+          AddFinalizer(o, kVmFinalizer);
+          return Ok();
+        },
+        wo);
+    if (!r) return r.error().ToError();
+    return Ok();  // the write brings the VM back through the watch
+  }
+  // A new RerunOnFailure VM starts once, through a start request (as KubeVirt does).
+  if (!At(vm, {"status", "printableStatus"}) && RunStrategy(vm) == "RerunOnFailure" && !vmi) {
+    auto r = registry_.Mutate(
+        *vm_rt_, ns, name, true,
+        [](Json& o) -> Status {
+          Json& reqs = o["status"]["stateChangeRequests"];
+          if (!reqs.is_array()) reqs = Json::array();
+          reqs.push_back({{"action", "Start"}});
+          o["status"]["printableStatus"] = "Stopped";
+          return Ok();
+        },
+        WriteOptions{.field_manager = "virt-controller", .admit = false});
+    if (!r) return r.error().ToError();
+    return Ok();
+  }
+  Status sync = StartStop(vm, vmi, key);
+  if (!sync) {
+    Event(vm, EventType::kWarning, "FailedCreate", sync.error().message);
+  }
+  // Status reflects what was just done on the next pass (the VMI write enqueues this VM).
+  ASSIGN_OR_RETURN(auto fresh_vmi, GetObject(vmi_rt_, ns, name));
+  const Json* vmi_now = vmi ? (fresh_vmi ? &*fresh_vmi : nullptr) : nullptr;
+  if (!vmi && fresh_vmi) {
+    const Json* owners = At(*fresh_vmi, {"metadata", "ownerReferences"});
+    if (owners && owners->is_array() && !owners->empty() &&
+        (*owners)[0].value("uid", "") == Str(vm, {"metadata", "uid"})) {
+      vmi_now = &*fresh_vmi;
+    }
+  }
+  return UpdateVmStatus(vm, vmi_now, sync, key);
+}
+
+Status Controller::Impl::StartStop(const Json& vm, const Json* vmi, const std::string& key) {
+  const std::string strategy = RunStrategy(vm);
+  const std::string phase = vmi ? Str(*vmi, {"status", "phase"}) : "";
+  auto backoff_left = [&]() -> int64_t {
+    const Json* sf = At(vm, {"status", "startFailure", "retryAfterTimestamp"});
+    if (!sf || !sf->is_string()) return 0;
+    auto t = ParseRfc3339(sf->get<std::string>());
+    if (!t) return 0;
+    auto left = std::chrono::duration_cast<std::chrono::seconds>(*t - Clock()).count();
+    return left > 0 ? left : 0;
+  };
+  auto start = [&]() -> Status {
+    if (int64_t left = backoff_left(); left > 0) {
+      queue_.AddAfter(key, std::chrono::seconds(left));
+      return Ok();
+    }
+    return StartVmi(vm);
+  };
+  if (strategy == "Always") {
+    if (vmi) {
+      if (HasStopRequestForVmi(vm, vmi) || IsFinalPhase(phase)) return StopVmi(vm, *vmi);
+      return Ok();
+    }
+    return start();
+  }
+  if (strategy == "RerunOnFailure") {
+    if (vmi) {
+      const bool force_stop = HasStopRequestForVmi(vm, vmi);
+      if (!BeingDeleted(*vmi) && (force_stop || IsFinalPhase(phase))) {
+        RETURN_IF_ERROR(StopVmi(vm, *vmi));
+        if (phase == "Failed" && !force_stop) {
+          auto r = registry_.Mutate(
+              *vm_rt_, Str(vm, {"metadata", "namespace"}), Str(vm, {"metadata", "name"}), true,
+              [](Json& o) -> Status {
+                Json& reqs = o["status"]["stateChangeRequests"];
+                if (!reqs.is_array()) reqs = Json::array();
+                reqs.push_back({{"action", "Start"}});
+                return Ok();
+              },
+              WriteOptions{.field_manager = "virt-controller", .admit = false});
+          if (!r) return r.error().ToError();
+        }
+      }
+      return Ok();
+    }
+    if (!HasStartRequest(vm)) return Ok();
+    return start();
+  }
+  if (strategy == "Manual") {
+    if (vmi) {
+      if (HasStopRequestForVmi(vm, vmi)) return StopVmi(vm, *vmi);
+      return Ok();
+    }
+    if (HasStartRequest(vm)) return StartVmi(vm);
+    return Ok();
+  }
+  if (strategy == "Halted") {
+    if (!vmi) {
+      if (HasStartRequest(vm)) {
+        // A start request on a halted VM (start --paused) turns it into Always.
+        auto r = registry_.Mutate(
+            *vm_rt_, Str(vm, {"metadata", "namespace"}), Str(vm, {"metadata", "name"}), false,
+            [](Json& o) -> Status {
+              if (o["spec"].contains("runStrategy")) {
+                o["spec"]["runStrategy"] = "Always";
+              } else {
+                o["spec"]["running"] = true;
+              }
+              return Ok();
+            },
+            WriteOptions{.field_manager = "virt-controller", .admit = false});
+        if (!r) return r.error().ToError();
+      }
+      return Ok();
+    }
+    return StopVmi(vm, *vmi);
+  }
+  if (strategy == "Once") {
+    if (!vmi) return start();
+    return Ok();
+  }
+  return Error(Code::kInvalid, "unknown runstrategy: " + strategy);
+}
+
+Status Controller::Impl::StartVmi(const Json& vm) {
+  const std::string ns = Str(vm, {"metadata", "namespace"});
+  const std::string name = Str(vm, {"metadata", "name"});
+  const Json* tmpl = At(vm, {"spec", "template"});
+  if (!tmpl) return Error(Code::kInvalid, "spec.template is missing");
+  Json vmi = {{"apiVersion", "kubevirt.io/v1"}, {"kind", "VirtualMachineInstance"}};
+  Json meta = tmpl->contains("metadata") && (*tmpl)["metadata"].is_object() ? (*tmpl)["metadata"]
+                                                                            : Json::object();
+  meta.erase("generateName");
+  meta.erase("creationTimestamp");
+  meta["name"] = name;
+  meta["namespace"] = ns;
+  meta["ownerReferences"] = Json::array({{{"apiVersion", "kubevirt.io/v1"},
+                                          {"kind", "VirtualMachine"},
+                                          {"name", name},
+                                          {"uid", Str(vm, {"metadata", "uid"})},
+                                          {"controller", true},
+                                          {"blockOwnerDeletion", true}}});
+  meta["finalizers"] = Json::array({kVmFinalizer});
+  Json& ann = meta["annotations"];
+  if (!ann.is_object()) ann = Json::object();
+  const Json* gen = At(vm, {"metadata", "generation"});
+  ann[kGenerationAnnotation] = std::to_string(gen && gen->is_number() ? gen->get<int64_t>() : 1);
+  ann[kTemplateHashAnnotation] = TemplateHash(vm);
+  vmi["metadata"] = std::move(meta);
+  vmi["spec"] = tmpl->contains("spec") ? (*tmpl)["spec"] : Json::object();
+  if (HasStartPausedRequest(vm)) vmi["spec"]["startStrategy"] = "Paused";
+  // A stable firmware UUID across restarts (KubeVirt's setupStableFirmwareUUID).
+  Json& fw = vmi["spec"]["domain"]["firmware"];
+  if (!fw.is_object()) fw = Json::object();
+  if (Str(fw, {"uuid"}).empty()) fw["uuid"] = api::kubevirt::LegacyFirmwareUuid(name);
+
+  auto created = registry_.Create(*vmi_rt_, ns, std::move(vmi),
+                                  WriteOptions{.field_manager = "virt-controller", .admit = true});
+  if (!created) {
+    if (created.error().code == 409) return Ok();  // the previous VMI is still being removed
+    return Error(created.error().ToError())
+        .Wrap("create VirtualMachineInstance " + ns + "/" + name);
+  }
+  EV_LOG(kInfo).Field("VM_NAMESPACE", ns).Field("VM_NAME", name)
+      << "started VM " << ns << "/" << name << " by creating its VirtualMachineInstance";
+  Event(vm, EventType::kNormal, "SuccessfulCreate",
+        "Started the virtual machine by creating the new virtual machine instance " + name);
+  return Ok();
+}
+
+Status Controller::Impl::StopVmi(const Json& vm, const Json& vmi) {
+  if (BeingDeleted(vmi)) return Ok();
+  const std::string ns = Str(vmi, {"metadata", "namespace"});
+  const std::string name = Str(vmi, {"metadata", "name"});
+  auto r =
+      registry_.Delete(*vmi_rt_, ns, name, {}, WriteOptions{.field_manager = "virt-controller"});
+  if (!r && r.error().code != 404) {
+    Event(vm, EventType::kWarning, "FailedDelete",
+          "Error deleting virtual machine instance " + name + ": " + r.error().message);
+    return r.error().ToError();
+  }
+  EV_LOG(kInfo).Field("VM_NAMESPACE", ns).Field("VM_NAME", name)
+      << "stopping VM " << ns << "/" << name << " by deleting its VirtualMachineInstance";
+  Event(vm, EventType::kNormal, "SuccessfulDelete",
+        "Stopped the virtual machine by deleting the virtual machine instance " +
+            Str(vmi, {"metadata", "uid"}));
+  return Ok();
+}
+
+std::string Controller::Impl::PrintableStatus(const Json& vm, const Json* vmi) const {
+  const std::string phase = vmi ? Str(*vmi, {"status", "phase"}) : "";
+  const bool final = vmi && IsFinalPhase(phase);
+  if (BeingDeleted(vm)) return "Terminating";
+  if (vmi && !final && (BeingDeleted(*vmi) || HasStopRequestForVmi(vm, vmi))) return "Stopping";
+  if (vmi && phase == "Running") return ConditionTrue(*vmi, "Paused") ? "Paused" : "Running";
+  if (vmi && IsStartingPhase(phase)) return "Starting";
+  const std::string strategy = RunStrategy(vm);
+  const Json* count = At(vm, {"status", "startFailure", "consecutiveFailCount"});
+  if ((!vmi || final) && count && count->is_number() && count->get<int64_t>() > 0 &&
+      (strategy == "Always" || strategy == "RerunOnFailure" || strategy == "Once")) {
+    return "CrashLoopBackOff";
+  }
+  if (vmi) return final ? "Stopped" : "Unknown";
+  return "Stopped";
+}
+
+Status Controller::Impl::UpdateVmStatus(const Json& vm, const Json* vmi, const Status& sync_error,
+                                        const std::string& key) {
+  const std::string ns = Str(vm, {"metadata", "namespace"});
+  const std::string name = Str(vm, {"metadata", "name"});
+  const std::string now = Now();
+  std::optional<int64_t> requeue_after;
+  auto r = registry_.Mutate(
+      *vm_rt_, ns, name, true,
+      [&](Json& o) -> Status {
+        Json& status = o["status"];
+        if (!status.is_object()) status = Json::object();
+        // created/ready are omitempty booleans in KubeVirt.
+        if (vmi) {
+          status["created"] = true;
+        } else {
+          status.erase("created");
+        }
+        if (vmi && ConditionTrue(*vmi, "Ready")) {
+          status["ready"] = true;
+        } else {
+          status.erase("ready");
+        }
+        if (vmi) {
+          // observedGeneration: the VM generation the VMI runs. A spec change that kept the
+          // template (start/stop flip runStrategy) still describes it.
+          const std::string ann = Str(*vmi, {"metadata", "annotations", kGenerationAnnotation});
+          int64_t observed = ann.empty() ? 0 : std::strtoll(ann.c_str(), nullptr, 10);
+          const int64_t generation = o["metadata"].value("generation", int64_t{1});
+          if (observed != generation &&
+              Str(*vmi, {"metadata", "annotations", kTemplateHashAnnotation}) == TemplateHash(o)) {
+            auto bumped = registry_.Mutate(
+                *vmi_rt_, ns, name, false,
+                [&](Json& v) -> Status {
+                  v["metadata"]["annotations"][kGenerationAnnotation] = std::to_string(generation);
+                  return Ok();
+                },
+                WriteOptions{.field_manager = "virt-controller", .admit = false});
+            if (bumped) observed = generation;
+          }
+          if (observed > 0) status["observedGeneration"] = observed;
+          status["desiredGeneration"] = generation;
+        }
+        // The first state change request is done once acted upon.
+        if (const Json* first = FirstStateChange(o)) {
+          bool trim = false;
+          const std::string action = first->value("action", "");
+          if (action == "Stop") {
+            trim = !vmi || !first->contains("uid") ||
+                   (*first)["uid"] != Json(Str(*vmi, {"metadata", "uid"}));
+          } else if (action == "Start") {
+            trim = vmi && !BeingDeleted(*vmi);
+          }
+          if (trim) {
+            Json& reqs = status["stateChangeRequests"];
+            reqs.erase(reqs.begin());
+            if (reqs.empty()) status.erase("stateChangeRequests");
+          }
+        }
+        // startFailure (KubeVirt's syncStartFailureStatus).
+        const std::string strategy = RunStrategy(o);
+        if ((vmi && WasRunning(*vmi)) ||
+            (strategy != "Always" && strategy != "RerunOnFailure" && strategy != "Once")) {
+          status.erase("startFailure");
+        } else if (vmi && IsFinalPhase(Str(*vmi, {"status", "phase"}))) {
+          const std::string uid = Str(*vmi, {"metadata", "uid"});
+          if (Str(status, {"startFailure", "lastFailedVMIUID"}) != uid) {
+            int64_t count = 1;
+            if (const Json* c = At(status, {"startFailure", "consecutiveFailCount"});
+                c && c->is_number()) {
+              count = c->get<int64_t>() + 1;
+            }
+            const int64_t delay = StartBackoffSeconds(count, options_.max_crash_loop_delay.count());
+            status["startFailure"] = {
+                {"consecutiveFailCount", count},
+                {"lastFailedVMIUID", uid},
+                {"retryAfterTimestamp", FormatRfc3339(Clock() + std::chrono::seconds(delay))}};
+            requeue_after = delay;
+          }
+        }
+        // Conditions: Ready from the VMI; Failure from this sync; the VMI's others copied.
+        if (!vmi) {
+          SetCondition(status, "Ready", "False", "VMINotExists", "VMI does not exist", now);
+        } else if (const Json* rc = Condition(*vmi, "Ready")) {
+          SetCondition(status, "Ready", rc->value("status", "False"), rc->value("reason", ""),
+                       rc->value("message", ""), now);
+        } else {
+          SetCondition(status, "Ready", "False", "VMIConditionMissing",
+                       "VMI is missing the Ready condition", now);
+        }
+        if (sync_error) {
+          RemoveCondition(status, "Failure");
+        } else {
+          SetCondition(status, "Failure", "True", "FailedCreate", sync_error.error().message, now);
+        }
+        if (vmi) {
+          std::set<std::string> vmi_types;
+          if (const Json* cs = At(*vmi, {"status", "conditions"}); cs && cs->is_array()) {
+            for (const auto& c : *cs) {
+              const std::string type = c.value("type", "");
+              if (type == "Ready" || type == "Failure") continue;
+              vmi_types.insert(type);
+              SetCondition(status, type, c.value("status", "False"), c.value("reason", ""),
+                           c.value("message", ""), c.value("lastTransitionTime", now));
+            }
+          }
+          if (status.contains("conditions")) {
+            std::vector<std::string> drop;
+            for (const auto& c : status["conditions"]) {
+              const std::string type = c.value("type", "");
+              if (type != "Ready" && type != "Failure" && vmi_types.count(type) == 0) {
+                drop.push_back(type);
+              }
+            }
+            for (const auto& t : drop) RemoveCondition(status, t);
+          }
+        }
+        status["printableStatus"] = PrintableStatus(o, vmi);
+        return Ok();
+      },
+      WriteOptions{.field_manager = "virt-controller", .admit = false});
+  if (!r && r.error().code != 404) return r.error().ToError();
+  if (requeue_after) queue_.AddAfter(key, std::chrono::seconds(*requeue_after + 1));
+
+  // A finished VMI keeps the VM's finalizer until its final state is recorded above.
+  if (vmi && IsFinalPhase(Str(*vmi, {"status", "phase"})) && HasFinalizer(*vmi, kVmFinalizer)) {
+    auto f = registry_.Mutate(
+        *vmi_rt_, ns, name, false,
+        [](Json& v) -> Status {
+          RemoveFinalizer(v, kVmFinalizer);
+          return Ok();
+        },
+        WriteOptions{.field_manager = "virt-controller", .admit = false});
+    if (!f && f.error().code != 404) return f.error().ToError();
+  }
+  return Ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// VirtualMachineInstance → domain (KubeVirt's virt-handler).
+
+Status Controller::Impl::WriteVmiStatus(
+    const std::string& ns, const std::string& name,
+    const std::function<void(Json& vmi, const std::string& now)>& edit) {
+  const std::string now = Now();
+  auto r = registry_.Mutate(
+      *vmi_rt_, ns, name, false,
+      [&](Json& o) -> Status {
+        if (!o["status"].is_object()) o["status"] = Json::object();
+        edit(o, now);
+        return Ok();
+      },
+      WriteOptions{.field_manager = "virt-handler", .admit = false});
+  if (!r && r.error().code != 404) return r.error().ToError();
+  return Ok();
+}
+
+namespace {
+
+void SetPhase(Json& vmi, const std::string& phase, const std::string& now) {
+  Json& status = vmi["status"];
+  if (status.value("phase", "") == phase) return;
+  status["phase"] = phase;
+  Json& ts = status["phaseTransitionTimestamps"];
+  if (!ts.is_array()) ts = Json::array();
+  ts.push_back({{"phase", phase}, {"phaseTransitionTimestamp", now}});
+}
+
+}  // namespace
+
+Status Controller::Impl::CleanupDomain(const std::string& dname, const std::string& uid) {
+  if (Status s = hv_->Destroy(dname); !s && s.error().code != Code::kNotFound) return s;
+  if (Status s = hv_->Undefine(dname); !s && s.error().code != Code::kNotFound) return s;
+  if (!uid.empty()) RETURN_IF_ERROR(RemoveVmiFiles(options_.host.vms_dir, uid));
+  std::lock_guard lock(shutdown_mu_);
+  shutdown_requested_.erase(uid);
+  return Ok();
+}
+
+Status Controller::Impl::FinishVmi(const Json& vmi, const std::string& phase,
+                                   const std::string& reason) {
+  const std::string ns = Str(vmi, {"metadata", "namespace"});
+  const std::string name = Str(vmi, {"metadata", "name"});
+  RETURN_IF_ERROR(CleanupDomain(DomainName(ns, name), Str(vmi, {"metadata", "uid"})));
+  const bool deleting = BeingDeleted(vmi);
+  RETURN_IF_ERROR(WriteVmiStatus(ns, name, [&](Json& o, const std::string& now) {
+    if (!IsFinalPhase(o["status"].value("phase", ""))) {
+      SetPhase(o, phase, now);
+      if (!reason.empty()) o["status"]["reason"] = reason;
+    }
+    SetCondition(o["status"], "Ready", "False", "PodTerminating" /* KubeVirt's wording */,
+                 "The VirtualMachineInstance is not running", now);
+    RemoveCondition(o["status"], "Paused");
+    RemoveCondition(o["status"], "AgentConnected");
+    if (deleting) RemoveFinalizer(o, kVmiFinalizer);
+  }));
+  EV_LOG(kInfo).Field("VM_NAMESPACE", ns).Field("VM_NAME", name).Field("PHASE", phase)
+      << "VirtualMachineInstance " << ns << "/" << name << " " << phase
+      << (reason.empty() ? "" : " (" + reason + ")");
+  return Ok();
+}
+
+Status Controller::Impl::StartDomain(const Json& vmi) {
+  const std::string ns = Str(vmi, {"metadata", "namespace"});
+  const std::string name = Str(vmi, {"metadata", "name"});
+  auto secrets = [this](const std::string& sns, const std::string& sname) -> Result<Json> {
+    const api::ResourceType* rt = registry_.ByKind("", "Secret");
+    if (!rt) return Error(Code::kUnsupported, "core/v1 Secrets are not served");
+    ASSIGN_OR_RETURN(auto s, GetObject(rt, sns, sname));
+    if (!s) return Error(Code::kNotFound, "secret \"" + sname + "\" not found");
+    return std::move(*s);
+  };
+  ASSIGN_OR_RETURN(VmiPlan plan, PlanVmi(vmi, options_.host, secrets));
+  RETURN_IF_ERROR(PrepareVmiFiles(plan));
+  RETURN_IF_ERROR(hv_->Define(plan.domain));
+  if (Status s = hv_->StartPaused(plan.domain.name); !s && s.error().code != Code::kConflict) {
+    return s;
+  }
+  // vCPUs are still stopped here: this is where the cgroup and device filter will be applied.
+  if (Str(vmi, {"spec", "startStrategy"}) != "Paused")
+    RETURN_IF_ERROR(hv_->Resume(plan.domain.name));
+  return Ok();
+}
+
+Status Controller::Impl::ReconcileVmi(const std::string& ns, const std::string& name) {
+  const std::string dname = DomainName(ns, name);
+  ASSIGN_OR_RETURN(auto vmi_opt, GetObject(vmi_rt_, ns, name));
+  if (!vmi_opt) {
+    // No VMI: a domain of that name is an orphan (embedded root only: every domain there is
+    // ours). Its files were removed with the VMI or go at the next start.
+    if (Embedded()) {
+      auto st = hv_->State(dname);
+      if (st) {
+        EV_LOG(kNotice).Field("DOMAIN", dname) << "removing orphaned domain " << dname;
+        RETURN_IF_ERROR(CleanupDomain(dname, ""));
+      }
+    }
+    return Ok();
+  }
+  const Json vmi = std::move(*vmi_opt);
+  const std::string uid = Str(vmi, {"metadata", "uid"});
+  const std::string phase = Str(vmi, {"status", "phase"});
+  const std::string key = "vmi/" + ns + "/" + name;
+
+  auto state = hv_->State(dname);
+  if (!state && state.error().code != Code::kNotFound) return Error(state.error());
+  const bool exists = state.has_value();
+  const vmm::DomainStatus ds = exists ? *state : vmm::DomainStatus{};
+  const bool active = exists && DomainActive(ds.state);
+
+  if (BeingDeleted(vmi)) {
+    if (IsFinalPhase(phase) && !active) {
+      return FinishVmi(vmi, phase, "");  // removes our finalizer
+    }
+    if (!active) {
+      const bool graceful = exists && ds.reason_text == "shutdown";
+      return FinishVmi(vmi, graceful || !exists ? "Succeeded" : "Failed", "");
+    }
+    const int64_t grace = GraceSeconds(vmi);
+    auto deleted_at = ParseRfc3339(Str(vmi, {"metadata", "deletionTimestamp"}));
+    const auto deadline = (deleted_at ? *deleted_at : Clock()) + std::chrono::seconds(grace);
+    const bool paused = ds.state == vmm::DomainState::kPaused;
+    if (grace == 0 || paused || Clock() >= deadline) {
+      // A paused guest cannot react to the power button; a passed deadline ends the wait.
+      RETURN_IF_ERROR(hv_->Destroy(dname));
+      Event(vmi, EventType::kNormal, "Deleted", "Signaled Deletion");
+      queue_.Add(key);
+      return Ok();
+    }
+    bool first = false;
+    {
+      std::lock_guard lock(shutdown_mu_);
+      first = shutdown_requested_.insert(uid).second;
+    }
+    if (first) {
+      if (Status s = hv_->RequestShutdown(dname); !s && s.error().code != Code::kConflict) {
+        return s;
+      }
+      Event(vmi, EventType::kNormal, "ShuttingDown", "Signaled Graceful Shutdown");
+      EV_LOG(kInfo).Field("VM_NAMESPACE", ns).Field("VM_NAME", name)
+          << "graceful shutdown of " << ns << "/" << name << " (grace " << grace << "s)";
+    }
+    queue_.AddAfter(key, std::min<WallClock::duration>(deadline - Clock() + 100ms, 2s));
+    return Ok();
+  }
+
+  if (IsFinalPhase(phase)) {
+    if (exists) RETURN_IF_ERROR(CleanupDomain(dname, uid));
+    return Ok();
+  }
+  if (!HasFinalizer(vmi, kVmiFinalizer)) {
+    return WriteVmiStatus(ns, name,
+                          [](Json& o, const std::string&) { AddFinalizer(o, kVmiFinalizer); });
+  }
+
+  if (IsStartingPhase(phase) && !active) {
+    if (phase != "Scheduled") {
+      // Recorded before the domain exists: a restart from here defines it again.
+      return WriteVmiStatus(ns, name, [&](Json& o, const std::string& now) {
+        SetPhase(o, "Scheduled", now);
+        o["status"]["nodeName"] = options_.node_name;
+        SetCondition(o["status"], "Ready", "False", "GuestNotRunning",
+                     "Guest VM is not reported as running", now);
+      });
+    }
+    if (Status s = StartDomain(vmi); !s) {
+      Event(vmi, EventType::kWarning, "SyncFailed", s.error().message);
+      EV_LOG(kWarning).Field("VM_NAMESPACE", ns).Field("VM_NAME", name)
+          << "start of " << ns << "/" << name << " failed: " << s.error().message;
+      // Like a virt-launcher that fails: the VMI fails (a VM controller may back off and retry).
+      (void)CleanupDomain(dname, uid);
+      return WriteVmiStatus(ns, name, [&](Json& o, const std::string& now) {
+        SetPhase(o, "Failed", now);
+        o["status"]["reason"] = "SyncFailed";
+        SetCondition(o["status"], "Synchronized", "False", "SyncFailed", s.error().message, now);
+        SetCondition(o["status"], "Ready", "False", "GuestNotRunning",
+                     "Guest VM is not reported as running", now);
+      });
+    }
+    Event(vmi, EventType::kNormal, "Started", "VirtualMachineInstance started.");
+    queue_.Add(key);  // observe the new state
+    return Ok();
+  }
+
+  // Running (or started before a restart): report what libvirt says.
+  if (!active) {
+    std::string final_phase = "Failed";
+    std::string reason;
+    if (exists && ds.state == vmm::DomainState::kShutOff && ds.reason_text == "shutdown") {
+      final_phase = "Succeeded";
+      Event(vmi, EventType::kNormal, "Stopped", "The VirtualMachineInstance was shut down.");
+    } else {
+      reason = exists ? "domain " + std::string(vmm::DomainStateName(ds.state)) +
+                            (ds.reason_text.empty() ? "" : " (" + ds.reason_text + ")")
+                      : "the domain no longer exists (host restart or QEMU killed)";
+      Event(vmi, EventType::kWarning, "Stopped", "The VirtualMachineInstance crashed: " + reason);
+    }
+    return FinishVmi(vmi, final_phase, reason);
+  }
+  if (ds.state == vmm::DomainState::kCrashed) {
+    return FinishVmi(vmi, "Failed", "guest crashed");
+  }
+  const bool paused = ds.state == vmm::DomainState::kPaused;
+  // The guest agent: connected or not, and the OS it reports (asked once per connection).
+  bool agent = false;
+  std::optional<Json> os_info;
+  if (!paused) {
+    auto connected = hv_->AgentConnected(dname);
+    agent = connected && *connected;
+    const Json* known = At(vmi, {"status", "guestOSInfo"});
+    if (agent && !ConditionTrue(vmi, "AgentConnected")) {
+      auto reply = hv_->AgentCommand(dname, R"({"execute":"guest-get-osinfo"})", 5s);
+      if (reply) {
+        if (auto r = AgentReturn(*reply)) os_info = GuestOsInfo(*r);
+      } else if (!known || known->empty()) {
+        agent = false;  // not answering yet: try again at the next reconcile
+        queue_.AddAfter(key, 2s);
+      }
+    }
+  }
+  return WriteVmiStatus(ns, name, [&](Json& o, const std::string& now) {
+    const bool was_running = Str(o, {"status", "phase"}) == "Running";
+    SetPhase(o, "Running", now);
+    Json& status = o["status"];
+    status["nodeName"] = options_.node_name;
+    status.erase("reason");
+    RemoveCondition(status, "Synchronized");
+    SetCondition(status, "Ready", "True", "", "", now);
+    if (paused) {
+      std::string reason = "PausedByUser";
+      std::string message = "VMI was paused by user";
+      if (ds.reason_text == "ioerror") {
+        reason = "PausedIOError";
+        message = "VMI was paused, low-level IO error detected";
+      } else if (const Json* pc = Condition(o, "Paused"); pc && pc->value("status", "") == "True") {
+        reason = pc->value("reason", reason);
+        message = pc->value("message", message);
+      } else if (Str(o, {"spec", "startStrategy"}) == "Paused" && !was_running) {
+        reason = "PausedStartStrategy";
+        message = "VMI was started in paused state";
+      }
+      SetCondition(status, "Paused", "True", reason, message, now);
+    } else {
+      RemoveCondition(status, "Paused");
+    }
+    const Json* cpu = At(o, {"spec", "domain", "cpu"});
+    status["currentCPUTopology"] = {{"sockets", cpu ? cpu->value("sockets", 1) : 1},
+                                    {"cores", cpu ? cpu->value("cores", 1) : 1},
+                                    {"threads", cpu ? cpu->value("threads", 1) : 1}};
+    if (const Json* m = At(o, {"spec", "domain", "machine"})) status["machine"] = *m;
+    status["qosClass"] = "Burstable";
+    if (os_info) status["guestOSInfo"] = *os_info;
+    if (!status.contains("guestOSInfo")) status["guestOSInfo"] = Json::object();
+    if (agent) {
+      SetCondition(status, "AgentConnected", "True", "", "", now);
+    } else if (!paused) {
+      RemoveCondition(status, "AgentConnected");
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+
+Controller::Controller(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Controller::~Controller() { Stop(); }
+
+Result<std::unique_ptr<Controller>> Controller::Start(api::machinery::Machinery& machinery,
+                                                      api::machinery::EventRecorder* events,
+                                                      ControllerOptions options) {
+  auto impl = std::make_unique<Impl>(machinery, events, std::move(options));
+  RETURN_IF_ERROR(impl->Open());
+  Impl* p = impl.get();
+  p->worker_ = std::thread([p] { p->Run(); });
+  p->watcher_ = std::thread([p] { p->WatchLoop(); });
+  p->resyncer_ = std::thread([p] { p->ResyncLoop(); });
+  return std::unique_ptr<Controller>(new Controller(std::move(impl)));
+}
+
+void Controller::Stop() {
+  if (impl_) impl_->Stop();
+}
+
+vmm::Accelerator Controller::accelerator() const { return impl_->hv_->accelerator(); }
+const std::string& Controller::libvirt_uri() const { return impl_->hv_->uri(); }
+
+bool Controller::WaitIdleForTest(std::chrono::milliseconds timeout) {
+  return impl_->WaitIdle(timeout);
+}
+
+namespace {
+std::string VmiDomain(const Json& vmi) {
+  return DomainName(Str(vmi, {"metadata", "namespace"}), Str(vmi, {"metadata", "name"}));
+}
+std::string VmiKey(const Json& vmi) {
+  return "vmi/" + Str(vmi, {"metadata", "namespace"}) + "/" + Str(vmi, {"metadata", "name"});
+}
+}  // namespace
+
+Status Controller::Pause(const Json& vmi) {
+  if (!impl_->hv_) return Error(Code::kUnavailable, "the controller is stopping");
+  RETURN_IF_ERROR(impl_->hv_->Pause(VmiDomain(vmi)));
+  impl_->queue_.Add(VmiKey(vmi));
+  return Ok();
+}
+
+Status Controller::Unpause(const Json& vmi) {
+  if (!impl_->hv_) return Error(Code::kUnavailable, "the controller is stopping");
+  RETURN_IF_ERROR(impl_->hv_->Resume(VmiDomain(vmi)));
+  impl_->queue_.Add(VmiKey(vmi));
+  return Ok();
+}
+
+Status Controller::SoftReboot(const Json& vmi) {
+  if (!impl_->hv_) return Error(Code::kUnavailable, "the controller is stopping");
+  return impl_->hv_->Reboot(VmiDomain(vmi));
+}
+
+Status Controller::Reset(const Json& vmi) {
+  if (!impl_->hv_) return Error(Code::kUnavailable, "the controller is stopping");
+  return impl_->hv_->Reset(VmiDomain(vmi));
+}
+
+Result<Json> Controller::GuestAgent(const Json& vmi, std::string_view kind) {
+  if (!impl_->hv_) return Error(Code::kUnavailable, "the controller is stopping");
+  vmm::Hypervisor& hv = *impl_->hv_;
+  const std::string dname = VmiDomain(vmi);
+  auto run = [&](const char* command) -> Result<Json> {
+    auto reply = hv.AgentCommand(dname, std::string(R"({"execute":")") + command + "\"}", 10s);
+    if (!reply) {
+      if (reply.error().code == Code::kConflict) {
+        return Error(Code::kConflict, "VMI does not have guest agent connected");
+      }
+      return Error(reply.error());
+    }
+    return AgentReturn(*reply);
+  };
+  if (kind == "userlist") {
+    ASSIGN_OR_RETURN(Json users, run("guest-get-users"));
+    return Json{{"kind", "VirtualMachineInstanceGuestOSUserList"},
+                {"apiVersion", "kubevirt.io/v1"},
+                {"metadata", Json::object()},
+                {"items", GuestUsers(users)}};
+  }
+  if (kind == "filesystemlist") {
+    ASSIGN_OR_RETURN(Json fs, run("guest-get-fsinfo"));
+    return Json{{"kind", "VirtualMachineInstanceFileSystemList"},
+                {"apiVersion", "kubevirt.io/v1"},
+                {"metadata", Json::object()},
+                {"items", GuestFileSystems(fs)}};
+  }
+  if (kind != "guestosinfo") return Error(Code::kNotFound, "unknown guest agent query");
+  // KubeVirt's VirtualMachineInstanceGuestAgentInfo, from the same agent commands its
+  // virt-launcher polls.
+  ASSIGN_OR_RETURN(Json info, run("guest-info"));
+  Json out = {{"kind", "VirtualMachineInstanceGuestAgentInfo"}, {"apiVersion", "kubevirt.io/v1"}};
+  out["guestAgentVersion"] = info.value("version", "");
+  Json commands = Json::array();
+  if (info.contains("supported_commands") && info["supported_commands"].is_array()) {
+    for (const auto& c : info["supported_commands"]) {
+      commands.push_back({{"name", c.value("name", "")}, {"enabled", c.value("enabled", false)}});
+    }
+  }
+  out["supportedCommands"] = std::move(commands);
+  if (auto host = run("guest-get-host-name")) out["hostname"] = host->value("host-name", "");
+  ASSIGN_OR_RETURN(Json os, run("guest-get-osinfo"));
+  out["os"] = GuestOsInfo(os);
+  if (auto tz = run("guest-get-timezone")) {
+    // KubeVirt's form: "<zone>, <offset seconds>".
+    out["timezone"] = tz->value("zone", "") + ", " + std::to_string(tz->value("offset", 0));
+  }
+  if (auto users = run("guest-get-users")) out["userList"] = GuestUsers(*users);
+  if (auto fs = run("guest-get-fsinfo")) out["fsInfo"] = {{"disks", GuestFileSystems(*fs)}};
+  out["fsFreezeStatus"] = "thawed";
+  return out;
+}
+
+}  // namespace edgevirt::daemon
