@@ -245,8 +245,9 @@ inline HttpResult Http(const std::string& base_url, const std::string& method,
   }
   if (!accept) req += "Accept: application/json\r\n";
   if (!body.empty() || method == "POST" || method == "PUT" || method == "PATCH") {
-    req += "Content-Type: " + content_type + "\r\nContent-Length: " + std::to_string(body.size()) +
-           "\r\n";
+    // An empty content_type sends none (virtctl's subresource PUTs carry no Content-Type).
+    if (!content_type.empty()) req += "Content-Type: " + content_type + "\r\n";
+    req += "Content-Length: " + std::to_string(body.size()) + "\r\n";
   }
   req += "\r\n" + body;
   size_t sent = 0;

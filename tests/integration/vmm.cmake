@@ -25,3 +25,13 @@ edgevirt_add_test(NAME daemon_vmi_boot_test
   LIBS edgevirt_daemon_lib yaml-cpp LABELS integration TIMEOUT 900 RUN_SERIAL)
 target_compile_definitions(daemon_vmi_boot_test PRIVATE EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
 set_tests_properties(daemon_vmi_boot_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
+
+# The daemon end to end: VirtualMachines booting the test guest through edgevirtd's controller
+# (runStrategy, virtctl's subresource requests, graceful stop, kill -9 recovery).
+edgevirt_add_test(NAME vm_lifecycle_test SOURCES vm_lifecycle_test.cc
+  LIBS edgevirt_common nlohmann_json::nlohmann_json Threads::Threads
+  LABELS integration TIMEOUT 1800 RUN_SERIAL)
+target_compile_definitions(vm_lifecycle_test PRIVATE EDGEVIRTD_PATH="$<TARGET_FILE:edgevirtd>"
+  EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
+add_dependencies(vm_lifecycle_test edgevirtd)
+set_tests_properties(vm_lifecycle_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)

@@ -1,0 +1,201 @@
+// Helpers for the tests that boot the test guest through the real edgevirtd: a daemon whose
+// config allows hostDisk volumes under the test's own disk directory, VM manifests that boot a
+// private copy of the test guest (tests/fixtures/guest), the guest's serial log and serial
+// console (the per-VMI files under <stateDir>/vms/<uid>/), QEMU processes found in /proc, and
+// the subresource requests exactly as virtctl v1.0 sends them.
+#pragma once
+
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "tests/integration/kubectl_test_util.h"
+
+namespace edgevirt::testing {
+
+inline std::filesystem::path GuestDir() { return EDGEVIRT_GUEST_DIR; }
+
+// Live (non-zombie) QEMU processes whose command line mentions `path`.
+inline std::vector<pid_t> QemuPidsUnder(const std::string& path) {
+  std::vector<pid_t> pids;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+    std::string name = entry.path().filename();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string cmdline = ReadFile(entry.path() / "cmdline");
+    if (cmdline.find("qemu-system") == std::string::npos) continue;
+    if (cmdline.find(path) == std::string::npos) continue;
+    std::string stat = ReadFile(entry.path() / "stat");
+    size_t paren = stat.rfind(')');
+    if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z') continue;
+    pids.push_back(pid_t(std::stoi(name)));
+  }
+  return pids;
+}
+
+// Kills every QEMU of the test when it ends, even after a failed REQUIRE (the daemon's QEMU
+// processes outlive it by design).
+class QemuReaper {
+ public:
+  explicit QemuReaper(std::string path) : path_(std::move(path)) {}
+  ~QemuReaper() {
+    for (pid_t pid : QemuPidsUnder(path_)) ::kill(pid, SIGKILL);
+  }
+
+ private:
+  std::string path_;
+};
+
+// A daemon + kubectl whose hostDisk directory holds copies of the test guest.
+struct VmEnv {
+  explicit VmEnv(const std::string& prefix)
+      : tmp(prefix),
+        disks(MakeDisks(tmp / "disks")),
+        daemon(tmp / "daemon", "",
+               "vms:\n  hostDiskDirs: [" + disks.string() + "]\n  resyncPeriod: 5s\n"),
+        kubectl(tmp / "kubectl"),
+        reaper(tmp.path().string()) {
+    daemon.Start();
+    kubectl.SetServer(daemon.url());
+  }
+
+  static std::filesystem::path MakeDisks(const std::filesystem::path& dir) {
+    std::filesystem::create_directories(dir);
+    return dir;
+  }
+
+  // A private copy of the guest's raw disk for VM `name`.
+  std::string Disk(const std::string& name) {
+    auto path = disks / (name + ".raw");
+    if (!std::filesystem::exists(path)) {
+      std::filesystem::copy_file(GuestDir() / "guest.raw", path);
+    }
+    return path.string();
+  }
+
+  // A VirtualMachine manifest booting the guest from a hostDisk (JSON, for POST or apply).
+  Json VmManifest(const std::string& name, const std::string& run_strategy,
+                  const std::string& user_data = "", int grace_seconds = 30) {
+    Json spec = {
+        {"terminationGracePeriodSeconds", grace_seconds},
+        {"domain",
+         {{"devices",
+           {{"disks", Json::array({{{"name", "root"}, {"disk", {{"bus", "virtio"}}}}})}}},
+          {"resources", {{"requests", {{"memory", "256Mi"}}}}}}},
+        {"volumes", Json::array({{{"name", "root"},
+                                  {"hostDisk", {{"path", Disk(name)}, {"type", "Disk"}}}}})}};
+    if (!user_data.empty()) {
+      spec["domain"]["devices"]["disks"].push_back(
+          {{"name", "cloudinit"}, {"disk", {{"bus", "virtio"}}}});
+      spec["volumes"].push_back(
+          {{"name", "cloudinit"}, {"cloudInitNoCloud", {{"userData", user_data}}}});
+    }
+    Json vm = {{"apiVersion", "kubevirt.io/v1"}, {"kind", "VirtualMachine"}};
+    vm["metadata"] = {{"name", name}, {"namespace", "default"}};
+    vm["spec"]["runStrategy"] = run_strategy;
+    vm["spec"]["template"]["metadata"]["labels"]["app"] = name;
+    vm["spec"]["template"]["spec"] = spec;
+    return vm;
+  }
+
+  void Create(const Json& vm) {
+    auto r = Http(daemon.url(), "POST", "/apis/kubevirt.io/v1/namespaces/default/virtualmachines",
+                  vm.dump());
+    INFO(r.error << " " << r.body);
+    REQUIRE(r.status == 201);
+  }
+
+  // GET of a VM or VMI; null when it does not exist.
+  Json Get(const std::string& plural, const std::string& name) {
+    auto r =
+        Http(daemon.url(), "GET", "/apis/kubevirt.io/v1/namespaces/default/" + plural + "/" + name);
+    if (r.status == 404) return Json();
+    INFO(r.error << " " << r.body);
+    REQUIRE(r.status == 200);
+    return ParseJson(r.body);
+  }
+  Json Vm(const std::string& name) { return Get("virtualmachines", name); }
+  Json Vmi(const std::string& name) { return Get("virtualmachineinstances", name); }
+
+  std::string PrintableStatus(const std::string& name) {
+    Json vm = Vm(name);
+    return vm.is_null() ? "<gone>" : vm["status"].value("printableStatus", "");
+  }
+  std::string Phase(const std::string& name) {
+    Json vmi = Vmi(name);
+    return vmi.is_null() ? "<gone>" : vmi["status"].value("phase", "");
+  }
+
+  bool WaitPrintable(const std::string& name, const std::string& want,
+                     std::chrono::milliseconds timeout = std::chrono::seconds(120)) {
+    return WaitUntil([&] { return PrintableStatus(name) == want; }, timeout);
+  }
+  bool WaitUntilGone(const std::string& name,
+                     std::chrono::milliseconds timeout = std::chrono::seconds(120)) {
+    return WaitUntil([&] { return Vmi(name).is_null(); }, timeout);
+  }
+  bool WaitPhase(const std::string& name, const std::string& want,
+                 std::chrono::milliseconds timeout = std::chrono::seconds(120)) {
+    return WaitUntil([&] { return Phase(name) == want; }, timeout);
+  }
+
+  // A subresource request as virtctl v1.0 sends it: PUT (GET for the guest agent queries), a
+  // raw JSON body, no Content-Type, Accept "application/json, */*".
+  HttpResult Virtctl(const std::string& method, const std::string& plural, const std::string& name,
+                     const std::string& sub, const std::string& body) {
+    return Http(
+        daemon.url(), method,
+        "/apis/subresources.kubevirt.io/v1/namespaces/default/" + plural + "/" + name + "/" + sub,
+        body, "", std::chrono::seconds(30),
+        {"Accept: application/json, */*", "User-Agent: virtctl/v1.0.0 (linux/amd64)"});
+  }
+
+  std::filesystem::path VmiDir(const std::string& uid) { return daemon.state_dir() / "vms" / uid; }
+  std::string SerialLog(const std::string& uid) { return ReadFile(VmiDir(uid) / "serial0.log"); }
+
+  // Waits until `marker` appears at least `n` times in the VMI's serial log.
+  bool WaitSerial(const std::string& uid, const std::string& marker, int n = 1,
+                  std::chrono::milliseconds timeout = std::chrono::seconds(300)) {
+    return WaitUntil(
+        [&] {
+          std::string log = SerialLog(uid);
+          int count = 0;
+          for (size_t p = log.find(marker); p != std::string::npos;
+               p = log.find(marker, p + marker.size())) {
+            ++count;
+          }
+          return count >= n;
+        },
+        timeout);
+  }
+
+  // Types `line` into the guest's root shell on its serial console.
+  bool SerialType(const std::string& uid, const std::string& line) {
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::string path = (VmiDir(uid) / "serial0.sock").string();
+    if (path.size() >= sizeof(addr.sun_path)) return false;
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return false;
+    const std::string text = "\n" + line + "\n";
+    bool ok = ::send(fd.get(), text.data(), text.size(), MSG_NOSIGNAL) ==
+              static_cast<ssize_t>(text.size());
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    return ok;
+  }
+
+  std::vector<pid_t> Qemus() { return QemuPidsUnder(daemon.state_dir().string()); }
+
+  TempDir tmp;
+  std::filesystem::path disks;
+  EdgevirtDaemon daemon;
+  Kubectl kubectl;
+  QemuReaper reaper;
+};
+
+}  // namespace edgevirt::testing
