@@ -18,6 +18,10 @@ constexpr auto kBoot = std::chrono::seconds(300);  // ~10 s idle under TCG; CI i
 
 std::string Uid(const Json& obj) { return obj["metadata"].value("uid", ""); }
 
+std::string PhaseOf(const Json& vmi) {
+  return vmi.contains("status") ? vmi["status"].value("phase", "") : "";
+}
+
 const Json* Cond(const Json& obj, const std::string& type) {
   if (!obj.contains("status") || !obj["status"].contains("conditions")) return nullptr;
   for (const auto& c : obj["status"]["conditions"]) {
@@ -156,7 +160,7 @@ TEST_CASE("a VM boots from kubectl apply and answers virtctl's lifecycle request
     REQUIRE(WaitUntil(
         [&] {
           Json v = env.Vmi("vm1");
-          return !v.is_null() && Uid(v) != uid2 && v["status"].value("phase", "") == "Running";
+          return !v.is_null() && Uid(v) != uid2 && PhaseOf(v) == "Running";
         },
         std::chrono::seconds(120)));
     CHECK(env.WaitPrintable("vm1", "Running"));
@@ -252,7 +256,7 @@ TEST_CASE("runStrategy: Manual, Halted, Once, RerunOnFailure and Always, case by
     REQUIRE(WaitUntil(
         [&] {
           Json v = env.Vmi("rerun");
-          return !v.is_null() && Uid(v) != uid1 && v["status"].value("phase", "") == "Running";
+          return !v.is_null() && Uid(v) != uid1 && PhaseOf(v) == "Running";
         },
         std::chrono::seconds(120)));
     const std::string uid2 = Uid(env.Vmi("rerun"));
@@ -273,7 +277,7 @@ TEST_CASE("runStrategy: Manual, Halted, Once, RerunOnFailure and Always, case by
     REQUIRE(WaitUntil(
         [&] {
           Json v = env.Vmi("always");
-          return !v.is_null() && Uid(v) != uid1 && v["status"].value("phase", "") == "Running";
+          return !v.is_null() && Uid(v) != uid1 && PhaseOf(v) == "Running";
         },
         std::chrono::seconds(120)));
 
@@ -335,7 +339,7 @@ TEST_CASE("kill -9 of the daemon while VMs start, run and stop: same QEMU, no du
   REQUIRE(WaitUntil(
       [&] {
         Json v = env.Vmi("a");
-        return !v.is_null() && Uid(v) != uid2 && v["status"].value("phase", "") == "Running";
+        return !v.is_null() && Uid(v) != uid2 && PhaseOf(v) == "Running";
       },
       std::chrono::seconds(120)));
   CHECK(WaitUntil([&] { return env.Qemus().size() == 1; }, std::chrono::seconds(30)));

@@ -7,6 +7,7 @@
 
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 
 #include <filesystem>
@@ -54,7 +55,7 @@ class QemuReaper {
 struct VmEnv {
   explicit VmEnv(const std::string& prefix)
       : tmp(prefix),
-        disks(MakeDisks(tmp / "disks")),
+        disks(MakeDisks(tmp)),
         daemon(tmp / "daemon", "",
                "vms:\n  hostDiskDirs: [" + disks.string() + "]\n  resyncPeriod: 5s\n"),
         kubectl(tmp / "kubectl"),
@@ -63,9 +64,12 @@ struct VmEnv {
     kubectl.SetServer(daemon.url());
   }
 
-  static std::filesystem::path MakeDisks(const std::filesystem::path& dir) {
-    std::filesystem::create_directories(dir);
-    return dir;
+  // QEMU runs unprivileged (nobody:kvm) and must traverse the test's directory (made 0700 by
+  // mkdtemp) to the daemon's state and to the disks.
+  static std::filesystem::path MakeDisks(const TempDir& tmp) {
+    REQUIRE(::chmod(tmp.path().c_str(), 0711) == 0);
+    std::filesystem::create_directories(tmp / "disks");
+    return tmp / "disks";
   }
 
   // A private copy of the guest's raw disk for VM `name`.
@@ -123,11 +127,13 @@ struct VmEnv {
 
   std::string PrintableStatus(const std::string& name) {
     Json vm = Vm(name);
-    return vm.is_null() ? "<gone>" : vm["status"].value("printableStatus", "");
+    if (vm.is_null()) return "<gone>";
+    return vm.contains("status") ? vm["status"].value("printableStatus", "") : "";
   }
   std::string Phase(const std::string& name) {
     Json vmi = Vmi(name);
-    return vmi.is_null() ? "<gone>" : vmi["status"].value("phase", "");
+    if (vmi.is_null()) return "<gone>";
+    return vmi.contains("status") ? vmi["status"].value("phase", "") : "";
   }
 
   bool WaitPrintable(const std::string& name, const std::string& want,
