@@ -63,6 +63,15 @@ Result<std::string> ReadString(const YAML::Node& node, const Ctx& ctx) {
   return node.Scalar();
 }
 
+Result<bool> ReadBool(const YAML::Node& node, const Ctx& ctx) {
+  if (node.IsScalar()) {
+    const std::string& v = node.Scalar();
+    if (v == "true") return true;
+    if (v == "false") return false;
+  }
+  return ctx.Fail(node, "expected true or false, got " + Describe(node));
+}
+
 Result<uint64_t> ReadUint(const YAML::Node& node, const Ctx& ctx, uint64_t min, uint64_t max) {
   if (!node.IsScalar()) return ctx.Fail(node, "expected an integer, got " + Describe(node));
   const std::string& s = node.Scalar();
@@ -231,6 +240,12 @@ const std::vector<KeySpec>& Keys() {
          return Ok();
        },
        [](const Config& c) { return c.libvirt.uri; }},
+      {"vms.enabled",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.vms.enabled, ReadBool(n, ctx));
+         return Ok();
+       },
+       [](const Config& c) { return std::string(c.vms.enabled ? "true" : "false"); }},
       {"vms.hostDiskDirs",
        [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
          if (n.IsNull()) {

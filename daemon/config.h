@@ -44,6 +44,9 @@ struct Config {
   } libvirt;
 
   struct Vms {
+    // vms.enabled: false serves the API alone: objects are stored and served, libvirt is not
+    // opened and nothing is reconciled (API-only tests, inspecting a host's state).
+    bool enabled = true;
     // vms.hostDiskDirs: the only directories hostDisk volumes may use (empty: hostDisk is
     // refused).
     std::vector<std::string> host_disk_dirs;

@@ -88,6 +88,7 @@ api:
 libvirt:
   uri: qemu:///system
 vms:
+  enabled: false
   hostDiskDirs: [/srv/disks, /data/images]
   resyncPeriod: 1m
 log:
@@ -114,6 +115,7 @@ shutdown:
   CHECK(c.api.event_ttl == 10min);
   CHECK(c.libvirt.uri == "qemu:///system");
   CHECK(c.EffectiveLibvirtUri() == "qemu:///system");
+  CHECK_FALSE(c.vms.enabled);
   CHECK(c.vms.host_disk_dirs == std::vector<std::string>{"/srv/disks", "/data/images"});
   CHECK(c.vms.resync_period == 1min);
   CHECK(c.log.level == log::Level::kDebug);

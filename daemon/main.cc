@@ -204,22 +204,27 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   recorder_options.host = host;
   std::unique_ptr<api::machinery::EventRecorder> recorder =
       machinery->NewEventRecorder(recorder_options);
-  ControllerOptions controller_options;
-  controller_options.hypervisor.root = config.state_dir + "/libvirt";
-  controller_options.hypervisor.uri = config.libvirt.uri;
-  controller_options.host.vms_dir = config.state_dir + "/vms";
-  controller_options.host.host_disk_dirs = config.vms.host_disk_dirs;
-  controller_options.node_name = host;
-  controller_options.resync_period = config.vms.resync_period;
-  auto started_controller =
-      Controller::Start(*machinery, recorder.get(), std::move(controller_options));
-  if (!started_controller) {
-    recorder.reset();
-    machinery.reset();
-    store->Close();
-    return Fail(notifier, "start the controller", started_controller.error());
+  std::unique_ptr<Controller> controller;
+  if (config.vms.enabled) {
+    ControllerOptions controller_options;
+    controller_options.hypervisor.root = config.state_dir + "/libvirt";
+    controller_options.hypervisor.uri = config.libvirt.uri;
+    controller_options.host.vms_dir = config.state_dir + "/vms";
+    controller_options.host.host_disk_dirs = config.vms.host_disk_dirs;
+    controller_options.node_name = host;
+    controller_options.resync_period = config.vms.resync_period;
+    auto started_controller =
+        Controller::Start(*machinery, recorder.get(), std::move(controller_options));
+    if (!started_controller) {
+      recorder.reset();
+      machinery.reset();
+      store->Close();
+      return Fail(notifier, "start the controller", started_controller.error());
+    }
+    controller = std::move(*started_controller);
+  } else {
+    EV_LOG(kNotice) << "vms.enabled is false: serving the API only; no VM is reconciled";
   }
-  std::unique_ptr<Controller> controller = std::move(*started_controller);
 
   (void)notifier.SetStatus("Starting the API server");
   api::ServerOptions server_options;
@@ -283,7 +288,9 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
           .Field("RUN_DIR", config.run_dir)
           .Field("LISTEN", Join(bound, ","))
           .Field("LIBVIRT_URI", config.EffectiveLibvirtUri())
-          .Field("ACCELERATOR", controller->accelerator() == vmm::Accelerator::kKvm ? "kvm" : "tcg")
+          .Field("ACCELERATOR", !controller                                           ? "none"
+                                : controller->accelerator() == vmm::Accelerator::kKvm ? "kvm"
+                                                                                      : "tcg")
           .Field("LOG_SINK", log::ActiveSink())
           .Field("WATCHDOG_USEC", ping_interval ? std::to_string(ping_interval->count() * 2) : "0")
       << "edgevirtd " << EDGEVIRT_VERSION << " serving on " << Join(bound, ", ");
@@ -339,7 +346,7 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   server->Stop(timeout / 2);
   server.reset();
   // Running VMs keep running: only the controller's threads and libvirt connection stop.
-  controller->Stop();
+  if (controller) controller->Stop();
   controller.reset();
   recorder.reset();
   machinery.reset();

@@ -119,11 +119,14 @@ TEST_CASE("starts without a config file, READY after the API answers, watchdog, 
   notify.Pump(1100ms);
   CHECK(notify.Count("WATCHDOG=1") - pings_before >= 3);
 
-  // The state directory was created private, with the store inside.
+  // The state directory was created private but traversable (QEMU runs unprivileged and
+  // reaches its per-VMI files below it), with the store inside, private.
   struct stat st;
   REQUIRE(::stat(state_dir.c_str(), &st) == 0);
-  CHECK((st.st_mode & 0777) == 0700);
+  CHECK((st.st_mode & 0777) == 0711);
   CHECK(std::filesystem::is_directory(state_dir + "/state"));
+  REQUIRE(::stat((state_dir + "/state").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0700);
   // The default runDir, in this test's tmpfs /run.
   CHECK(std::filesystem::is_directory("/run/edgevirt"));
 
