@@ -197,6 +197,41 @@ TEST_CASE("a guest that ignores the power button is destroyed when its grace per
   CHECK_THAT(events, Catch::Contains("Signaled Graceful Shutdown"));
 }
 
+TEST_CASE("cloud-init user data from a Secret reaches the guest through a ConfigDrive") {
+  VmEnv env("vm-secret");
+  // (kubectl create secret sends protobuf, which edgevirtd does not decode: apply sends JSON.)
+  WriteFile(env.tmp / "seed.yaml",
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: seed\n"
+            "stringData:\n  userdata: FROM-A-SECRET\n");
+  MustRun(env.kubectl, {"apply", "-f", (env.tmp / "seed.yaml").string()});
+  Json vm = env.VmManifest("sealed", "Always");
+  vm["spec"]["template"]["spec"]["domain"]["devices"]["disks"].push_back(
+      {{"name", "seed"}, {"disk", {{"bus", "virtio"}}}});
+  vm["spec"]["template"]["spec"]["volumes"].push_back(
+      {{"name", "seed"}, {"cloudInitConfigDrive", {{"secretRef", {{"name", "seed"}}}}}});
+  env.Create(vm);
+  REQUIRE(env.WaitPhase("sealed", "Running"));
+  const std::string uid = Uid(env.Vmi("sealed"));
+  REQUIRE(env.WaitSerial(uid, "USERDATA:FROM-A-SECRET", 1, kBoot));
+  // The seed is a file of this VMI; it goes with it.
+  MustRun(env.kubectl, {"delete", "vm", "sealed", "--timeout=120s"}, std::chrono::seconds(150));
+  CHECK_FALSE(std::filesystem::exists(env.VmiDir(uid)));
+
+  // A VM whose Secret is missing fails to start, with the reason where kubectl shows it.
+  Json lost = env.VmManifest("lost", "Once");
+  lost["spec"]["template"]["spec"]["domain"]["devices"]["disks"].push_back(
+      {{"name", "seed"}, {"disk", {{"bus", "virtio"}}}});
+  lost["spec"]["template"]["spec"]["volumes"].push_back(
+      {{"name", "seed"}, {"cloudInitNoCloud", {{"secretRef", {{"name", "nope"}}}}}});
+  env.Create(lost);
+  REQUIRE(env.WaitPhase("lost", "Failed"));
+  const Json lost_vmi = env.Vmi("lost");
+  const Json* sync = Cond(lost_vmi, "Synchronized");
+  REQUIRE(sync);
+  CHECK_THAT((*sync)["message"].get<std::string>(), Catch::Contains("nope"));
+  CHECK(env.Qemus().empty());
+}
+
 TEST_CASE("runStrategy: Manual, Halted, Once, RerunOnFailure and Always, case by case") {
   VmEnv env("vm-strategy");
   SECTION("Manual starts only on request and does not restart a guest that powered off") {
