@@ -351,8 +351,7 @@ def cmd_virsh(uri, xml_dir, runs, count):
     xmls = [os.path.join(xml_dir, f"{n}.xml") for n in names]
 
     def remove(name):
-        virsh(uri, "destroy", name, check=False)
-        virsh(uri, "undefine", name)
+        virsh(uri, f"destroy {name}; undefine {name}")
 
     # `define; start` in one virsh process, not `virsh create`: the embedded driver kills its
     # transient domains when the process that embeds it exits (QEMU logs "terminating on signal

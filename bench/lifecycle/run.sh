@@ -158,13 +158,27 @@ kill -TERM "$daemon_pid"
 wait "$daemon_pid" || { log "edgevirtd exited with $?"; tail -n 20 "$tmp/edgevirtd.log" >&2; exit 1; }
 daemon_pid=""
 ev_uri="qemu:///embed?root=$state/libvirt"
-virsh -q -c "$ev_uri" dumpxml --inactive default_lc20-00 > "$tmp/domain.xml"
-for d in $(virsh -q -c "$ev_uri" list --all --name); do
-  virsh -q -c "$ev_uri" destroy "$d" > /dev/null 2>&1 || true
-  virsh -q -c "$ev_uri" undefine "$d" > /dev/null
+# Every virsh process that opens the root reconnects to all its running domains, one thread
+# each; with 20 of them, libvirt 9.0 has crashed (SIGSEGV in libnuma, thread "init-<domain>")
+# here now and then: retry the dumpxml, and tear down in one process, tolerating a crash.
+for attempt in 1 2 3; do
+  virsh -q -c "$ev_uri" dumpxml --inactive default_lc20-00 > "$tmp/domain.xml" && break
+  log "virsh dumpxml failed (attempt $attempt)"
+  [[ $attempt == 3 ]] && exit 1
 done
+teardown=""
+for d in $(virsh -q -c "$ev_uri" list --all --name || true); do
+  teardown+="destroy $d; undefine $d; "
+done
+if [[ -n $teardown ]]; then
+  virsh -q -c "$ev_uri" "$teardown" > /dev/null 2>&1 || log "virsh teardown of edgevirtd's root failed; killing its QEMUs"
+fi
 for pid in $(qemu_pids); do
   kill -KILL "$pid" 2> /dev/null || true
+done
+for _ in $(seq 50); do
+  [[ -z $(qemu_pids) ]] && break
+  sleep 0.1
 done
 
 # --- reference: virsh on a fresh embedded root with edgevirtd's qemu.conf ---------------------
@@ -175,9 +189,13 @@ qemu_group=$(sed -n 's/^group = "\(.*\)"$/\1/p' "$tmp/ref/root/etc/qemu.conf")
 python3 "$here/lifecycle.py" rewrite "$tmp/domain.xml" "$tmp/ref/xml" "$vms" "$tmp/ref/vms" \
   "${qemu_group:-kvm}" "$tmp/disks" > /dev/null
 python3 "$here/lifecycle.py" virsh "$ref_uri" "$tmp/ref/xml" "$runs" "$vms" > "$tmp/virsh.json"
-for d in $(virsh -q -c "$ref_uri" list --name); do
-  virsh -q -c "$ref_uri" destroy "$d" > /dev/null 2>&1 || true
+teardown=""
+for d in $(virsh -q -c "$ref_uri" list --all --name || true); do
+  teardown+="destroy $d; undefine $d; "
 done
+if [[ -n $teardown ]]; then
+  virsh -q -c "$ref_uri" "$teardown" > /dev/null 2>&1 || log "virsh teardown of the reference root failed; cleanup kills its QEMUs"
+fi
 
 cut -d' ' -f1 /proc/loadavg > "$tmp/load.end"
 python3 - "$tmp" "$vms" "$runs" "$quick" "$accel" << 'EOF'
