@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # bench/lifecycle: VirtualMachine create -> domain running through a real edgevirtd, and the
-# daemon's memory, against `virsh create` of the same domain XML on an embedded QEMU driver as
-# the reference. Prints ONE JSON object on stdout (progress on stderr).
+# daemon's memory, against `virsh "define X; start N"` of the same domain XML on an embedded QEMU
+# driver as the reference (not `virsh create`: the embedded driver kills its transient domains
+# when virsh exits, and that kill would be timed). Prints ONE JSON object on stdout (progress on
+# stderr).
 #
 #   edgevirt 1 VM        --runs x: POST a VM (runStrategy Always, 1 vCPU, 256Mi, the test guest
 #                        as hostDisk) -> its VMI reports phase Running (watch); delete, wait gone
@@ -11,9 +13,9 @@
 #                        ((rssN - idle) / N), VmHWM
 #   reference            the domain XML edgevirtd defined (dumpxml --inactive, renamed, new UUID,
 #                        fresh per-domain dirs and disks) on a fresh embedded root with the same
-#                        qemu.conf: `virsh create` exec -> exit (--runs x, destroyed in between),
-#                        N creates in ONE virsh process (an embedded root is locked by the
-#                        process that opened it), and a no-op `virsh list` (process start +
+#                        qemu.conf: `virsh "define X; start N"` exec -> exit (--runs x, removed
+#                        in between), N define+starts in ONE virsh process (an embedded root is
+#                        locked by the process that opened it), and a no-op `virsh list` (process start +
 #                        driver init, which edgevirtd pays once, not per VM)
 #
 # Targets (reported, not asserted): edgevirt 1-VM p50 <= 1.5 x virsh's; idle RSS <= 40 MiB;
