@@ -3,8 +3,8 @@
 
   lifecycle.py edgevirt URL PID DISKS GUEST_RAW RUNS VMS IDLE_WAIT SETTLE
       Against a running edgevirtd: its idle RSS, a warm-up VM, RUNS x (create one VM -> VMI
-      Running, delete, wait until gone), then VMS VMs POSTed at once, their RSS after SETTLE seconds. JSON on
-      stdout.
+      Running, delete, wait until gone), then VMS VMs POSTed at once, their RSS after SETTLE
+      seconds. JSON on stdout.
   lifecycle.py rewrite XML_IN OUT_DIR COUNT REF_VMS QEMU_GROUP DISKS
       The domain XML that edgevirtd defined, made into COUNT reference domains lc-ref-<i>: new
       name and UUID, per-domain directories under REF_VMS (owned root:QEMU_GROUP 0750, vnc/

@@ -15,8 +15,8 @@
 #                        fresh per-domain dirs and disks) on a fresh embedded root with the same
 #                        qemu.conf: `virsh "define X; start N"` exec -> exit (--runs x, removed
 #                        in between), N define+starts in ONE virsh process (an embedded root is
-#                        locked by the process that opened it), and a no-op `virsh list` (process start +
-#                        driver init, which edgevirtd pays once, not per VM)
+#                        locked by the process that opened it), and a no-op `virsh list`
+#                        (process start + driver init, which edgevirtd pays once, not per VM)
 #
 # Targets (reported, not asserted): edgevirt 1-VM p50 <= 1.5 x virsh's; idle RSS <= 40 MiB;
 # <= 2 MiB of daemon RSS per running VM.
@@ -173,7 +173,8 @@ for d in $(virsh -q -c "$ev_uri" list --all --name || true); do
   teardown+="destroy $d; undefine $d; "
 done
 if [[ -n $teardown ]]; then
-  virsh -q -c "$ev_uri" "$teardown" > /dev/null 2>&1 || log "virsh teardown of edgevirtd's root failed; killing its QEMUs"
+  virsh -q -c "$ev_uri" "$teardown" > /dev/null 2>&1 ||
+    log "virsh teardown of edgevirtd's root failed; killing its QEMUs"
 fi
 for pid in $(qemu_pids); do
   kill -KILL "$pid" 2> /dev/null || true
@@ -196,7 +197,8 @@ for d in $(virsh -q -c "$ref_uri" list --all --name || true); do
   teardown+="destroy $d; undefine $d; "
 done
 if [[ -n $teardown ]]; then
-  virsh -q -c "$ref_uri" "$teardown" > /dev/null 2>&1 || log "virsh teardown of the reference root failed; cleanup kills its QEMUs"
+  virsh -q -c "$ref_uri" "$teardown" > /dev/null 2>&1 ||
+    log "virsh teardown of the reference root failed; cleanup kills its QEMUs"
 fi
 
 cut -d' ' -f1 /proc/loadavg > "$tmp/load.end"
