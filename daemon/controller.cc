@@ -316,7 +316,9 @@ class Controller::Impl {
   bool WaitIdle(std::chrono::milliseconds timeout);
 
   Status ReconcileVm(const std::string& ns, const std::string& name);
-  Status ReconcileVmi(const std::string& ns, const std::string& name);
+  // `after_start`: called again right after this reconcile started the domain, to report it;
+  // a domain that is not running then is a failed start, not one to start again.
+  Status ReconcileVmi(const std::string& ns, const std::string& name, bool after_start = false);
 
   // VM side (virt-controller).
   Status StartStop(const Json& vm, const Json* vmi, const std::string& key);
@@ -1036,7 +1038,8 @@ Status Controller::Impl::StartDomain(const Json& vmi) {
   return Ok();
 }
 
-Status Controller::Impl::ReconcileVmi(const std::string& ns, const std::string& name) {
+Status Controller::Impl::ReconcileVmi(const std::string& ns, const std::string& name,
+                                      bool after_start) {
   const std::string dname = DomainName(ns, name);
   ASSIGN_OR_RETURN(auto vmi_opt, GetObject(vmi_rt_, ns, name));
   if (!vmi_opt) {
@@ -1102,21 +1105,22 @@ Status Controller::Impl::ReconcileVmi(const std::string& ns, const std::string& 
     if (exists) RETURN_IF_ERROR(CleanupDomain(dname, uid));
     return Ok();
   }
-  if (!HasFinalizer(vmi, kVmiFinalizer)) {
-    return WriteVmiStatus(ns, name,
-                          [](Json& o, const std::string&) { AddFinalizer(o, kVmiFinalizer); });
+  const bool to_start = IsStartingPhase(phase) && !active && !after_start;
+  if (!HasFinalizer(vmi, kVmiFinalizer) || (to_start && phase != "Scheduled")) {
+    // The finalizer, and phase Scheduled recorded before the domain exists (a restart from
+    // here defines it again), in one write; then on to the start in this same reconcile.
+    RETURN_IF_ERROR(WriteVmiStatus(ns, name, [&](Json& o, const std::string& now) {
+      AddFinalizer(o, kVmiFinalizer);
+      if (!to_start) return;
+      SetPhase(o, "Scheduled", now);
+      o["status"]["nodeName"] = options_.node_name;
+      SetCondition(o["status"], "Ready", "False", "GuestNotRunning",
+                   "Guest VM is not reported as running", now);
+    }));
+    if (!to_start) return Ok();
   }
 
-  if (IsStartingPhase(phase) && !active) {
-    if (phase != "Scheduled") {
-      // Recorded before the domain exists: a restart from here defines it again.
-      return WriteVmiStatus(ns, name, [&](Json& o, const std::string& now) {
-        SetPhase(o, "Scheduled", now);
-        o["status"]["nodeName"] = options_.node_name;
-        SetCondition(o["status"], "Ready", "False", "GuestNotRunning",
-                     "Guest VM is not reported as running", now);
-      });
-    }
+  if (to_start) {
     if (Status s = StartDomain(vmi); !s) {
       Event(vmi, EventType::kWarning, "SyncFailed", s.error().message);
       EV_LOG(kWarning).Field("VM_NAMESPACE", ns).Field("VM_NAME", name)
@@ -1132,8 +1136,9 @@ Status Controller::Impl::ReconcileVmi(const std::string& ns, const std::string& 
       });
     }
     Event(vmi, EventType::kNormal, "Started", "VirtualMachineInstance started.");
-    queue_.Add(key);  // observe the new state
-    return Ok();
+    // Observe and report the new state now, not after every other queued key: with many VMs
+    // starting at once a re-queue would hold each one's Running back until the batch ends.
+    return ReconcileVmi(ns, name, /*after_start=*/true);
   }
 
   // Running (or started before a restart): report what libvirt says.
