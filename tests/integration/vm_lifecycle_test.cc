@@ -232,6 +232,21 @@ TEST_CASE("cloud-init user data from a Secret reaches the guest through a Config
   CHECK(env.Qemus().empty());
 }
 
+TEST_CASE("examples/vm-hostdisk.yaml boots as the README says") {
+  VmEnv env("vm-example");
+  std::string text =
+      ReadFile(std::filesystem::path(EDGEVIRT_SOURCE_DIR) / "examples/vm-hostdisk.yaml");
+  const std::string from = "/var/lib/edgevirt-disks/edge1.raw";
+  REQUIRE(text.find(from) != std::string::npos);
+  text.replace(text.find(from), from.size(), env.Disk("edge1"));
+  WriteFile(env.tmp / "vm-hostdisk.yaml", text);
+  MustRun(env.kubectl, {"apply", "-f", (env.tmp / "vm-hostdisk.yaml").string()});
+  MustRun(env.kubectl, {"wait", "vm/edge1", "--for=condition=Ready", "--timeout=180s"},
+          std::chrono::seconds(200));
+  const std::string uid = Uid(env.Vmi("edge1"));
+  REQUIRE(env.WaitSerial(uid, "USERDATA:hello-from-edgevirt", 1, kBoot));
+}
+
 TEST_CASE("runStrategy: Manual, Halted, Once, RerunOnFailure and Always, case by case") {
   VmEnv env("vm-strategy");
   SECTION("Manual starts only on request and does not restart a guest that powered off") {
