@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "api/kubevirt/quantity.h"
+#include "api/machinery/secrets.h"
 #include "common/exec.h"
 #include "common/fd.h"
 
@@ -67,46 +68,6 @@ Result<uint64_t> Bytes(const Json* j, const std::string& field) {
   return static_cast<uint64_t>(q->Value());
 }
 
-// Go's base64.StdEncoding.DecodeString (padding required; \r and \n skipped as Go does).
-std::optional<std::string> Base64Decode(std::string_view in) {
-  auto value = [](char c) -> int {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+') return 62;
-    if (c == '/') return 63;
-    return -1;
-  };
-  std::string s;
-  for (char c : in) {
-    if (c != '\r' && c != '\n') s += c;
-  }
-  if (s.size() % 4 != 0) return std::nullopt;
-  std::string out;
-  for (size_t i = 0; i < s.size(); i += 4) {
-    int v[4];
-    int pad = 0;
-    for (int k = 0; k < 4; ++k) {
-      char c = s[i + k];
-      if (c == '=') {
-        // Padding only at the very end, at most two, and nothing after it.
-        if (i + 4 != s.size() || k < 2) return std::nullopt;
-        ++pad;
-        v[k] = 0;
-      } else {
-        if (pad > 0) return std::nullopt;
-        v[k] = value(c);
-        if (v[k] < 0) return std::nullopt;
-      }
-    }
-    uint32_t n = (v[0] << 18) | (v[1] << 12) | (v[2] << 6) | v[3];
-    out += static_cast<char>((n >> 16) & 0xff);
-    if (pad < 2) out += static_cast<char>((n >> 8) & 0xff);
-    if (pad < 1) out += static_cast<char>(n & 0xff);
-  }
-  return out;
-}
-
 bool IsVolumeName(const std::string& s) {
   if (s.empty() || s.size() > 63) return false;
   for (char c : s) {
@@ -131,7 +92,7 @@ Result<std::optional<std::string>> SecretKey(const Json& secret, const char* key
                                              const std::string& what) {
   const Json* v = Path(&secret, "data", key);
   if (v == nullptr) return std::optional<std::string>();
-  auto decoded = Base64Decode(Str(v));
+  auto decoded = api::machinery::Base64Decode(Str(v));
   if (!decoded) return Invalid(what + ": key " + key + " is not valid base64");
   return std::optional<std::string>(std::move(*decoded));
 }
@@ -151,7 +112,7 @@ Result<CloudInitData> ReadCloudInit(const std::string& ns, const std::string& vo
     if (text.empty()) {
       std::string encoded = Str(Get(&src, b64));
       if (!encoded.empty()) {
-        auto decoded = Base64Decode(encoded);
+        auto decoded = api::machinery::Base64Decode(encoded);
         if (!decoded) {
           return Invalid("volume " + volume + ": " + b64 + " is not valid base64");
         }

@@ -23,10 +23,13 @@
 #include "common/exec.h"
 #include "daemon/vmi_domain.h"
 #include "tests/support/catch.h"
+#include "tests/support/qemu.h"
 #include "vmm/vmm.h"
 
 namespace edgevirt::daemon {
 namespace {
+
+using edgevirt::testing::QemuPidsUnder;
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
@@ -44,20 +47,6 @@ std::string ReadFile(const fs::path& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-std::vector<pid_t> QemuPidsUnder(const std::string& root) {
-  std::vector<pid_t> pids;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
-    std::string name = entry.path().filename();
-    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::string cmdline = ReadFile(entry.path() / "cmdline");
-    if (cmdline.find("qemu-system") == std::string::npos) continue;
-    if (cmdline.find(root + "/") == std::string::npos) continue;
-    pids.push_back(pid_t(std::stoi(name)));
-  }
-  return pids;
 }
 
 // A fresh root (0755: QEMU runs as nobody and must traverse it), registered for

@@ -15,41 +15,11 @@
 #include <vector>
 
 #include "tests/integration/kubectl_test_util.h"
+#include "tests/support/qemu.h"
 
 namespace edgevirt::testing {
 
 inline std::filesystem::path GuestDir() { return EDGEVIRT_GUEST_DIR; }
-
-// Live (non-zombie) QEMU processes whose command line mentions `path`.
-inline std::vector<pid_t> QemuPidsUnder(const std::string& path) {
-  std::vector<pid_t> pids;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
-    std::string name = entry.path().filename();
-    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::string cmdline = ReadFile(entry.path() / "cmdline");
-    if (cmdline.find("qemu-system") == std::string::npos) continue;
-    if (cmdline.find(path) == std::string::npos) continue;
-    std::string stat = ReadFile(entry.path() / "stat");
-    size_t paren = stat.rfind(')');
-    if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z') continue;
-    pids.push_back(pid_t(std::stoi(name)));
-  }
-  return pids;
-}
-
-// Kills every QEMU of the test when it ends, even after a failed REQUIRE (the daemon's QEMU
-// processes outlive it by design).
-class QemuReaper {
- public:
-  explicit QemuReaper(std::string path) : path_(std::move(path)) {}
-  ~QemuReaper() {
-    for (pid_t pid : QemuPidsUnder(path_)) ::kill(pid, SIGKILL);
-  }
-
- private:
-  std::string path_;
-};
 
 // A daemon + kubectl whose hostDisk directory holds copies of the test guest.
 struct VmEnv {
@@ -59,7 +29,7 @@ struct VmEnv {
         daemon(tmp / "daemon", "",
                "vms:\n  hostDiskDirs: [" + disks.string() + "]\n  resyncPeriod: 5s\n"),
         kubectl(tmp / "kubectl"),
-        reaper(tmp.path().string()) {
+        reaper(tmp.path().string(), EDGEVIRT_BINARY_DIR "/vmm_test_roots") {
     daemon.Start();
     kubectl.SetServer(daemon.url());
   }
@@ -201,7 +171,7 @@ struct VmEnv {
   std::filesystem::path disks;
   EdgevirtDaemon daemon;
   Kubectl kubectl;
-  QemuReaper reaper;
+  QemuGuard reaper;
 };
 
 }  // namespace edgevirt::testing

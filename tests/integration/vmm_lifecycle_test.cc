@@ -26,10 +26,13 @@
 #include <vector>
 
 #include "tests/support/catch.h"
+#include "tests/support/qemu.h"
 #include "vmm/vmm.h"
 
 namespace edgevirt::vmm {
 namespace {
+
+using edgevirt::testing::QemuPidsUnder;
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
@@ -73,24 +76,6 @@ std::optional<Clock::duration> WaitForCount(const fs::path& file, std::string_vi
     std::this_thread::sleep_for(200ms);
   }
   return std::nullopt;
-}
-
-// Live (non-zombie) QEMU processes whose command line mentions `root`.
-std::vector<pid_t> QemuPidsUnder(const std::string& root) {
-  std::vector<pid_t> pids;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
-    std::string name = entry.path().filename();
-    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::string cmdline = ReadFile(entry.path() / "cmdline");
-    if (cmdline.find("qemu-system") == std::string::npos) continue;
-    if (cmdline.find(root) == std::string::npos) continue;
-    std::string stat = ReadFile(entry.path() / "stat");
-    size_t paren = stat.rfind(')');
-    if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z') continue;
-    pids.push_back(pid_t(std::stoi(name)));
-  }
-  return pids;
 }
 
 // Waits until `needle` occurs after the last occurrence of `anchor` in the file: e.g. the shell
