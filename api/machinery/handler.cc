@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "api/machinery/codec.h"
+#include "api/machinery/protobuf.h"
 #include "api/machinery/table.h"
 
 namespace edgevirt::api::machinery {
@@ -163,6 +164,12 @@ Outcome<Json> DecodeBody(const HttpRequest& r) {
     parsed = ParseJsonBody(r.body);
   } else if (type == "application/yaml") {
     parsed = ParseYamlBody(r.body);
+  } else if (type == kProtobufMediaType) {
+    // Built-in kinds from kubectl's typed clients (kubectl create secret); others stay 415.
+    parsed = ParseProtobufBody(r.body);
+    if (!parsed && parsed.error().code == Code::kUnsupported) {
+      return UnsupportedMediaType(kBodyTypes);
+    }
   } else {
     return UnsupportedMediaType(kBodyTypes);
   }

@@ -199,11 +199,9 @@ TEST_CASE("a guest that ignores the power button is destroyed when its grace per
 
 TEST_CASE("cloud-init user data from a Secret reaches the guest through a ConfigDrive") {
   VmEnv env("vm-secret");
-  // (kubectl create secret sends protobuf, which edgevirtd does not decode: apply sends JSON.)
-  WriteFile(env.tmp / "seed.yaml",
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: seed\n"
-            "stringData:\n  userdata: FROM-A-SECRET\n");
-  MustRun(env.kubectl, {"apply", "-f", (env.tmp / "seed.yaml").string()});
+  // kubectl create secret sends the Secret as protobuf.
+  MustRun(env.kubectl,
+          {"create", "secret", "generic", "seed", "--from-literal=userdata=FROM-A-SECRET"});
   Json vm = env.VmManifest("sealed", "Always");
   vm["spec"]["template"]["spec"]["domain"]["devices"]["disks"].push_back(
       {{"name", "seed"}, {"disk", {{"bus", "virtio"}}}});
