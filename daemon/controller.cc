@@ -1010,9 +1010,11 @@ Status Controller::Impl::FinishVmi(const Json& vmi, const std::string& phase,
     RemoveCondition(o["status"], "AgentConnected");
     if (deleting) RemoveFinalizer(o, kVmiFinalizer);
   }));
-  EV_LOG(kInfo).Field("VM_NAMESPACE", ns).Field("VM_NAME", name).Field("PHASE", phase)
-      << "VirtualMachineInstance " << ns << "/" << name << " " << phase
-      << (reason.empty() ? "" : " (" + reason + ")");
+  if (!IsFinalPhase(Str(vmi, {"status", "phase"}))) {
+    EV_LOG(kInfo).Field("VM_NAMESPACE", ns).Field("VM_NAME", name).Field("PHASE", phase)
+        << "VirtualMachineInstance " << ns << "/" << name << " " << phase
+        << (reason.empty() ? "" : " (" + reason + ")");
+  }
   return Ok();
 }
 
