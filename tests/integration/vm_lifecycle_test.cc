@@ -236,7 +236,11 @@ TEST_CASE("examples/vm-hostdisk.yaml boots as the README says") {
       ReadFile(std::filesystem::path(EDGEVIRT_SOURCE_DIR) / "examples/vm-hostdisk.yaml");
   const std::string from = "/var/lib/edgevirt-disks/edge1.raw";
   REQUIRE(text.find(from) != std::string::npos);
-  text.replace(text.find(from), from.size(), env.Disk("edge1"));
+  const std::string disk = env.Disk("edge1");
+  for (size_t at = text.find(from); at != std::string::npos; at = text.find(from, at)) {
+    text.replace(at, from.size(), disk);
+    at += disk.size();
+  }
   WriteFile(env.tmp / "vm-hostdisk.yaml", text);
   MustRun(env.kubectl, {"apply", "-f", (env.tmp / "vm-hostdisk.yaml").string()});
   MustRun(env.kubectl, {"wait", "vm/edge1", "--for=condition=Ready", "--timeout=180s"},
