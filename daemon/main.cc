@@ -186,6 +186,7 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   machinery_options.gc.event_ttl = config.api.event_ttl;
   api::kubevirt::KubevirtOptions kubevirt_options;
   kubevirt_options.host_disk_dirs = config.vms.host_disk_dirs;
+  kubevirt_options.host_disk_enabled = !config.vms.host_disk_dirs.empty();
   auto created_machinery = api::machinery::Machinery::Create(
       *store, {api::kubevirt::KubevirtV1(kubevirt_options)}, machinery_options);
   if (!created_machinery) {

@@ -1073,6 +1073,13 @@ class SpecValidator {
               ".hostDisk.type equal to 'DiskOrCreate'",
           at + ".hostDisk.capacity");
     }
+    if (!opt_.host_disk_enabled) {
+      Add(c_, "FieldValueForbidden",
+          at + ".hostDisk is not allowed on this host: no directory is configured for hostDisk "
+               "volumes",
+          at + ".hostDisk");
+      return;
+    }
     if (!path.empty() && !opt_.host_disk_dirs.empty()) {
       bool allowed = false;
       if (IsCleanAbsolutePath(path)) {

@@ -42,6 +42,9 @@ struct KubevirtOptions {
   // When non-empty, a hostDisk path must lie under one of these absolute directories. When empty,
   // path policy is the controller's (it owns the host file system).
   std::vector<std::string> host_disk_dirs;
+  // false: every hostDisk volume is refused (the daemon allows none when its vms.hostDiskDirs
+  // is empty), as KubeVirt refuses them without its HostDisk feature gate.
+  bool host_disk_enabled = true;
   // The host's node labels. spec.nodeSelector must be a subset of them: with one host, a VM
   // that selects another node could never run, so it is rejected at admission.
   std::map<std::string, std::string> node_labels = {{"kubernetes.io/arch", "amd64"},

@@ -612,6 +612,19 @@ TEST_CASE("VirtualMachineInstance webhook rules") {
                "spec.volumes[0].hostDisk.type has invalid value 'File', allowed are 'Disk' or "
                "'DiskOrCreate'",
                v);
+    // A host that allows no hostDisk directory refuses every hostDisk volume.
+    KubevirtOptions none;
+    none.random_uuid = [] { return std::string(kUuid); };
+    none.host_disk_enabled = false;
+    const ApiGroupVersion no_host_disk = KubevirtV1(none);
+    vmi = with(
+        "", "", "",
+        R"([{"name":"root","hostDisk":{"path":"/var/lib/edgevirt/hostdisks/a.img","type":"Disk"}}])");
+    ExpectOnly(Create(no_host_disk.resources.at(1), &vmi), "FieldValueForbidden",
+               "spec.volumes[0].hostDisk",
+               "spec.volumes[0].hostDisk is not allowed on this host: no directory is configured "
+               "for hostDisk volumes",
+               v);
   }
   SECTION("no memory") {
     Json vmi = Json::parse(base);

@@ -133,6 +133,23 @@ TEST_CASE("webhook denial: runStrategy Sometimes, on create and on update") {
   CHECK(after["spec"]["runStrategy"] == "Halted");
 }
 
+TEST_CASE("webhook denial: hostDisk on a daemon that allows no hostDisk directory") {
+  KubectlEnv env("ev-kubectl-invalid");
+  auto r = env.kubectl.Run({"apply", "-f", Testdata("invalid-hostdisk.yaml").string()});
+  INFO(Describe(r));
+  CHECK(r.code == 1);
+  CHECK_THAT(r.err, Catch::Contains("spec.template.spec.volumes[0].hostDisk is not allowed on "
+                                    "this host: no directory is configured for hostDisk volumes"));
+  auto raw = Post(env.Url(), Manifest("invalid-hostdisk.yaml"), "Strict");
+  REQUIRE(raw.ok);
+  CHECK(raw.status == 422);
+  Json st = ParseJson(raw.body);
+  INFO(st.dump(2));
+  REQUIRE(st["details"]["causes"].size() == 1);
+  CHECK(st["details"]["causes"][0]["field"] == "spec.template.spec.volumes[0].hostDisk");
+  ExpectAbsent(env, "hostdisk");
+}
+
 TEST_CASE("strict field validation: an unknown field is a 400 and creates nothing; Warn warns") {
   KubectlEnv env("ev-kubectl-invalid");
   const std::string file = Testdata("invalid-unknown-field.yaml").string();
