@@ -821,6 +821,26 @@ Status Controller::Impl::UpdateVmStatus(const Json& vm, const Json* vmi, const S
   const std::string name = Str(vm, {"metadata", "name"});
   const std::string now = Now();
   std::optional<int64_t> requeue_after;
+  // observedGeneration: the VM generation the VMI runs. A spec change that kept the template
+  // (start/stop flip runStrategy) still describes it, so the VMI's annotation is moved up first
+  // (its own write, not inside the VM's retried status mutation).
+  const int64_t generation = vm["metadata"].value("generation", int64_t{1});
+  int64_t observed = 0;
+  if (vmi) {
+    const std::string ann = Str(*vmi, {"metadata", "annotations", kGenerationAnnotation});
+    observed = ann.empty() ? 0 : std::strtoll(ann.c_str(), nullptr, 10);
+    if (observed != generation &&
+        Str(*vmi, {"metadata", "annotations", kTemplateHashAnnotation}) == TemplateHash(vm)) {
+      auto bumped = registry_.Mutate(
+          *vmi_rt_, ns, name, false,
+          [&](Json& v) -> Status {
+            v["metadata"]["annotations"][kGenerationAnnotation] = std::to_string(generation);
+            return Ok();
+          },
+          WriteOptions{.field_manager = "virt-controller", .admit = false});
+      if (bumped) observed = generation;
+    }
+  }
   auto r = registry_.Mutate(
       *vm_rt_, ns, name, true,
       [&](Json& o) -> Status {
@@ -838,22 +858,6 @@ Status Controller::Impl::UpdateVmStatus(const Json& vm, const Json* vmi, const S
           status.erase("ready");
         }
         if (vmi) {
-          // observedGeneration: the VM generation the VMI runs. A spec change that kept the
-          // template (start/stop flip runStrategy) still describes it.
-          const std::string ann = Str(*vmi, {"metadata", "annotations", kGenerationAnnotation});
-          int64_t observed = ann.empty() ? 0 : std::strtoll(ann.c_str(), nullptr, 10);
-          const int64_t generation = o["metadata"].value("generation", int64_t{1});
-          if (observed != generation &&
-              Str(*vmi, {"metadata", "annotations", kTemplateHashAnnotation}) == TemplateHash(o)) {
-            auto bumped = registry_.Mutate(
-                *vmi_rt_, ns, name, false,
-                [&](Json& v) -> Status {
-                  v["metadata"]["annotations"][kGenerationAnnotation] = std::to_string(generation);
-                  return Ok();
-                },
-                WriteOptions{.field_manager = "virt-controller", .admit = false});
-            if (bumped) observed = generation;
-          }
           if (observed > 0) status["observedGeneration"] = observed;
           status["desiredGeneration"] = generation;
         }
