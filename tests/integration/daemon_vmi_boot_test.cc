@@ -50,36 +50,10 @@ std::string ReadFile(const fs::path& path) {
 }
 
 // A fresh root (0755: QEMU runs as nobody and must traverse it), registered for
-// vmm_reap_qemu; on destruction kills any QEMU still running from it, then removes it.
-class TestRoot {
+// A fresh root, cleaned up with every QEMU of it (tests/support/qemu.h).
+class TestRoot : public edgevirt::testing::QemuTestRoot {
  public:
-  TestRoot() {
-    char tmpl[] = "/var/tmp/edgevirt-vmi-it.XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    path_ = tmpl;
-    REQUIRE(::chmod(path_.c_str(), 0755) == 0);
-    fs::create_directories(kRootsDir);
-    marker_ = fs::path(kRootsDir) / fs::path(path_).filename();
-    std::ofstream(marker_) << path_ << "\n";
-  }
-  ~TestRoot() {
-    for (pid_t pid : QemuPidsUnder(path_)) {
-      Log("cleanup: killing leftover QEMU pid " + std::to_string(pid));
-      ::kill(pid, SIGKILL);
-    }
-    for (int i = 0; i < 100 && !QemuPidsUnder(path_).empty(); ++i) {
-      std::this_thread::sleep_for(100ms);
-    }
-    std::error_code ec;
-    if (!std::getenv("EDGEVIRT_KEEP_TEST_ROOT")) fs::remove_all(path_, ec);
-    fs::remove(marker_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  static constexpr char kRootsDir[] = EDGEVIRT_BINARY_DIR "/vmm_test_roots";
-  std::string path_;
-  fs::path marker_;
+  TestRoot() : QemuTestRoot("edgevirt-vmi-it") {}
 };
 
 #define REQUIRE_OK(expr)                                                      \

@@ -101,37 +101,10 @@ bool WaitNoQemu(const std::string& root, Clock::duration timeout) {
   return true;
 }
 
-// A fresh embed root; on destruction kills any QEMU still running from it, then removes it.
-class TestRoot {
+// A fresh root, cleaned up with every QEMU of it (tests/support/qemu.h).
+class TestRoot : public edgevirt::testing::QemuTestRoot {
  public:
-  TestRoot() {
-    char tmpl[] = "/var/tmp/edgevirt-vmm-it.XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    path_ = tmpl;
-    // QEMU runs as an unprivileged user and must reach its disk and files below the root.
-    REQUIRE(::chmod(path_.c_str(), 0755) == 0);
-    // Registered in the build dir for vmm_reap_qemu, the cleanup fixture that runs even when
-    // CTest killed this test before its destructors could.
-    fs::create_directories(kRootsDir);
-    marker_ = fs::path(kRootsDir) / fs::path(path_).filename();
-    std::ofstream(marker_) << path_ << "\n";
-  }
-  ~TestRoot() {
-    for (pid_t pid : QemuPidsUnder(path_)) {
-      Log("cleanup: killing leftover QEMU pid " + std::to_string(pid));
-      ::kill(pid, SIGKILL);
-    }
-    WaitNoQemu(path_, 10s);
-    std::error_code ec;
-    if (!std::getenv("EDGEVIRT_KEEP_TEST_ROOT")) fs::remove_all(path_, ec);
-    fs::remove(marker_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  static constexpr char kRootsDir[] = EDGEVIRT_BINARY_DIR "/vmm_test_roots";
-  std::string path_;
-  fs::path marker_;
+  TestRoot() : QemuTestRoot("edgevirt-vmm-it") {}
 };
 
 // Collects lifecycle events; the callback only appends under a mutex (it runs on libvirt's

@@ -4,13 +4,19 @@
 #pragma once
 
 #include <signal.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include "tests/support/catch.h"
 
 namespace edgevirt::testing {
 
@@ -61,6 +67,36 @@ class QemuGuard {
  private:
   std::string dir_;
   std::filesystem::path marker_;
+};
+
+// A fresh directory /var/tmp/<prefix>.XXXXXX (0755: QEMU runs unprivileged and must reach its
+// files below it) registered in BUILD_DIR/vmm_test_roots for vmm_reap_qemu. On destruction it
+// kills every QEMU still running from it, waits for them, and removes it (kept when
+// EDGEVIRT_KEEP_TEST_ROOT is set).
+class QemuTestRoot {
+ public:
+  explicit QemuTestRoot(const std::string& prefix) {
+    std::string tmpl = "/var/tmp/" + prefix + ".XXXXXX";
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    path_ = tmpl;
+    REQUIRE(::chmod(path_.c_str(), 0755) == 0);
+    guard_.emplace(path_, EDGEVIRT_BINARY_DIR "/vmm_test_roots");
+  }
+  ~QemuTestRoot() {
+    guard_.reset();  // kills, unregisters
+    for (int i = 0; i < 100 && !QemuPidsUnder(path_).empty(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    std::error_code ec;
+    if (!std::getenv("EDGEVIRT_KEEP_TEST_ROOT")) std::filesystem::remove_all(path_, ec);
+  }
+  QemuTestRoot(const QemuTestRoot&) = delete;
+  QemuTestRoot& operator=(const QemuTestRoot&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::optional<QemuGuard> guard_;
 };
 
 }  // namespace edgevirt::testing
