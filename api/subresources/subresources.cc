@@ -235,8 +235,11 @@ std::optional<HttpResponse> Subresources::Serve(const HttpRequest& request) {
   }
   Target t{parts[2], parts[4], parts[5]};
   const std::string& resource = parts[3];
-  enum class Kind { kVmPut, kVmiPut, kVmiGet } kind;
-  if (resource == "virtualmachines" &&
+  enum class Kind { kVmPut, kVmiPut, kVmiGet, kVolume } kind;
+  if ((resource == "virtualmachines" || resource == "virtualmachineinstances") &&
+      (t.sub == "addvolume" || t.sub == "removevolume")) {
+    kind = Kind::kVolume;
+  } else if (resource == "virtualmachines" &&
       (t.sub == "start" || t.sub == "stop" || t.sub == "restart" || t.sub == "migrate")) {
     kind = Kind::kVmPut;
   } else if (resource == "virtualmachineinstances" && (t.sub == "pause" || t.sub == "unpause" ||
@@ -254,6 +257,7 @@ std::optional<HttpResponse> Subresources::Serve(const HttpRequest& request) {
   if (vms_ == nullptr || vmis_ == nullptr) {
     return machinery::Unavailable("kubevirt.io/v1 is not served").ToResponse();
   }
+  if (kind == Kind::kVolume) return Volume(t, resource == "virtualmachineinstances", request);
   if (kind == Kind::kVmiGet) return GuestAgent(t);
   if (kind == Kind::kVmiPut) return VmiAction(t, request);
   if (t.sub == "start") return Start(t, request);
@@ -614,6 +618,261 @@ HttpResponse Subresources::GuestAgent(const Target& t) {
   auto info = runtime_->GuestAgent(*vmi, t.sub);
   if (!info) return RuntimeError(info.error(), t.name).ToResponse();
   return HttpResponse::Json(200, Dump(*info));
+}
+
+// ---------------------------------------------------------------------------------------------
+// addvolume / removevolume (KubeVirt v1.0 pkg/virt-api/rest/subresource.go
+// addVolumeRequestHandler, removeVolumeRequestHandler, vmVolumePatchStatus, vmiVolumePatch).
+
+namespace {
+
+const Json* FindByName(const Json* list, const std::string& name) {
+  if (list == nullptr || !list->is_array()) return nullptr;
+  for (const auto& v : *list) {
+    if (v.is_object() && v.value("name", "") == name) return &v;
+  }
+  return nullptr;
+}
+
+// The AddVolumeOptions / RemoveVolumeOptions body as a v1.VirtualMachineVolumeRequest, with
+// KubeVirt's checks and texts, then what edgevirt can hot-plug: a persistentVolumeClaim on a
+// disk (or lun) of bus scsi or virtio.
+Outcome<Json> ParseVolumeRequest(std::string_view body, bool add) {
+  const char* kind = add ? "AddVolumeOptions" : "RemoveVolumeOptions";
+  Json j = Json::object();
+  if (body.find_first_not_of(" \t\r\n") != std::string_view::npos) {
+    j = Json::parse(body, nullptr, false);
+    if (j.is_discarded()) {
+      return machinery::BadRequest(std::string(kUnmarshalErr) +
+                                   "error converting YAML to JSON: invalid JSON request body");
+    }
+    if (j.is_null()) j = Json::object();
+    if (!j.is_object()) {
+      return machinery::BadRequest(std::string(kUnmarshalErr) + "json: cannot unmarshal " +
+                                   GoType(j) + " into Go value of type v1." + kind);
+    }
+  }
+  const Json* name = Find(j, {"name"});
+  if (name != nullptr && !name->is_string()) {
+    return machinery::BadRequest(std::string(kUnmarshalErr) + "json: cannot unmarshal " +
+                                 GoType(*name) + " into Go struct field " + kind +
+                                 ".name of type string");
+  }
+  const std::string volume = Str(j, {"name"});
+  if (volume.empty()) return machinery::BadRequest(std::string(kind) + " requires name to be set");
+  if (!add) return Json{{"removeVolumeOptions", j}};
+  Json* disk = j.contains("disk") && j["disk"].is_object() ? &j["disk"] : nullptr;
+  Json* source =
+      j.contains("volumeSource") && j["volumeSource"].is_object() ? &j["volumeSource"] : nullptr;
+  if (disk == nullptr) return machinery::BadRequest("AddVolumeOptions requires disk to not be nil");
+  if (source == nullptr) {
+    return machinery::BadRequest("AddVolumeOptions requires VolumeSource to not be nil");
+  }
+  (*disk)["name"] = volume;
+  std::vector<StatusCause> causes;
+  auto invalid = [&](const std::string& field, const std::string& message) {
+    causes.push_back({"FieldValueInvalid", field + ": " + message, field});
+  };
+  if (source->contains("dataVolume")) {
+    invalid("volumeSource.dataVolume",
+            "dataVolume needs CDI, which edgevirt does not serve; use a persistentVolumeClaim");
+  } else if (!source->contains("persistentVolumeClaim") ||
+             !(*source)["persistentVolumeClaim"].is_object()) {
+    invalid("volumeSource", "a persistentVolumeClaim is required");
+  } else {
+    Json& pvc = (*source)["persistentVolumeClaim"];
+    if (!pvc.contains("claimName") || !pvc["claimName"].is_string() ||
+        pvc["claimName"].get<std::string>().empty()) {
+      causes.push_back({"FieldValueRequired",
+                        "volumeSource.persistentVolumeClaim.claimName: Required value",
+                        "volumeSource.persistentVolumeClaim.claimName"});
+    }
+    pvc["hotpluggable"] = true;
+  }
+  if (disk->contains("cdrom")) {
+    invalid("disk.cdrom", "hot-plugged CD-ROMs are not supported");
+  } else {
+    const char* target = disk->contains("lun") ? "lun" : "disk";
+    Json& t = (*disk)[target];
+    if (!t.is_object()) t = Json::object();
+    const std::string bus = t.value("bus", "scsi");
+    if (bus != "scsi" && bus != "virtio") {
+      invalid(std::string("disk.") + target + ".bus",
+              "hotplugged Disk " + volume + " does not use a scsi or virtio bus");
+    }
+    if (!t.contains("bus")) t["bus"] = "scsi";
+  }
+  if (disk->contains("bootOrder")) invalid("disk.bootOrder", "a hot-plugged disk cannot boot");
+  if (!causes.empty()) return machinery::InvalidOptions(kind, std::move(causes));
+  return Json{{"addVolumeOptions", j}};
+}
+
+}  // namespace
+
+// KubeVirt's ApplyVolumeRequestOnVMISpec: adds the volume and its disk (each only if absent) or
+// removes both, on a VMI spec or a VM's spec.template.spec.
+void ApplyVolumeRequest(Json& spec, const Json& request) {
+  if (!spec.is_object()) spec = Json::object();
+  Json& volumes = spec["volumes"];
+  if (!volumes.is_array()) volumes = Json::array();
+  Json& devices = spec["domain"]["devices"];
+  if (!devices.is_object()) devices = Json::object();
+  Json& disks = devices["disks"];
+  if (!disks.is_array()) disks = Json::array();
+  if (const Json* add = Find(request, {"addVolumeOptions"})) {
+    const std::string name = add->value("name", "");
+    if (FindByName(&volumes, name) == nullptr) {
+      Json volume = {{"name", name}};
+      if (const Json* src = Find(*add, {"volumeSource"}); src && src->is_object()) {
+        for (const auto& [k, v] : src->items()) volume[k] = v;
+      }
+      volumes.push_back(std::move(volume));
+    }
+    if (FindByName(&disks, name) == nullptr) {
+      Json disk = add->contains("disk") ? (*add)["disk"] : Json::object();
+      disk["name"] = name;
+      disks.push_back(std::move(disk));
+    }
+  } else if (const Json* rm = Find(request, {"removeVolumeOptions"})) {
+    const std::string name = rm->value("name", "");
+    auto erase = [&](Json& list) {
+      Json kept = Json::array();
+      for (auto& v : list) {
+        if (!(v.is_object() && v.value("name", "") == name)) kept.push_back(std::move(v));
+      }
+      list = std::move(kept);
+    };
+    erase(volumes);
+    erase(disks);
+  }
+}
+
+HttpResponse Subresources::Volume(const Target& t, bool on_vmi, const HttpRequest& request) {
+  const bool add = t.sub == "addvolume";
+  auto parsed = ParseVolumeRequest(request.body, add);
+  if (!parsed) return parsed.error().ToResponse();
+  const Json& vr = *parsed;
+  const Json& opts = add ? vr["addVolumeOptions"] : vr["removeVolumeOptions"];
+  const std::string volume = opts.value("name", "");
+  bool dry_run = false;
+  if (const Json* d = Find(opts, {"dryRun"}); d && d->is_array() && !d->empty()) {
+    if (!(*d)[0].is_string() || (*d)[0] != "All") {
+      return machinery::BadRequest("dryRun: Unsupported value: " + Dump((*d)[0]) +
+                                   ": supported values: \"All\"")
+          .ToResponse();
+    }
+    dry_run = true;
+  }
+  machinery::WriteOptions options;
+  options.dry_run = dry_run;
+  options.field_manager = kFieldManager;
+  options.admit = false;  // the request was validated above; the controller applies it
+
+  if (on_vmi) {
+    // vmiVolumePatch: the running VMI's spec gets the volume and disk (or loses them).
+    std::optional<ApiError> refused;
+    auto mutate = [&](Json& vmi) -> Status {
+      if (Phase(vmi) != "Running") {
+        refused = machinery::Conflict(kGroup, kVmi, t.name, kVmiNotRunning);
+        return MakeError(Code::kConflict, kVmiNotRunning);
+      }
+      const Json* existing = FindByName(Find(vmi, {"spec", "volumes"}), volume);
+      if (add && existing != nullptr) {
+        refused = machinery::Conflict(kGroup, kVmi, t.name,
+                                      "Unable to add volume [" + volume + "] because it already exists");
+        return MakeError(Code::kConflict, "exists");
+      }
+      if (!add && existing == nullptr) {
+        refused = machinery::Conflict(
+            kGroup, kVmi, t.name, "Unable to remove volume [" + volume + "] because it does not exist");
+        return MakeError(Code::kConflict, "missing");
+      }
+      if (!add && !IsHotplugVolume(*existing)) {
+        refused = machinery::Conflict(
+            kGroup, kVmi, t.name,
+            "Unable to remove volume [" + volume + "] because it is not hotpluggable");
+        return MakeError(Code::kConflict, "not hotpluggable");
+      }
+      ApplyVolumeRequest(vmi["spec"], vr);
+      return Ok();
+    };
+    auto r = registry_.Mutate(*vmis_, t.ns, t.name, /*status=*/false, mutate, options);
+    if (refused) return refused->ToResponse();
+    if (!r) {
+      if (r.error().code == 404) return machinery::NotFound(kGroup, kVmi, t.name).ToResponse();
+      return PatchError(r.error()).ToResponse();
+    }
+    return Empty(202);
+  }
+
+  // vmVolumePatchStatus: the request joins status.volumeRequests; the controller applies it to
+  // the VM's template and the running VMI, then drops it.
+  std::optional<ApiError> refused;
+  auto mutate = [&](Json& vm) -> Status {
+    Json& status = vm["status"];
+    if (!status.is_object()) status = Json::object();
+    Json& requests = status["volumeRequests"];
+    if (!requests.is_array()) requests = Json::array();
+    Json next = Json::array();
+    for (const auto& r : requests) {
+      const bool same_add = Str(r, {"addVolumeOptions", "name"}) == volume;
+      const bool same_remove = Str(r, {"removeVolumeOptions", "name"}) == volume;
+      std::string error;
+      if (add && same_add) {
+        error = "add volume request for volume [" + volume + "] already exists";
+      } else if (add && same_remove) {
+        error = "unable to add volume since a remove volume request for volume [" + volume +
+                "] already exists and is still being processed";
+      } else if (!add && same_remove) {
+        error = "a remove volume request for volume [" + volume +
+                "] already exists and is still being processed";
+      }
+      if (!error.empty()) {
+        refused = machinery::Conflict(kGroup, kVm, t.name, error);
+        return MakeError(Code::kConflict, error);
+      }
+      if (!add && same_add) continue;  // a pending add of the same volume is withdrawn
+      next.push_back(r);
+    }
+    if (!add) {
+      // The VM webhook's check: only a hot-plugged volume of the VM can be removed.
+      const Json* tmpl_volumes = Find(vm, {"spec", "template", "spec", "volumes"});
+      const Json* v = FindByName(tmpl_volumes, volume);
+      bool pending_add = false;
+      for (const auto& r : requests) pending_add |= Str(r, {"addVolumeOptions", "name"}) == volume;
+      if ((v == nullptr || !IsHotplugVolume(*v)) && !pending_add) {
+        const std::string error = v == nullptr
+                                      ? "Unable to remove volume [" + volume +
+                                            "] because it does not exist"
+                                      : "Unable to remove volume [" + volume +
+                                            "] because it is not hotpluggable";
+        refused = machinery::Conflict(kGroup, kVm, t.name, error);
+        return MakeError(Code::kConflict, error);
+      }
+    } else if (FindByName(Find(vm, {"spec", "template", "spec", "volumes"}), volume) != nullptr) {
+      const std::string error = "Unable to add volume [" + volume + "] because it already exists";
+      refused = machinery::Conflict(kGroup, kVm, t.name, error);
+      return MakeError(Code::kConflict, error);
+    }
+    next.push_back(vr);
+    requests = std::move(next);
+    return Ok();
+  };
+  auto r = registry_.Mutate(*vms_, t.ns, t.name, /*status=*/true, mutate, options);
+  if (refused) return refused->ToResponse();
+  if (!r) {
+    if (r.error().code == 404) return machinery::NotFound(kGroup, kVm, t.name).ToResponse();
+    return PatchError(r.error()).ToResponse();
+  }
+  return Empty(202);
+}
+
+bool IsHotplugVolume(const Json& volume) {
+  for (const char* src : {"persistentVolumeClaim", "dataVolume"}) {
+    const Json* h = Find(volume, {src, "hotpluggable"});
+    if (h != nullptr && h->is_boolean() && h->get<bool>()) return true;
+  }
+  return false;
 }
 
 }  // namespace edgevirt::api::subresources

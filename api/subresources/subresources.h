@@ -38,6 +38,15 @@ class VmiRuntime {
   virtual Result<Json> GuestAgent(const Json& vmi, std::string_view kind) = 0;
 };
 
+// KubeVirt's ApplyVolumeRequestOnVMISpec: applies one v1.VirtualMachineVolumeRequest
+// ({addVolumeOptions} or {removeVolumeOptions}) to a VMI spec or a VM's spec.template.spec:
+// adds the volume and its disk, each only if absent, or removes both. Idempotent.
+void ApplyVolumeRequest(Json& spec, const Json& request);
+
+// True for a volume KubeVirt hot-plugs (persistentVolumeClaim or dataVolume with
+// hotpluggable: true).
+bool IsHotplugVolume(const Json& volume);
+
 class Subresources {
  public:
   // registry/runtime must outlive it. runtime may be null (then host actions answer 503). The
@@ -46,12 +55,13 @@ class Subresources {
   Subresources(machinery::Registry& registry, VmiRuntime* runtime);
 
   // Answers /apis/subresources.kubevirt.io/{v1,v1alpha3}/namespaces/{ns}/virtualmachines/{name}/
-  // {start,stop,restart,migrate} (PUT) and .../virtualmachineinstances/{name}/{pause,unpause,
+  // {start,stop,restart,migrate,addvolume,removevolume} (PUT), .../virtualmachineinstances/
+  // {name}/{addvolume,removevolume} (PUT) and .../virtualmachineinstances/{name}/{pause,unpause,
   // softreboot,reset} (PUT) and {guestosinfo,userlist,filesystemlist} (GET); another method
-  // gets 405. Success: 202 with an empty body for the VM subresources, 200 with an empty body
-  // for pause/unpause/softreboot/reset, 200 with the guest agent's JSON for the queries.
-  // Errors are metav1.Status bodies. nullopt for every other path (console, vnc, portforward,
-  // addvolume, ... are served elsewhere or later).
+  // gets 405. Success: 202 with an empty body for the VM subresources and add/removevolume,
+  // 200 with an empty body for pause/unpause/softreboot/reset, 200 with the guest agent's JSON
+  // for the queries. Errors are metav1.Status bodies. nullopt for every other path (console,
+  // vnc, portforward, ... are served elsewhere or later).
   //
   // Thread-safe. Blocks on store commits and on VmiRuntime calls: the daemon calls it from a
   // deferred (blocking-thread) handler, as it does for machinery writes.
@@ -65,6 +75,7 @@ class Subresources {
   HttpResponse Migrate(const Target& t, const HttpRequest& request);
   HttpResponse VmiAction(const Target& t, const HttpRequest& request);
   HttpResponse GuestAgent(const Target& t);
+  HttpResponse Volume(const Target& t, bool on_vmi, const HttpRequest& request);
 
   machinery::Registry& registry_;
   VmiRuntime* runtime_;

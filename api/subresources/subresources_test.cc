@@ -594,5 +594,129 @@ TEST_CASE("no runtime: host actions answer 503", "[subresources][vmi]") {
   store->Close();
 }
 
+// virtctl v1.0 addvolume: bus scsi, serial = volume name.
+std::string AddBody(const std::string& v) {
+  return Json{{"name", v},
+              {"disk", {{"name", v}, {"disk", {{"bus", "scsi"}}}, {"serial", v}}},
+              {"volumeSource",
+               {{"persistentVolumeClaim", {{"claimName", v}, {"hotpluggable", true}}}}}}
+      .dump();
+}
+
+TEST_CASE("addvolume/removevolume on a VM queue volume requests", "[subresources][volumes]") {
+  Env env;
+  const std::string ofx = "Operation cannot be fulfilled on virtualmachine.kubevirt.io \"vm\": ";
+  CHECK(env.Put("virtualmachines", "vm", "addvolume", AddBody("data")).status == 404);
+  env.CreateVm("vm", "Always");
+  auto add = env.Put("virtualmachines", "vm", "addvolume", AddBody("data"));
+  INFO(add.body);
+  REQUIRE(add.status == 202);
+  CHECK(add.body.empty());
+  Json reqs = env.Vm("vm")["status"]["volumeRequests"];
+  REQUIRE(reqs.size() == 1);
+  CHECK(reqs[0]["addVolumeOptions"]["name"] == "data");
+  CHECK(reqs[0]["addVolumeOptions"]["disk"]["name"] == "data");
+  CHECK(reqs[0]["addVolumeOptions"]["volumeSource"]["persistentVolumeClaim"]["hotpluggable"] ==
+        true);
+  auto dup = env.Put("virtualmachines", "vm", "addvolume", AddBody("data"));
+  CHECK(dup.status == 409);
+  CHECK(dup.json["message"] == ofx + "add volume request for volume [data] already exists");
+  // A remove withdraws the pending add and queues itself.
+  auto rm = env.Put("virtualmachines", "vm", "removevolume", R"({"name":"data"})");
+  REQUIRE(rm.status == 202);
+  reqs = env.Vm("vm")["status"]["volumeRequests"];
+  REQUIRE(reqs.size() == 1);
+  CHECK(reqs[0] == Json{{"removeVolumeOptions", {{"name", "data"}}}});
+  CHECK(env.Put("virtualmachines", "vm", "removevolume", R"({"name":"data"})").json["message"] ==
+        ofx + "a remove volume request for volume [data] already exists and is still being "
+              "processed");
+  CHECK(env.Put("virtualmachines", "vm", "addvolume", AddBody("data")).json["message"] ==
+        ofx + "unable to add volume since a remove volume request for volume [data] already "
+              "exists and is still being processed");
+  // Only a hot-plugged volume of the template can be removed.
+  auto none = env.Put("virtualmachines", "vm", "removevolume", R"({"name":"other"})");
+  CHECK(none.status == 409);
+  CHECK(none.json["message"] == ofx + "Unable to remove volume [other] because it does not exist");
+}
+
+TEST_CASE("addvolume/removevolume: bodies KubeVirt refuses, and what edgevirt cannot plug",
+          "[subresources][volumes]") {
+  Env env;
+  env.CreateVm("vm", "Always");
+  auto put = [&](const std::string& body) {
+    return env.Put("virtualmachines", "vm", "addvolume", body);
+  };
+  CHECK(put("").json["message"] == "AddVolumeOptions requires name to be set");
+  CHECK(put(R"({"name":"x"})").json["message"] == "AddVolumeOptions requires disk to not be nil");
+  CHECK(put(R"({"name":"x","disk":{}})").json["message"] ==
+        "AddVolumeOptions requires VolumeSource to not be nil");
+  CHECK(put("[1]").status == 400);
+  CHECK(env.Put("virtualmachines", "vm", "removevolume", "{}").json["message"] ==
+        "RemoveVolumeOptions requires name to be set");
+  auto dv = put(R"({"name":"x","disk":{"disk":{}},"volumeSource":{"dataVolume":{"name":"x"}}})");
+  CHECK(dv.status == 422);
+  auto sata = put(
+      R"({"name":"x","disk":{"disk":{"bus":"sata"}},"volumeSource":{"persistentVolumeClaim":{"claimName":"x"}}})");
+  CHECK(sata.status == 422);
+  INFO(sata.body);
+  CHECK(sata.body.find("does not use a scsi or virtio bus") != std::string::npos);
+  auto noclaim =
+      put(R"({"name":"x","disk":{"disk":{}},"volumeSource":{"persistentVolumeClaim":{}}})");
+  CHECK(noclaim.status == 422);
+  CHECK_FALSE((env.Vm("vm").contains("status") &&
+               env.Vm("vm")["status"].contains("volumeRequests")));
+  // dryRun validates and writes nothing.
+  Json body = Json::parse(AddBody("y"));
+  body["dryRun"] = {"All"};
+  CHECK(put(body.dump()).status == 202);
+  Json vm = env.Vm("vm");
+  CHECK_FALSE((vm.contains("status") && vm["status"].contains("volumeRequests")));
+}
+
+TEST_CASE("addvolume/removevolume on a VMI patch its spec", "[subresources][volumes]") {
+  Env env;
+  const std::string ofx =
+      "Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io \"";
+  env.CreateVmi("pending", "Pending");
+  auto not_running = env.Put("virtualmachineinstances", "pending", "addvolume", AddBody("d"));
+  CHECK(not_running.status == 409);
+  CHECK(not_running.json["message"] == ofx + "pending\": VMI is not running");
+  env.CreateVmi("run", "Running");
+  REQUIRE(env.Put("virtualmachineinstances", "run", "addvolume", AddBody("d")).status == 202);
+  Json vmi = env.Vmi("run");
+  REQUIRE(vmi["spec"]["volumes"].size() == 1);
+  CHECK(vmi["spec"]["volumes"][0] ==
+        Json::parse(R"({"name":"d","persistentVolumeClaim":{"claimName":"d","hotpluggable":true}})"));
+  CHECK(vmi["spec"]["domain"]["devices"]["disks"][0]["serial"] == "d");
+  CHECK(env.Put("virtualmachineinstances", "run", "addvolume", AddBody("d")).json["message"] ==
+        ofx + "run\": Unable to add volume [d] because it already exists");
+  CHECK(env.Put("virtualmachineinstances", "run", "removevolume", R"({"name":"zz"})")
+            .json["message"] == ofx + "run\": Unable to remove volume [zz] because it does not exist");
+  REQUIRE(env.Put("virtualmachineinstances", "run", "removevolume", R"({"name":"d"})").status ==
+          202);
+  vmi = env.Vmi("run");
+  CHECK(vmi["spec"]["volumes"].empty());
+  CHECK(vmi["spec"]["domain"]["devices"]["disks"].empty());
+}
+
+TEST_CASE("ApplyVolumeRequest adds once and removes both halves", "[subresources][volumes]") {
+  Json spec = Json::object();
+  Json add = {{"addVolumeOptions",
+               {{"name", "v"},
+                {"disk", {{"disk", {{"bus", "scsi"}}}}},
+                {"volumeSource", {{"persistentVolumeClaim", {{"claimName", "c"}}}}}}}};
+  ApplyVolumeRequest(spec, add);
+  ApplyVolumeRequest(spec, add);
+  REQUIRE(spec["volumes"].size() == 1);
+  CHECK(spec["volumes"][0]["persistentVolumeClaim"]["claimName"] == "c");
+  REQUIRE(spec["domain"]["devices"]["disks"].size() == 1);
+  CHECK(spec["domain"]["devices"]["disks"][0]["name"] == "v");
+  CHECK(IsHotplugVolume(Json{{"persistentVolumeClaim", {{"hotpluggable", true}}}}));
+  CHECK_FALSE(IsHotplugVolume(spec["volumes"][0]));
+  ApplyVolumeRequest(spec, {{"removeVolumeOptions", {{"name", "v"}}}});
+  CHECK(spec["volumes"].empty());
+  CHECK(spec["domain"]["devices"]["disks"].empty());
+}
+
 }  // namespace
 }  // namespace edgevirt::api::subresources
