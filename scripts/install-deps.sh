@@ -18,9 +18,13 @@ DEB_PACKAGES=(
   # libraries
   liblmdb-dev lmdb-utils libboost-dev libsystemd-dev libyaml-cpp-dev nlohmann-json3-dev
   libsqlite3-dev
+  # cgroup/: the eBPF device filter
+  libbpf-dev
   # tests: Catch2, the cpp-httplib client, a standalone journald and journalctl, unshare,
   # virt-xml-validate and virsh (vmm/ golden domain XML checks)
   catch2 libcpp-httplib-dev systemd util-linux python3 curl procps libvirt-clients
+  # cgroup_device_test: loop devices as the hotplugged disks (losetup is in Debian's mount)
+  mount
   # vmm/: libvirt's QEMU driver (embedded) and its headers, QEMU, OVMF (EFI), swtpm (vTPM),
   # qemu-img
   libvirt-dev libvirt-daemon-driver-qemu qemu-system-x86 ovmf swtpm swtpm-tools qemu-utils
@@ -39,6 +43,7 @@ DEB_PACKAGES=(
 RPM_PACKAGES=(
   gcc-c++ cmake ninja-build pkgconf-pkg-config git clang-tools-extra
   lmdb-devel lmdb boost-devel systemd-devel yaml-cpp-devel json-devel sqlite-devel
+  libbpf-devel
   catch2-devel cpp-httplib-devel systemd util-linux python3 curl procps-ng libvirt-client
   libvirt-devel libvirt-daemon-driver-qemu qemu-kvm edk2-ovmf swtpm swtpm-tools qemu-img
   # daemon/: cloud-init ISOs (xorriso -as mkisofs)
