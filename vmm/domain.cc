@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "vmm/check.h"
+#include "vmm/disk_xml.h"
 #include "vmm/xml_writer.h"
 
 namespace edgevirt::vmm {
@@ -18,27 +20,9 @@ namespace {
 constexpr uint64_t kMiB = 1024 * 1024;
 constexpr size_t kMaxNameLength = 200;
 constexpr uint64_t kMaxVcpus = 1024;
-// virtio-blk's serial field is 20 bytes; QEMU truncates longer serials silently.
-constexpr size_t kMaxDiskSerial = 20;
 // The q35 AHCI controller (and every extra one libvirt adds) has six ports.
-constexpr size_t kSataPortsPerController = 6;
+constexpr uint32_t kSataPortsPerController = 6;
 constexpr std::string_view kGuestAgentChannel = "org.qemu.guest_agent.0";
-
-Error Invalid(std::string message) { return MakeError(Code::kInvalid, std::move(message)); }
-
-bool IsAlnum(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-}
-
-// True when every byte of non-empty `s` is alphanumeric or one of `extra`.
-bool AllOf(std::string_view s, std::string_view extra) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), [&](char c) {
-    return IsAlnum(c) || extra.find(c) != std::string_view::npos;
-  });
-}
-
-// Quotes a user string for an error message (only called on XML-safe strings).
-std::string Quote(std::string_view s) { return "\"" + std::string(s) + "\""; }
 
 Status CheckName(const std::string& name) {
   if (name.empty()) return Invalid("name: must not be empty");
@@ -68,28 +52,6 @@ Status CheckUuid(const std::string& uuid) {
   if (ok) return Ok();
   if (!IsXmlSafe(uuid)) return Invalid("uuid: contains a control character or invalid UTF-8");
   return Invalid("uuid: " + Quote(uuid) + " is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
-}
-
-// An absolute host path that XML can carry. Paths are never interpreted by a shell; ".."
-// components are refused so that a path means what it says to whoever reads the XML.
-Status CheckPath(std::string_view field, const std::string& path) {
-  if (path.empty()) return Invalid(std::string(field) + ": must not be empty");
-  if (!IsXmlSafe(path)) {
-    return Invalid(std::string(field) + ": contains a control character or invalid UTF-8");
-  }
-  if (path.front() != '/') {
-    return Invalid(std::string(field) + ": " + Quote(path) + " is not an absolute path");
-  }
-  size_t start = 1;
-  while (start <= path.size()) {
-    size_t end = path.find('/', start);
-    if (end == std::string::npos) end = path.size();
-    if (path.compare(start, end - start, "..") == 0) {
-      return Invalid(std::string(field) + ": " + Quote(path) + " contains a '..' component");
-    }
-    start = end + 1;
-  }
-  return Ok();
 }
 
 // An optional path: empty means absent.
@@ -151,43 +113,9 @@ Status CheckDisks(const std::vector<DiskSpec>& disks) {
   std::set<std::string> names;
   std::map<uint32_t, std::string> boot_orders;
   for (const DiskSpec& d : disks) {
-    if (!AllOf(d.name, "_-")) {
-      if (!IsXmlSafe(d.name)) {
-        return Invalid("disk name: contains a control character or invalid UTF-8");
-      }
-      return Invalid("disk name: " + Quote(d.name) +
-                     " must be non-empty and consist of letters, digits, '_' and '-'");
-    }
+    RETURN_IF_ERROR(CheckDisk(d));
     const std::string field = "disk " + Quote(d.name);
     if (!names.insert(d.name).second) return Invalid(field + ": duplicate disk name");
-    RETURN_IF_ERROR(CheckPath(field + " path", d.path));
-    if (d.device == DiskDevice::kCdrom && d.bus == DiskBus::kVirtio) {
-      return Invalid(field + ": a cdrom cannot be on the virtio bus (use sata or scsi)");
-    }
-    // QEMU's ide-hd (the sata disk device) has no read-only mode; libvirt refuses it.
-    if (d.device == DiskDevice::kDisk && d.bus == DiskBus::kSata && d.readonly) {
-      return Invalid(
-          field + ": a read-only disk cannot be on the sata bus (use virtio or scsi, or a cdrom)");
-    }
-    if (d.device == DiskDevice::kLun) {
-      if (d.bus != DiskBus::kScsi) return Invalid(field + ": a lun must be on the scsi bus");
-      if (d.source_kind != DiskSourceKind::kBlock) {
-        return Invalid(field + ": a lun needs a block device source, not a file");
-      }
-      if (d.format != DiskFormat::kRaw) return Invalid(field + ": a lun must have format raw");
-    }
-    if (!d.serial.empty()) {
-      if (!AllOf(d.serial, "_.+- ")) {
-        if (!IsXmlSafe(d.serial)) {
-          return Invalid(field + " serial: contains a control character or invalid UTF-8");
-        }
-        return Invalid(field + " serial: " + Quote(d.serial) +
-                       " may only contain letters, digits, ' ', '_', '.', '+' and '-'");
-      }
-      if (d.serial.size() > kMaxDiskSerial) {
-        return Invalid(field + " serial: longer than " + std::to_string(kMaxDiskSerial) + " bytes");
-      }
-    }
     if (d.boot_order != 0) {
       auto [it, inserted] = boot_orders.emplace(d.boot_order, d.name);
       if (!inserted) {
@@ -251,56 +179,6 @@ Status Validate(const DomainSpec& spec) {
   RETURN_IF_ERROR(CheckOptionalPath("vnc_socket_path", spec.vnc_socket_path));
   RETURN_IF_ERROR(CheckOptionalPath("guest_agent_socket_path", spec.guest_agent_socket_path));
   return Ok();
-}
-
-std::string_view BusName(DiskBus bus) {
-  switch (bus) {
-    case DiskBus::kVirtio:
-      return "virtio";
-    case DiskBus::kSata:
-      return "sata";
-    case DiskBus::kScsi:
-      return "scsi";
-  }
-  return "virtio";
-}
-
-std::string_view DeviceName(DiskDevice device) {
-  switch (device) {
-    case DiskDevice::kDisk:
-      return "disk";
-    case DiskDevice::kCdrom:
-      return "cdrom";
-    case DiskDevice::kLun:
-      return "lun";
-  }
-  return "disk";
-}
-
-std::string_view ErrorPolicyName(DiskErrorPolicy policy) {
-  switch (policy) {
-    case DiskErrorPolicy::kStop:
-      return "stop";
-    case DiskErrorPolicy::kReport:
-      return "report";
-    case DiskErrorPolicy::kIgnore:
-      return "ignore";
-    case DiskErrorPolicy::kEnospace:
-      return "enospace";
-  }
-  return "stop";
-}
-
-std::string_view CacheName(DiskCache cache) {
-  switch (cache) {
-    case DiskCache::kNone:
-      return "none";
-    case DiskCache::kWritethrough:
-      return "writethrough";
-    case DiskCache::kWriteback:
-      return "writeback";
-  }
-  return "none";
 }
 
 void WriteSysinfo(XmlWriter& w, const DomainSpec& spec) {
@@ -375,7 +253,7 @@ void WriteCpu(XmlWriter& w, const CpuSpec& cpu) {
   w.End();
 }
 
-void WriteDisks(XmlWriter& w, const std::vector<DiskSpec>& disks) {
+void WriteDisks(XmlWriter& w, const DomainSpec& spec) {
   // Target names: one vd* sequence for virtio, one sd* sequence shared by sata and scsi (their
   // names live in one namespace in libvirt). Drive addresses are explicit so that sata and
   // scsi disks fill their own controllers densely instead of following the shared sd* index
@@ -383,53 +261,20 @@ void WriteDisks(XmlWriter& w, const std::vector<DiskSpec>& disks) {
   // SCSI controllers of a default model).
   size_t vd = 0;
   size_t sd = 0;
-  size_t sata_unit = 0;
-  size_t scsi_unit = 0;
-  for (const DiskSpec& d : disks) {
-    const bool block = d.source_kind == DiskSourceKind::kBlock;
-    const bool readonly = d.readonly || d.device == DiskDevice::kCdrom;
-    w.Start("disk", {{"type", block ? "block" : "file"}, {"device", DeviceName(d.device)}});
-    // As KubeVirt: O_DIRECT with native AIO for cache=none (QEMU requires O_DIRECT for
-    // aio=native), threads otherwise; writable disks pass discards through to the file.
-    const std::string_view io = d.cache == DiskCache::kNone ? "native" : "threads";
-    const std::string_view format = d.format == DiskFormat::kQcow2 ? "qcow2" : "raw";
-    if (readonly) {
-      w.Empty("driver", {{"name", "qemu"},
-                         {"type", format},
-                         {"cache", CacheName(d.cache)},
-                         {"error_policy", ErrorPolicyName(d.error_policy)},
-                         {"io", io}});
-    } else {
-      w.Empty("driver", {{"name", "qemu"},
-                         {"type", format},
-                         {"cache", CacheName(d.cache)},
-                         {"error_policy", ErrorPolicyName(d.error_policy)},
-                         {"io", io},
-                         {"discard", "unmap"}});
-    }
-    w.Empty("source", {{block ? "dev" : "file", d.path}});
-    const std::string target =
-        d.bus == DiskBus::kVirtio ? DiskTargetName("vd", vd++) : DiskTargetName("sd", sd++);
-    w.Empty("target", {{"dev", target}, {"bus", BusName(d.bus)}});
-    if (!d.serial.empty()) w.Text("serial", d.serial);
-    if (d.boot_order != 0) w.Empty("boot", {{"order", std::to_string(d.boot_order)}});
-    if (readonly) w.Empty("readonly");
-    w.Empty("alias", {{"name", "ua-" + d.name}});
+  uint32_t sata_unit = 0;
+  uint32_t scsi_unit = 0;
+  for (const DiskSpec& d : spec.disks) {
+    DiskPlacement placement;
+    placement.target =
+        DiskTargetName(DiskTargetPrefix(d.bus), d.bus == DiskBus::kVirtio ? vd++ : sd++);
     if (d.bus == DiskBus::kSata) {
-      const size_t n = sata_unit++;
-      w.Empty("address", {{"type", "drive"},
-                          {"controller", std::to_string(n / kSataPortsPerController)},
-                          {"bus", "0"},
-                          {"target", "0"},
-                          {"unit", std::to_string(n % kSataPortsPerController)}});
+      const uint32_t n = sata_unit++;
+      placement.drive =
+          DiskPlacement::Drive{n / kSataPortsPerController, n % kSataPortsPerController};
     } else if (d.bus == DiskBus::kScsi) {
-      w.Empty("address", {{"type", "drive"},
-                          {"controller", "0"},
-                          {"bus", "0"},
-                          {"target", "0"},
-                          {"unit", std::to_string(scsi_unit++)}});
+      placement.drive = DiskPlacement::Drive{0, scsi_unit++};
     }
-    w.End();
+    WriteDisk(w, d, placement);
   }
   if (scsi_unit > 0) {
     w.Empty("controller", {{"type", "scsi"}, {"index", "0"}, {"model", "virtio-scsi"}});
@@ -518,7 +363,7 @@ Result<std::string> DomainXml(const DomainSpec& spec) {
   w.Text("on_reboot", "restart");
   w.Text("on_crash", "destroy");
   w.Start("devices");
-  WriteDisks(w, spec.disks);
+  WriteDisks(w, spec);
   // Extension point: NICs (net/) are written here, after the disks.
   WriteConsole(w, spec.console);
   WriteGuestAgent(w, spec.guest_agent_socket_path);
