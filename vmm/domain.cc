@@ -23,6 +23,8 @@ constexpr uint64_t kMaxVcpus = 1024;
 // The q35 AHCI controller (and every extra one libvirt adds) has six ports.
 constexpr uint32_t kSataPortsPerController = 6;
 constexpr std::string_view kGuestAgentChannel = "org.qemu.guest_agent.0";
+// KubeVirt's default is 16 root ports in all; 32 spares is well past any hotplug use.
+constexpr uint32_t kMaxSparePciePorts = 32;
 
 Status CheckName(const std::string& name) {
   if (name.empty()) return Invalid("name: must not be empty");
@@ -175,6 +177,14 @@ Status Validate(const DomainSpec& spec) {
   }
   RETURN_IF_ERROR(CheckFirmware(spec));
   RETURN_IF_ERROR(CheckDisks(spec.disks));
+  if (spec.spare_pcie_ports > 0 && !IsQ35(spec.machine_type)) {
+    return Invalid("spare_pcie_ports: PCIe root ports need a q35 machine type, not " +
+                   Quote(spec.machine_type));
+  }
+  if (spec.spare_pcie_ports > kMaxSparePciePorts) {
+    return Invalid("spare_pcie_ports: " + std::to_string(spec.spare_pcie_ports) + " exceeds " +
+                   std::to_string(kMaxSparePciePorts));
+  }
   RETURN_IF_ERROR(CheckConsole(spec.console));
   RETURN_IF_ERROR(CheckOptionalPath("vnc_socket_path", spec.vnc_socket_path));
   RETURN_IF_ERROR(CheckOptionalPath("guest_agent_socket_path", spec.guest_agent_socket_path));
@@ -253,6 +263,12 @@ void WriteCpu(XmlWriter& w, const CpuSpec& cpu) {
   w.End();
 }
 
+bool HasScsiController(const DomainSpec& spec) {
+  return spec.hotplug_scsi_controller ||
+         std::any_of(spec.disks.begin(), spec.disks.end(),
+                     [](const DiskSpec& d) { return d.bus == DiskBus::kScsi; });
+}
+
 void WriteDisks(XmlWriter& w, const DomainSpec& spec) {
   // Target names: one vd* sequence for virtio, one sd* sequence shared by sata and scsi (their
   // names live in one namespace in libvirt). Drive addresses are explicit so that sata and
@@ -276,8 +292,37 @@ void WriteDisks(XmlWriter& w, const DomainSpec& spec) {
     }
     WriteDisk(w, d, placement);
   }
-  if (scsi_unit > 0) {
+  if (HasScsiController(spec)) {
     w.Empty("controller", {{"type", "scsi"}, {"index", "0"}, {"model", "virtio-scsi"}});
+  }
+}
+
+// The pcie-root-ports libvirt fills with the spec's own devices when it assigns PCI addresses.
+// On q35 each PCIe device gets a root port of its own, and libvirt puts devices into the empty
+// ports the XML lists before it adds any (libvirt 9.0, checked with virsh define + dumpxml).
+uint32_t RootPortsTakenByDevices(const DomainSpec& spec) {
+  uint32_t n = 0;
+  for (const DiskSpec& d : spec.disks) {
+    if (d.bus == DiskBus::kVirtio) ++n;  // virtio-blk-pci
+  }
+  if (HasScsiController(spec)) ++n;                // virtio-scsi-pci
+  if (!spec.guest_agent_socket_path.empty()) ++n;  // virtio-serial-pci carrying the channel
+  ++n;  // the USB controller libvirt adds by default (qemu-xhci)
+  // Not on a root port: the AHCI controller of the sata disks (built into the root complex at
+  // 00:1f.2), the VGA device (libvirt puts the primary video on pcie-root itself), tpm-crb and
+  // the isa-serial console (not PCI). Counting one too many only leaves one more spare.
+  return n;
+}
+
+void WritePciControllers(XmlWriter& w, const DomainSpec& spec) {
+  if (spec.spare_pcie_ports == 0) return;
+  // pcie-root must be listed (with index 0) once any pci controller is: libvirt gives an
+  // unindexed controller the lowest free index, and refuses a root port at index 0.
+  w.Empty("controller", {{"type", "pci"}, {"index", "0"}, {"model", "pcie-root"}});
+  const uint32_t ports = RootPortsTakenByDevices(spec) + spec.spare_pcie_ports;
+  for (uint32_t i = 1; i <= ports; ++i) {
+    w.Empty("controller",
+            {{"type", "pci"}, {"index", std::to_string(i)}, {"model", "pcie-root-port"}});
   }
 }
 
@@ -364,6 +409,7 @@ Result<std::string> DomainXml(const DomainSpec& spec) {
   w.Text("on_crash", "destroy");
   w.Start("devices");
   WriteDisks(w, spec);
+  WritePciControllers(w, spec);
   // Extension point: NICs (net/) are written here, after the disks.
   WriteConsole(w, spec.console);
   WriteGuestAgent(w, spec.guest_agent_socket_path);

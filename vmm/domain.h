@@ -168,10 +168,27 @@ struct DomainSpec {
   // (org.qemu.guest_agent.0); empty: no channel.
   std::string guest_agent_socket_path;
   std::optional<TpmSpec> tpm;
+  // Always give the domain the virtio-scsi controller (index 0), even without a scsi disk, so
+  // that scsi disks can be hotplugged later (Hypervisor::AttachDisk refuses a scsi disk without
+  // it). KubeVirt adds this controller to every VMI for the same reason: `virtctl addvolume`
+  // (v1.0) always asks for bus scsi. Adding a scsi disk needs no PCI slot: it becomes a unit on
+  // this controller, and the guest's virtio-scsi driver sees it at once.
+  bool hotplug_scsi_controller = false;
+  // Empty PCIe root ports to keep free for hotplugging virtio disks (q35 only, at most 32).
+  // On q35 every PCIe device (virtio-blk, virtio-scsi, virtio-serial, the USB controller) sits
+  // behind its own pcie-root-port, and root ports cannot be hotplugged themselves: libvirt adds
+  // them only when it assigns addresses at define time, and then fills every empty port the XML
+  // lists with the domain's own devices before adding ports of its own (checked with libvirt
+  // 9.0; libvirt's docs say so too). So DomainXml writes pcie-root plus as many root ports as
+  // the spec's devices will take *and* these spares, as KubeVirt reserves ports for hotplug.
+  // 0: no explicit ports; libvirt then adds what the devices need plus (on a fresh define)
+  // one free port.
+  uint32_t spare_pcie_ports = 0;
   // Extension point: network interfaces belong to net/ (another issue). They will arrive as a
   // plain `std::vector<NicSpec> nics` (model, MAC, tap/bridge name, boot order) rendered by a
   // `WriteNics` step next to the disks, with their boot orders checked together with the
-  // disks' ones. Until then a domain has no NIC.
+  // disks' ones, and each virtio NIC counted as a root port the devices take (see
+  // spare_pcie_ports). Until then a domain has no NIC.
 };
 
 // Renders `spec` as libvirt domain XML (type 'kvm' or, for kTcg, 'qemu'). Deterministic: the

@@ -149,6 +149,47 @@ TEST_CASE("golden: pty console and a named CPU model on KVM") {
   CheckGolden("pty_named_cpu.xml", s);
 }
 
+// Ready for hotplug as KubeVirt makes a VMI: the virtio-scsi controller without any scsi disk,
+// and two PCIe root ports left free. libvirt fills the ports the XML lists with the domain's
+// own devices first (here vda, the scsi controller, the agent's virtio-serial and the implicit
+// USB controller), so the XML has 4 + 2 of them.
+TEST_CASE("golden: hotplug-ready domain (scsi controller, spare PCIe root ports)") {
+  DomainSpec s = Minimal();
+  s.name = "default_hotplug";
+  s.guest_agent_socket_path = "/run/edgevirt/vms/default_hotplug/qga.sock";
+  s.hotplug_scsi_controller = true;
+  s.spare_pcie_ports = 2;
+  CheckGolden("hotplug_ready.xml", s);
+}
+
+TEST_CASE("The scsi controller is written once, with or without scsi disks") {
+  DomainSpec s = Minimal();
+  auto count = [](const std::string& xml, std::string_view needle) {
+    size_t n = 0;
+    for (size_t at = xml.find(needle); at != std::string::npos; at = xml.find(needle, at + 1)) ++n;
+    return n;
+  };
+  const std::string_view controller = "<controller type='scsi' index='0' model='virtio-scsi'/>";
+  auto xml = DomainXml(s);
+  REQUIRE(xml);
+  CHECK(count(*xml, controller) == 0);
+  CHECK(count(*xml, "pcie-root") == 0);  // no spare ports asked: libvirt's own topology
+  s.hotplug_scsi_controller = true;
+  xml = DomainXml(s);
+  REQUIRE(xml);
+  CHECK(count(*xml, controller) == 1);
+  s.disks.push_back(DiskSpec{.name = "s", .path = "/s.img", .bus = DiskBus::kScsi});
+  xml = DomainXml(s);
+  REQUIRE(xml);
+  CHECK(count(*xml, controller) == 1);
+  // Root ports: vda and the scsi controller, the USB controller, and the spare one.
+  s.spare_pcie_ports = 1;
+  xml = DomainXml(s);
+  REQUIRE(xml);
+  CHECK(count(*xml, "<controller type='pci' index='0' model='pcie-root'/>") == 1);
+  CHECK(count(*xml, "model='pcie-root-port'") == 4);
+}
+
 TEST_CASE("host-passthrough on KVM") {
   DomainSpec s = Minimal();
   s.accelerator = Accelerator::kKvm;
@@ -421,6 +462,14 @@ TEST_CASE("validation errors") {
        "vnc_socket_path: \"vnc.sock\" is not an absolute path"},
       {"relative guest agent socket", [](DomainSpec& s) { s.guest_agent_socket_path = "qga"; },
        "guest_agent_socket_path: \"qga\" is not an absolute path"},
+      {"spare PCIe ports on i440fx",
+       [](DomainSpec& s) {
+         s.machine_type = "pc-i440fx-7.2";
+         s.spare_pcie_ports = 1;
+       },
+       "spare_pcie_ports: PCIe root ports need a q35 machine type"},
+      {"too many spare PCIe ports", [](DomainSpec& s) { s.spare_pcie_ports = 33; },
+       "spare_pcie_ports: 33 exceeds 32"},
   };
   for (const InvalidCase& c : cases) {
     DYNAMIC_SECTION(c.what) {
