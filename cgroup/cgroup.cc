@@ -227,8 +227,12 @@ Status KillAll(const fs::path& dir, const KillOptions& options) {
   bool via_kill_file = options.use_cgroup_kill && fs::exists(dir / "cgroup.kill", ec);
   if (via_kill_file) {
     // cgroup.kill (5.14) kills the whole subtree and is safe against forks in flight.
+    // It fails with EOPNOTSUPP in a threaded cgroup: then kill pid by pid.
     auto st = WriteFile(dir / "cgroup.kill", "1");
-    if (!st && st.error().code != Code::kNotFound) return std::move(st).error();
+    if (!st) {
+      if (!fs::exists(dir, ec)) return Ok();
+      via_kill_file = false;
+    }
   }
   auto deadline = std::chrono::steady_clock::now() + options.timeout;
   for (;;) {

@@ -69,8 +69,10 @@ struct KillOptions {
 };
 
 // SIGKILLs every process in `dir` and its descendants, then waits (bounded) until the subtree
-// is unpopulated ("populated 0" in cgroup.events). A cgroup that does not exist is success.
-// kTimeout when processes remain after the timeout (e.g. stuck in uninterruptible sleep).
+// is unpopulated ("populated 0" in cgroup.events). Uses cgroup.kill when present and
+// writable (not in threaded cgroups: EOPNOTSUPP), else the pid-by-pid fallback. A cgroup that does
+// not exist is success. kTimeout when processes remain after the timeout (e.g. stuck in
+// uninterruptible sleep).
 Status KillAll(const std::filesystem::path& dir, const KillOptions& options = {});
 
 // Removes `dir` and its child cgroups, deepest first (rmdir; files in cgroupfs are not removed
