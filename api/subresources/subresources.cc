@@ -240,7 +240,7 @@ std::optional<HttpResponse> Subresources::Serve(const HttpRequest& request) {
       (t.sub == "addvolume" || t.sub == "removevolume")) {
     kind = Kind::kVolume;
   } else if (resource == "virtualmachines" &&
-      (t.sub == "start" || t.sub == "stop" || t.sub == "restart" || t.sub == "migrate")) {
+             (t.sub == "start" || t.sub == "stop" || t.sub == "restart" || t.sub == "migrate")) {
     kind = Kind::kVmPut;
   } else if (resource == "virtualmachineinstances" && (t.sub == "pause" || t.sub == "unpause" ||
                                                        t.sub == "softreboot" || t.sub == "reset")) {
@@ -778,13 +778,15 @@ HttpResponse Subresources::Volume(const Target& t, bool on_vmi, const HttpReques
       }
       const Json* existing = FindByName(Find(vmi, {"spec", "volumes"}), volume);
       if (add && existing != nullptr) {
-        refused = machinery::Conflict(kGroup, kVmi, t.name,
-                                      "Unable to add volume [" + volume + "] because it already exists");
+        refused =
+            machinery::Conflict(kGroup, kVmi, t.name,
+                                "Unable to add volume [" + volume + "] because it already exists");
         return MakeError(Code::kConflict, "exists");
       }
       if (!add && existing == nullptr) {
         refused = machinery::Conflict(
-            kGroup, kVmi, t.name, "Unable to remove volume [" + volume + "] because it does not exist");
+            kGroup, kVmi, t.name,
+            "Unable to remove volume [" + volume + "] because it does not exist");
         return MakeError(Code::kConflict, "missing");
       }
       if (!add && !IsHotplugVolume(*existing)) {
@@ -841,11 +843,10 @@ HttpResponse Subresources::Volume(const Target& t, bool on_vmi, const HttpReques
       bool pending_add = false;
       for (const auto& r : requests) pending_add |= Str(r, {"addVolumeOptions", "name"}) == volume;
       if ((v == nullptr || !IsHotplugVolume(*v)) && !pending_add) {
-        const std::string error = v == nullptr
-                                      ? "Unable to remove volume [" + volume +
-                                            "] because it does not exist"
-                                      : "Unable to remove volume [" + volume +
-                                            "] because it is not hotpluggable";
+        const std::string error =
+            v == nullptr
+                ? "Unable to remove volume [" + volume + "] because it does not exist"
+                : "Unable to remove volume [" + volume + "] because it is not hotpluggable";
         refused = machinery::Conflict(kGroup, kVm, t.name, error);
         return MakeError(Code::kConflict, error);
       }

@@ -596,10 +596,10 @@ TEST_CASE("no runtime: host actions answer 503", "[subresources][vmi]") {
 
 // virtctl v1.0 addvolume: bus scsi, serial = volume name.
 std::string AddBody(const std::string& v) {
-  return Json{{"name", v},
-              {"disk", {{"name", v}, {"disk", {{"bus", "scsi"}}}, {"serial", v}}},
-              {"volumeSource",
-               {{"persistentVolumeClaim", {{"claimName", v}, {"hotpluggable", true}}}}}}
+  return Json{
+      {"name", v},
+      {"disk", {{"name", v}, {"disk", {{"bus", "scsi"}}}, {"serial", v}}},
+      {"volumeSource", {{"persistentVolumeClaim", {{"claimName", v}, {"hotpluggable", true}}}}}}
       .dump();
 }
 
@@ -628,11 +628,13 @@ TEST_CASE("addvolume/removevolume on a VM queue volume requests", "[subresources
   REQUIRE(reqs.size() == 1);
   CHECK(reqs[0] == Json{{"removeVolumeOptions", {{"name", "data"}}}});
   CHECK(env.Put("virtualmachines", "vm", "removevolume", R"({"name":"data"})").json["message"] ==
-        ofx + "a remove volume request for volume [data] already exists and is still being "
-              "processed");
+        ofx +
+            "a remove volume request for volume [data] already exists and is still being "
+            "processed");
   CHECK(env.Put("virtualmachines", "vm", "addvolume", AddBody("data")).json["message"] ==
-        ofx + "unable to add volume since a remove volume request for volume [data] already "
-              "exists and is still being processed");
+        ofx +
+            "unable to add volume since a remove volume request for volume [data] already "
+            "exists and is still being processed");
   // Only a hot-plugged volume of the template can be removed.
   auto none = env.Put("virtualmachines", "vm", "removevolume", R"({"name":"other"})");
   CHECK(none.status == 409);
@@ -663,8 +665,8 @@ TEST_CASE("addvolume/removevolume: bodies KubeVirt refuses, and what edgevirt ca
   auto noclaim =
       put(R"({"name":"x","disk":{"disk":{}},"volumeSource":{"persistentVolumeClaim":{}}})");
   CHECK(noclaim.status == 422);
-  CHECK_FALSE((env.Vm("vm").contains("status") &&
-               env.Vm("vm")["status"].contains("volumeRequests")));
+  CHECK_FALSE(
+      (env.Vm("vm").contains("status") && env.Vm("vm")["status"].contains("volumeRequests")));
   // dryRun validates and writes nothing.
   Json body = Json::parse(AddBody("y"));
   body["dryRun"] = {"All"};
@@ -675,8 +677,7 @@ TEST_CASE("addvolume/removevolume: bodies KubeVirt refuses, and what edgevirt ca
 
 TEST_CASE("addvolume/removevolume on a VMI patch its spec", "[subresources][volumes]") {
   Env env;
-  const std::string ofx =
-      "Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io \"";
+  const std::string ofx = "Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io \"";
   env.CreateVmi("pending", "Pending");
   auto not_running = env.Put("virtualmachineinstances", "pending", "addvolume", AddBody("d"));
   CHECK(not_running.status == 409);
@@ -685,13 +686,15 @@ TEST_CASE("addvolume/removevolume on a VMI patch its spec", "[subresources][volu
   REQUIRE(env.Put("virtualmachineinstances", "run", "addvolume", AddBody("d")).status == 202);
   Json vmi = env.Vmi("run");
   REQUIRE(vmi["spec"]["volumes"].size() == 1);
-  CHECK(vmi["spec"]["volumes"][0] ==
-        Json::parse(R"({"name":"d","persistentVolumeClaim":{"claimName":"d","hotpluggable":true}})"));
+  CHECK(
+      vmi["spec"]["volumes"][0] ==
+      Json::parse(R"({"name":"d","persistentVolumeClaim":{"claimName":"d","hotpluggable":true}})"));
   CHECK(vmi["spec"]["domain"]["devices"]["disks"][0]["serial"] == "d");
   CHECK(env.Put("virtualmachineinstances", "run", "addvolume", AddBody("d")).json["message"] ==
         ofx + "run\": Unable to add volume [d] because it already exists");
   CHECK(env.Put("virtualmachineinstances", "run", "removevolume", R"({"name":"zz"})")
-            .json["message"] == ofx + "run\": Unable to remove volume [zz] because it does not exist");
+            .json["message"] ==
+        ofx + "run\": Unable to remove volume [zz] because it does not exist");
   REQUIRE(env.Put("virtualmachineinstances", "run", "removevolume", R"({"name":"d"})").status ==
           202);
   vmi = env.Vmi("run");
