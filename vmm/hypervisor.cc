@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cerrno>
@@ -20,6 +21,7 @@
 #include <thread>
 
 #include "common/fd.h"
+#include "vmm/hotplug.h"
 
 namespace edgevirt::vmm {
 namespace {
@@ -254,6 +256,49 @@ bool IsSafeConfString(std::string_view s) {
   return true;
 }
 
+// The directory where libvirt's QEMU driver behind `uri` writes <domain name>.pid: the state
+// directory, <root>/run/qemu for the embedded driver (checked with libvirt 9.0), /run/libvirt/qemu
+// for the system driver. Empty for every other driver (test:///, session URIs).
+std::string QemuPidDir(const std::string& uri) {
+  constexpr std::string_view kEmbed = "qemu:///embed?";
+  if (uri.starts_with(kEmbed)) {
+    std::string_view query = std::string_view(uri).substr(kEmbed.size());
+    while (!query.empty()) {
+      const size_t amp = query.find('&');
+      const std::string_view param = query.substr(0, amp);
+      if (param.starts_with("root=")) return std::string(param.substr(5)) + "/run/qemu";
+      if (amp == std::string_view::npos) break;
+      query.remove_prefix(amp + 1);
+    }
+    return "";
+  }
+  if (uri == "qemu:///system" || uri.starts_with("qemu:///system?")) return "/run/libvirt/qemu";
+  return "";
+}
+
+// The NUL-separated arguments of /proc/<pid>/cmdline; empty when the process is gone.
+std::vector<std::string> ProcessArgs(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
+  std::vector<std::string> args;
+  std::string arg;
+  while (std::getline(in, arg, '\0')) args.push_back(arg);
+  return args;
+}
+
+// Whether `args` are those of a QEMU that libvirt started for domain `name`: the binary is a
+// qemu-system-* and "-name" is followed by "guest=<name>" (libvirt writes
+// "guest=<name>,debug-threads=on"; domain names cannot contain a comma here).
+bool IsQemuOf(const std::vector<std::string>& args, const std::string& name) {
+  if (args.empty() || args[0].find("qemu") == std::string::npos) return false;
+  const std::string guest = "guest=" + name;
+  for (size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] != "-name") continue;
+    const std::string& v = args[i + 1];
+    if (v == guest || v.starts_with(guest + ",")) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 std::string_view DomainStateName(DomainState state) {
@@ -302,6 +347,10 @@ std::string_view LifecycleEventName(LifecycleEvent event) {
       return "other";
     case LifecycleEvent::kAgent:
       return "agent";
+    case LifecycleEvent::kDeviceRemoved:
+      return "device-removed";
+    case LifecycleEvent::kDeviceRemovalFailed:
+      return "device-removal-failed";
   }
   return "other";
 }
@@ -333,13 +382,20 @@ class Hypervisor::Impl {
   ConnPtr conn;
   int callback_id = -1;
   int agent_callback_id = -1;
+  int removed_callback_id = -1;
+  int removal_failed_callback_id = -1;
   DomainEventCallback on_event;
   Accelerator accelerator = Accelerator::kTcg;
+  // Where the QEMU driver keeps <name>.pid of each running domain; empty for a connection that
+  // is not libvirt's QEMU driver.
+  std::string pid_dir;
+  // Serializes disk hotplug: the choice of a free target/unit and the attach that takes it.
+  std::mutex hotplug_mu;
 
   ~Impl() {
-    if (conn && callback_id >= 0) virConnectDomainEventDeregisterAny(conn.get(), callback_id);
-    if (conn && agent_callback_id >= 0) {
-      virConnectDomainEventDeregisterAny(conn.get(), agent_callback_id);
+    for (int id :
+         {callback_id, agent_callback_id, removed_callback_id, removal_failed_callback_id}) {
+      if (conn && id >= 0) virConnectDomainEventDeregisterAny(conn.get(), id);
     }
     conn.reset();
     loop.reset();
@@ -368,6 +424,34 @@ class Hypervisor::Impl {
     ev.event = LifecycleEvent::kAgent;
     ev.detail = state;
     self->on_event(ev);
+  }
+
+  static void OnDevice(virDomainPtr dom, LifecycleEvent event, const char* alias, void* opaque) {
+    auto* self = static_cast<Impl*>(opaque);
+    if (!self->on_event) return;
+    DomainEvent ev;
+    const char* name = virDomainGetName(dom);
+    ev.name = name ? name : "";
+    ev.uuid = DomainUuid(dom);
+    ev.event = event;
+    ev.device = alias ? alias : "";
+    self->on_event(ev);
+  }
+  static void OnDeviceRemoved(virConnectPtr, virDomainPtr dom, const char* alias, void* opaque) {
+    OnDevice(dom, LifecycleEvent::kDeviceRemoved, alias, opaque);
+  }
+  static void OnDeviceRemovalFailed(virConnectPtr, virDomainPtr dom, const char* alias,
+                                    void* opaque) {
+    OnDevice(dom, LifecycleEvent::kDeviceRemovalFailed, alias, opaque);
+  }
+
+  // The domain's XML: live (flags 0) or the persistent definition (VIR_DOMAIN_XML_INACTIVE).
+  Result<std::string> XmlDesc(virDomainPtr dom, unsigned flags, DomainId id) {
+    char* xml = virDomainGetXMLDesc(dom, flags);
+    if (!xml) return LibvirtError("domain XML of " + std::string(id));
+    std::string text(xml);
+    std::free(xml);
+    return text;
   }
 
   Result<DomPtr> Lookup(DomainId id) {
@@ -486,6 +570,16 @@ Result<std::unique_ptr<Hypervisor>> Hypervisor::Open(HypervisorOptions options) 
       conn, nullptr, VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(&Impl::OnAgent),
       impl.get(), nullptr);
   if (impl->agent_callback_id < 0) virResetLastError();
+  // Device removal events (hotplug) are optional too.
+  impl->removed_callback_id = virConnectDomainEventRegisterAny(
+      conn, nullptr, VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
+      VIR_DOMAIN_EVENT_CALLBACK(&Impl::OnDeviceRemoved), impl.get(), nullptr);
+  if (impl->removed_callback_id < 0) virResetLastError();
+  impl->removal_failed_callback_id = virConnectDomainEventRegisterAny(
+      conn, nullptr, VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED,
+      VIR_DOMAIN_EVENT_CALLBACK(&Impl::OnDeviceRemovalFailed), impl.get(), nullptr);
+  if (impl->removal_failed_callback_id < 0) virResetLastError();
+  impl->pid_dir = QemuPidDir(impl->uri);
   impl->accelerator = impl->DetectAccelerator();
   return std::unique_ptr<Hypervisor>(new Hypervisor(std::move(impl)));
 }
@@ -699,6 +793,105 @@ Result<std::string> Hypervisor::AgentCommand(DomainId id, const std::string& com
   std::string out(reply);
   std::free(reply);
   return out;
+}
+
+Status Hypervisor::AttachDisk(DomainId id, const DiskSpec& disk, bool persist) {
+  ASSIGN_OR_RETURN(DomPtr dom, impl_->Lookup(id));
+  const std::string context = "attach disk \"" + disk.name + "\" to domain " + std::string(id);
+  std::lock_guard lock(impl_->hotplug_mu);
+  RETURN_IF_ERROR(impl_->RequireActive(dom.get(), "attach a disk to", id));
+  ASSIGN_OR_RETURN(std::string live, impl_->XmlDesc(dom.get(), 0, id));
+  std::string config;
+  if (persist) {
+    ASSIGN_OR_RETURN(config, impl_->XmlDesc(dom.get(), VIR_DOMAIN_XML_INACTIVE, id));
+  }
+  auto xml = HotplugDiskXml(disk, live, config);
+  if (!xml) return std::move(xml).error().Wrap(context);
+  unsigned flags = VIR_DOMAIN_AFFECT_LIVE;
+  if (persist) flags |= VIR_DOMAIN_AFFECT_CONFIG;
+  if (virDomainAttachDeviceFlags(dom.get(), xml->c_str(), flags) < 0) {
+    Error err = LibvirtError(context);
+    // libvirt 9.0 on q35 without an empty pcie-root-port: "No more available PCI slots".
+    if (err.message.find("No more available PCI slots") != std::string::npos) {
+      err.code = Code::kConflict;
+      err.message += " (no free PCIe root port: define the domain with spare_pcie_ports)";
+    }
+    return err;
+  }
+  return Ok();
+}
+
+Status Hypervisor::DetachDisk(DomainId id, const std::string& name, bool persist) {
+  ASSIGN_OR_RETURN(DomPtr dom, impl_->Lookup(id));
+  const std::string context = "detach disk \"" + name + "\" from domain " + std::string(id);
+  std::lock_guard lock(impl_->hotplug_mu);
+  RETURN_IF_ERROR(impl_->RequireActive(dom.get(), "detach a disk from", id));
+  ASSIGN_OR_RETURN(std::string live, impl_->XmlDesc(dom.get(), 0, id));
+  auto disks = ParseLiveDisks(live);
+  if (!disks) return std::move(disks).error().Wrap(context);
+  auto attached = [&](const std::vector<LiveDisk>& list) {
+    return std::any_of(list.begin(), list.end(), [&](const LiveDisk& d) { return d.name == name; });
+  };
+  if (name.empty() || !attached(*disks)) {
+    return MakeError(Code::kNotFound, context + ": no such disk is attached");
+  }
+  unsigned flags = VIR_DOMAIN_AFFECT_LIVE;
+  if (persist) {
+    // Only when the definition has it: a disk attached without `persist` is not there, and
+    // libvirt would refuse the whole request.
+    ASSIGN_OR_RETURN(std::string config, impl_->XmlDesc(dom.get(), VIR_DOMAIN_XML_INACTIVE, id));
+    auto defined = ParseLiveDisks(config);
+    if (!defined) return std::move(defined).error().Wrap(context);
+    if (attached(*defined)) flags |= VIR_DOMAIN_AFFECT_CONFIG;
+  }
+  // Asynchronous by contract (unlike virDomainDetachDeviceFlags, which waits up to 5 s):
+  // completion is the DEVICE_REMOVED event.
+  const std::string alias = "ua-" + name;
+  if (virDomainDetachDeviceAlias(dom.get(), alias.c_str(), flags) < 0) {
+    Error err = LibvirtError(context);
+    // QEMU (>= 6.2) refuses a second device_del while the guest has not released the device
+    // yet; the first request stands, so asking again is not an error.
+    if (err.message.find("already in the process of unplug") != std::string::npos) return Ok();
+    return err;
+  }
+  return Ok();
+}
+
+Result<std::vector<LiveDisk>> Hypervisor::LiveDisks(DomainId id) {
+  ASSIGN_OR_RETURN(DomPtr dom, impl_->Lookup(id));
+  RETURN_IF_ERROR(impl_->RequireActive(dom.get(), "list the disks of", id));
+  ASSIGN_OR_RETURN(std::string live, impl_->XmlDesc(dom.get(), 0, id));
+  auto disks = ParseLiveDisks(live);
+  if (!disks) return std::move(disks).error().Wrap("disks of domain " + std::string(id));
+  return disks;
+}
+
+Result<pid_t> Hypervisor::QemuPid(DomainId id) {
+  ASSIGN_OR_RETURN(DomPtr dom, impl_->Lookup(id));
+  const std::string context = "QEMU pid of domain " + std::string(id);
+  if (impl_->pid_dir.empty()) {
+    return MakeError(Code::kUnsupported, context + ": " + impl_->uri +
+                                             " is not libvirt's QEMU driver (embedded or system)");
+  }
+  RETURN_IF_ERROR(impl_->RequireActive(dom.get(), "find the QEMU of", id));
+  const char* name_c = virDomainGetName(dom.get());
+  const std::string name = name_c ? name_c : std::string(id);
+  const std::string pid_file = impl_->pid_dir + "/" + name + ".pid";
+  std::ifstream in(pid_file);
+  long long pid = 0;
+  if (!(in >> pid) || pid <= 0) {
+    return MakeError(Code::kInternal, context + ": no pid in " + pid_file);
+  }
+  if (!IsQemuOf(ProcessArgs(pid_t(pid)), name)) {
+    // The domain may have stopped meanwhile; say so rather than "stale".
+    if (virDomainIsActive(dom.get()) == 0) {
+      return MakeError(Code::kConflict, context + ": it is not running");
+    }
+    virResetLastError();
+    return MakeError(Code::kInternal, context + ": " + pid_file + " names pid " +
+                                          std::to_string(pid) + ", which is not its QEMU");
+  }
+  return pid_t(pid);
 }
 
 }  // namespace edgevirt::vmm

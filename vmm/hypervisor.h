@@ -8,6 +8,8 @@
 // (it must not block and must not call back into the Hypervisor).
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -61,6 +63,13 @@ enum class LifecycleEvent {
   // Not a libvirt lifecycle event: the guest agent's channel connected or disconnected
   // (VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE); detail 1 = connected, 2 = disconnected.
   kAgent,
+  // Not lifecycle events either: a device left the running domain (VIR_DOMAIN_EVENT_ID_
+  // DEVICE_REMOVED), e.g. the guest released a virtio disk that DetachDisk asked it to let go,
+  // or QEMU removed a scsi disk. DomainEvent::device is the device's alias ("ua-<disk name>").
+  kDeviceRemoved,
+  // The guest refused or failed to release a device (VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED);
+  // the device stays attached. DomainEvent::device is its alias.
+  kDeviceRemovalFailed,
 };
 std::string_view LifecycleEventName(LifecycleEvent event);
 
@@ -69,6 +78,8 @@ struct DomainEvent {
   std::string uuid;
   LifecycleEvent event = LifecycleEvent::kOther;
   int detail = 0;  // libvirt's detail code for `event` (virDomainEvent*DetailType)
+  // kDeviceRemoved, kDeviceRemovalFailed: the device's alias, e.g. "ua-data". Else empty.
+  std::string device;
 };
 
 // Called on the libvirt event loop thread. Must not block and must not call the Hypervisor:
@@ -97,6 +108,16 @@ struct HypervisorOptions {
 
 // Identifies a domain: a canonical UUID string is looked up as a UUID, anything else as a name.
 using DomainId = std::string_view;
+
+// A disk of a running domain, as its live XML describes it.
+struct LiveDisk {
+  std::string name;    // from the user alias "ua-<name>"; empty for a disk without one
+  std::string target;  // "vda", "sdb", ...
+  std::string path;    // the source file or block device; empty for an empty cdrom
+  DiskBus bus = DiskBus::kVirtio;
+  bool block = false;  // <disk type='block'>
+  bool readonly = false;
+};
 
 enum class ShutdownOutcome {
   kAlreadyOff,  // the domain was not running
@@ -163,6 +184,41 @@ class Hypervisor {
   Result<std::string> AgentCommand(DomainId id, const std::string& command,
                                    std::chrono::seconds timeout);
   Result<DomainInfo> Info(DomainId id);
+
+  // Disk hotplug. AttachDisk and DetachDisk calls are serialized inside the Hypervisor (one
+  // lock: the choice of a free target and unit and the attach that takes it cannot interleave).
+  //
+  // Attaches `disk` to the running domain (VIR_DOMAIN_AFFECT_LIVE, plus VIR_DOMAIN_AFFECT_CONFIG
+  // when `persist`), with the same <disk> XML DomainXml writes for it. The caller gives the
+  // DiskSpec; the target is the lowest free name of the bus's sequence in the live XML (vd* for
+  // virtio, sd* for scsi; with `persist` also free in the inactive XML), and a scsi disk gets
+  // the lowest free unit on controller 0. Needs: for scsi, the domain's scsi controller 0
+  // (DomainSpec::hotplug_scsi_controller); for virtio on q35, a free PCIe root port
+  // (DomainSpec::spare_pcie_ports). The guest sees a scsi disk at once; a virtio disk once its
+  // PCIe hotplug driver has handled the new slot (a second or two). Errors: kConflict (not
+  // running; a disk named `disk.name` is already attached; no free root port for a virtio
+  // disk), kInvalid (the disk fails DomainXml's checks; a sata disk, which QEMU cannot
+  // hotplug; scsi without a scsi controller), kNotFound (no such domain), kInternal.
+  Status AttachDisk(DomainId id, const DiskSpec& disk, bool persist);
+  // Detaches the disk whose user alias is "ua-<name>" (LIVE, plus CONFIG when `persist` and the
+  // inactive definition has it). Returns once libvirt accepted the request: the removal
+  // completes asynchronously. QEMU removes a scsi disk at once; a virtio disk goes only when the
+  // guest releases its PCIe slot (an unresponsive guest keeps it forever). Observe completion
+  // with LiveDisks() or the kDeviceRemoved event (device "ua-<name>"). Asking again while a
+  // removal is pending succeeds. Errors: kNotFound (no such domain, or no disk "ua-<name>" in
+  // the live XML), kConflict (not running), kInternal.
+  Status DetachDisk(DomainId id, const std::string& name, bool persist);
+  // The disks of the running domain, parsed from its live XML (virDomainGetXMLDesc(0)), in the
+  // XML's order; a disk whose removal is pending is still listed. kConflict when not running.
+  Result<std::vector<LiveDisk>> LiveDisks(DomainId id);
+  // The pid of the domain's QEMU process (for cgroup placement), from the pid file libvirt's
+  // QEMU driver keeps: <root>/run/qemu/<name>.pid for the embedded driver,
+  // /run/libvirt/qemu/<name>.pid for qemu:///system. The pid is checked against
+  // /proc/<pid>/cmdline (a qemu-system binary started with "-name guest=<name>,..."), so a
+  // stale file is never believed. Errors: kConflict (not running), kUnsupported (a connection
+  // that is not libvirt's QEMU driver, e.g. test:///), kNotFound (no such domain), kInternal
+  // (no pid file, or it names another process).
+  Result<pid_t> QemuPid(DomainId id);
   // Every domain of this connection, running or defined (after a daemon restart: the ones
   // whose QEMU kept running are listed as running or paused).
   Result<std::vector<DomainInfo>> List();

@@ -112,6 +112,63 @@ TEST_CASE("Hypervisor on test:///default: lifecycle, events and errors") {
   CHECK(h.Resume("00000000-0000-4000-8000-0000000000ff").error().code == Code::kNotFound);
 }
 
+// The test driver has no device hotplug (virDomainAttachDeviceFlags and DetachDeviceAlias are
+// unsupported there) and no QEMU: what it checks is the part before libvirt's hotplug call. The
+// hotplug itself runs against QEMU in tests/integration/vmm_hotplug_test.cc.
+TEST_CASE("Disk hotplug on test:///default: live disks, refusals, no QEMU pid") {
+  HypervisorOptions opts;
+  opts.uri = "test:///default";
+  auto hv = Hypervisor::Open(opts);
+  if (!hv) FAIL(hv.error().ToString());
+  Hypervisor& h = **hv;
+
+  // The test driver's running domain "test" has one virtio disk without a user alias.
+  auto disks = h.LiveDisks("test");
+  REQUIRE(disks);
+  REQUIRE(disks->size() == 1);
+  CHECK((*disks)[0].name.empty());
+  CHECK((*disks)[0].target == "vda");
+  CHECK((*disks)[0].path == "/guest/diskimage1");
+  CHECK((*disks)[0].bus == DiskBus::kVirtio);
+  CHECK_FALSE((*disks)[0].block);
+  CHECK_FALSE((*disks)[0].readonly);
+
+  CHECK(h.DetachDisk("test", "nosuchdisk", false).error().code == Code::kNotFound);
+  CHECK(h.DetachDisk("test", "nosuchdisk", true).error().code == Code::kNotFound);
+  CHECK(h.DetachDisk("nosuchvm", "data", false).error().code == Code::kNotFound);
+
+  DiskSpec sata;
+  sata.name = "data";
+  sata.path = "/var/lib/edgevirt/data.img";
+  sata.bus = DiskBus::kSata;
+  CHECK(h.AttachDisk("test", sata, false).error().code == Code::kInvalid);
+  DiskSpec scsi = sata;
+  scsi.bus = DiskBus::kScsi;  // "test" has no scsi controller
+  auto refused = h.AttachDisk("test", scsi, false);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code == Code::kInvalid);
+  CHECK(refused.error().message.find("hotplug_scsi_controller") != std::string::npos);
+  DiskSpec bad = sata;
+  bad.bus = DiskBus::kVirtio;
+  bad.path = "relative.img";
+  CHECK(h.AttachDisk("test", bad, false).error().code == Code::kInvalid);
+
+  CHECK(LifecycleEventName(LifecycleEvent::kDeviceRemoved) == "device-removed");
+  CHECK(LifecycleEventName(LifecycleEvent::kDeviceRemovalFailed) == "device-removal-failed");
+
+  auto pid = h.QemuPid("test");
+  REQUIRE_FALSE(pid);
+  CHECK(pid.error().code == Code::kUnsupported);
+
+  // A domain that is not running: attach, detach, live disks and the pid are all kConflict.
+  DomainSpec spec = MinimalSpec();
+  spec.hotplug_scsi_controller = true;
+  REQUIRE(h.Define(spec));
+  CHECK(h.AttachDisk("default_vm1", scsi, false).error().code == Code::kConflict);
+  CHECK(h.DetachDisk("default_vm1", "data", false).error().code == Code::kConflict);
+  CHECK(h.LiveDisks("default_vm1").error().code == Code::kConflict);
+}
+
 TEST_CASE("Open refuses a relative root and a bad qemu user") {
   HypervisorOptions opts;
   opts.root = "relative/root";
