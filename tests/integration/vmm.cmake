@@ -13,6 +13,13 @@ edgevirt_add_test(NAME vmm_lifecycle_test SOURCES vmm_lifecycle_test.cc LIBS edg
 target_compile_definitions(vmm_lifecycle_test PRIVATE EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
 set_tests_properties(vmm_lifecycle_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
 
+# Disk hotplug into one running test guest (scsi file, virtio loop device and file, detach):
+# one boot, then seconds per step under TCG. Needs root (loop devices).
+edgevirt_add_test(NAME vmm_hotplug_test SOURCES vmm_hotplug_test.cc
+  LIBS edgevirt_vmm nlohmann_json::nlohmann_json LABELS integration TIMEOUT 900 RUN_SERIAL)
+target_compile_definitions(vmm_hotplug_test PRIVATE EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
+set_tests_properties(vmm_hotplug_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
+
 # Safety net: a test killed by CTest (timeout) cannot run its own cleanup.
 add_test(NAME vmm_reap_qemu COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/vmm_reap_qemu.sh ${PROJECT_BINARY_DIR})
 set_tests_properties(vmm_reap_qemu PROPERTIES
