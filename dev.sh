@@ -50,7 +50,7 @@ case "$cmd" in
     ;;
   test)
     deps
-    configure_and_build "$BUILD_DIR" -DEDGEVIRT_WERROR=ON
+    configure_and_build "$BUILD_DIR" -DEDGEVIRT_WERROR=ON -DEDGEVIRT_FAULT_INJECTION=ON
     (cd "$BUILD_DIR" && ctest --output-on-failure -j "$JOBS")
     # The sanitizer build only needs what the unit tests run: building every target again with
     # ASan would double CI's compile time.
