@@ -15,6 +15,7 @@
 
 #include "api/kubevirt/quantity.h"
 #include "api/machinery/secrets.h"
+#include "api/subresources/subresources.h"
 #include "common/exec.h"
 #include "common/fd.h"
 
@@ -25,6 +26,9 @@ namespace fs = std::filesystem;
 using api::kubevirt::Quantity;
 
 constexpr uint64_t kMiB = 1024 * 1024;
+// Empty PCIe root ports each domain gets for hot-plugged virtio disks (q35 hot-plugs into
+// root ports only; libvirt adds them at define time, never later).
+constexpr uint32_t kSparePciePorts = 2;
 
 const Json* Get(const Json* j, const char* key) {
   if (j == nullptr || !j->is_object()) return nullptr;
@@ -375,6 +379,22 @@ Status MakeEmptyDisk(const VolumeTask& t) {
   return Publish(tmp, t.path, 0600);
 }
 
+// KubeVirt's ephemeral disk (pkg/ephemeral-disk): a qcow2 overlay whose backing is the
+// claim, which QEMU then opens read-only.
+Status MakeOverlay(const VolumeTask& t) {
+  if (t.backing.empty() || t.backing[0] != '/') {
+    return Invalid("overlay " + t.path + ": backing \"" + t.backing + "\" is not absolute");
+  }
+  std::string tmp = t.path + ".tmp";
+  ::unlink(tmp.c_str());
+  ExecOptions opts;
+  opts.timeout = std::chrono::seconds(60);
+  RETURN_IF_ERROR(ExecChecked({"qemu-img", "create", "-q", "-f", "qcow2", "-b", t.backing, "-F",
+                               t.backing_format == vmm::DiskFormat::kQcow2 ? "qcow2" : "raw", tmp},
+                              opts, "qemu-img create (overlay) " + tmp));
+  return Publish(tmp, t.path, 0600);
+}
+
 Status MakeHostDisk(const VolumeTask& t) {
   fs::path target(t.path);
   std::error_code ec;
@@ -441,7 +461,228 @@ FirmwarePaths FindFirmware() {
   return f;
 }
 
-Result<VmiPlan> PlanVmi(const Json& vmi, const VmiHostOptions& host, const SecretLookup& secrets) {
+namespace {
+
+struct DiskContext {
+  const Json& vmi;
+  const VmiHostOptions& host;
+  const SecretLookup& secrets;
+  const ClaimLookup& claims;
+  const std::string& dir;   // the VMI's directory
+  const std::string& uuid;  // the firmware UUID
+};
+
+Result<ClaimSource> LookupClaim(const DiskContext& c, const std::string& volume,
+                                const Json& pvc_source) {
+  const std::string claim = Str(Get(&pvc_source, "claimName"));
+  if (claim.empty()) return Invalid("volume " + volume + ": claimName is required");
+  if (!c.claims) {
+    return MakeError(Code::kUnavailable,
+                     "volume " + volume + ": PersistentVolumeClaims are not served");
+  }
+  auto src = c.claims(Str(Path(&c.vmi, "metadata", "namespace")), claim);
+  if (!src) return std::move(src).error().Wrap("volume " + volume);
+  if (src->path.empty() || src->path[0] != '/') {
+    return MakeError(Code::kInternal,
+                     "volume " + volume + ": claim " + claim + " has no absolute path");
+  }
+  return src;
+}
+
+// One disk of the VMI (a `disks[]` entry and its volume) as a vmm disk, adding the files it
+// needs to `tasks` and the block devices it opens to `grants`.
+Result<vmm::DiskSpec> PlanDisk(const DiskContext& c, const Json& disk,
+                               std::vector<VolumeTask>& tasks, std::vector<DeviceGrant>& grants) {
+  const Json& vmi = c.vmi;
+  const VmiHostOptions& host = c.host;
+  const std::string& dir = c.dir;
+  const std::string ns = Str(Path(&vmi, "metadata", "namespace"));
+  const std::string name = Str(Path(&vmi, "metadata", "name"));
+  std::string dname = Str(Get(&disk, "name"));
+  const Json* volume = FindVolume(vmi, dname);
+  if (volume == nullptr) return (Invalid("disk " + dname + " has no volume"));
+  if (!IsVolumeName(dname)) return (Invalid("disk name \"" + dname + "\" is not a DNS label"));
+  vmm::DiskSpec s;
+  s.name = dname;
+  const Json* target = nullptr;
+  if ((target = Get(&disk, "cdrom")) != nullptr) {
+    s.device = vmm::DiskDevice::kCdrom;
+  } else if ((target = Get(&disk, "lun")) != nullptr) {
+    s.device = vmm::DiskDevice::kLun;
+  } else {
+    target = Get(&disk, "disk");
+    s.device = vmm::DiskDevice::kDisk;
+  }
+  auto bus = Bus(dname, Str(Get(target, "bus")));
+  if (!bus) return (std::move(bus).error());
+  s.bus = *bus;
+  s.readonly = s.device == vmm::DiskDevice::kCdrom || Bool(Get(target, "readonly"), false);
+  if (auto order = Int(Get(&disk, "bootOrder")); order && *order > 0) {
+    s.boot_order = static_cast<uint32_t>(*order);
+  }
+  s.serial = Str(Get(&disk, "serial"));
+  std::string cache = Str(Get(&disk, "cache"));
+  if (cache.empty()) {
+    s.cache = host.direct_io ? vmm::DiskCache::kNone : vmm::DiskCache::kWritethrough;
+  } else if (cache == "none") {
+    if (!host.direct_io) {
+      return (Invalid("disk " + dname +
+                      ": cache mode none needs O_DIRECT, which the file system of " + host.vms_dir +
+                      " does not support"));
+    }
+    s.cache = vmm::DiskCache::kNone;
+  } else if (cache == "writethrough") {
+    s.cache = vmm::DiskCache::kWritethrough;
+  } else if (cache == "writeback") {
+    s.cache = vmm::DiskCache::kWriteback;
+  } else {
+    return (Invalid("disk " + dname + ": unknown cache mode \"" + cache + "\""));
+  }
+  s.error_policy = vmm::DiskErrorPolicy::kStop;
+  s.source_kind = vmm::DiskSourceKind::kFile;
+
+  const char* cloud_init_kind = nullptr;
+  if (Get(volume, "cloudInitNoCloud") != nullptr) cloud_init_kind = "cloudInitNoCloud";
+  if (Get(volume, "cloudInitConfigDrive") != nullptr) cloud_init_kind = "cloudInitConfigDrive";
+  if (cloud_init_kind != nullptr) {
+    const bool nocloud = std::string_view(cloud_init_kind) == "cloudInitNoCloud";
+    auto data = ReadCloudInit(ns, dname, *Get(volume, cloud_init_kind), c.secrets);
+    if (!data) return (std::move(data).error());
+    VolumeTask t;
+    t.kind = nocloud ? VolumeTaskKind::kCloudInitNoCloud : VolumeTaskKind::kCloudInitConfigDrive;
+    t.volume = dname;
+    t.path = dir + "/cloudinit-" + dname + ".iso";
+    t.user_data = std::move(data->user);
+    t.network_data = std::move(data->network);
+    // KubeVirt v1.0's metadata (JSON, which is also YAML): NoCloud's instance-id is the
+    // firmware UUID; ConfigDrive's is <name>.<namespace>, with the UUID beside it.
+    nlohmann::ordered_json meta;
+    if (nocloud) {
+      meta["instance-id"] = c.uuid;
+      meta["local-hostname"] = Hostname(vmi);
+    } else {
+      meta["instance_id"] = name + "." + ns;
+      meta["hostname"] = Hostname(vmi);
+      meta["uuid"] = c.uuid;
+    }
+    t.meta_data = meta.dump();
+    tasks.push_back(std::move(t));
+    s.path = dir + "/cloudinit-" + dname + ".iso";
+    s.format = vmm::DiskFormat::kRaw;
+    // Deliberate difference: KubeVirt leaves the seed writable unless the disk says
+    // readonly; edgevirt makes it read-only wherever QEMU allows (not a sata disk: ide-hd
+    // cannot be read-only), so a guest cannot alter the seed kept across restarts.
+    if (!(s.device == vmm::DiskDevice::kDisk && s.bus == vmm::DiskBus::kSata)) s.readonly = true;
+  } else if (const Json* empty = Get(volume, "emptyDisk")) {
+    auto cap = Bytes(Get(empty, "capacity"), "volume " + dname + ": emptyDisk.capacity");
+    if (!cap) return (std::move(cap).error());
+    if (*cap == 0) return (Invalid("volume " + dname + ": emptyDisk.capacity must be > 0"));
+    VolumeTask t;
+    t.kind = VolumeTaskKind::kEmptyDisk;
+    t.volume = dname;
+    t.path = dir + "/emptydisk-" + dname + ".qcow2";
+    t.capacity_bytes = *cap;
+    s.path = t.path;
+    s.format = vmm::DiskFormat::kQcow2;
+    tasks.push_back(std::move(t));
+  } else if (const Json* hd = Get(volume, "hostDisk")) {
+    auto planned = PlanHostDisk(dname, *hd, host);
+    if (!planned) return (std::move(planned).error());
+    s.path = planned->path;
+    s.format = vmm::DiskFormat::kRaw;
+    if (planned->create) tasks.push_back(std::move(*planned->create));
+  } else if (Get(volume, "containerDisk") != nullptr) {
+    return (
+        MakeError(Code::kUnsupported,
+                  "volume " + dname + ": containerDisk needs the image puller (not built yet)"));
+  } else if (const Json* pvc = Get(volume, "persistentVolumeClaim")) {
+    ASSIGN_OR_RETURN(ClaimSource claim, LookupClaim(c, dname, *pvc));
+    if (Bool(Get(pvc, "readOnly"), false)) s.readonly = true;
+    s.path = claim.path;
+    s.source_kind = claim.block ? vmm::DiskSourceKind::kBlock : vmm::DiskSourceKind::kFile;
+    s.format = claim.qcow2 ? vmm::DiskFormat::kQcow2 : vmm::DiskFormat::kRaw;
+    if (claim.block) grants.push_back({dname, claim.path, !s.readonly});
+  } else if (const Json* eph = Get(volume, "ephemeral")) {
+    // KubeVirt's ephemeral volume: the claim is the read-only base of a qcow2 overlay
+    // that takes the guest's writes and goes with the VMI.
+    const Json* base = Get(eph, "persistentVolumeClaim");
+    if (base == nullptr) {
+      return Invalid("volume " + dname + ": ephemeral needs a persistentVolumeClaim");
+    }
+    ASSIGN_OR_RETURN(ClaimSource claim, LookupClaim(c, dname, *base));
+    VolumeTask t;
+    t.kind = VolumeTaskKind::kEphemeralOverlay;
+    t.volume = dname;
+    t.path = dir + "/ephemeral-" + dname + ".qcow2";
+    t.backing = claim.path;
+    t.backing_format = claim.qcow2 ? vmm::DiskFormat::kQcow2 : vmm::DiskFormat::kRaw;
+    s.path = t.path;
+    s.format = vmm::DiskFormat::kQcow2;
+    tasks.push_back(std::move(t));
+    if (claim.block) grants.push_back({dname, claim.path, false});
+  } else if (Get(volume, "dataVolume") != nullptr) {
+    return (MakeError(Code::kUnsupported,
+                      "volume " + dname +
+                          ": dataVolume needs CDI, which edgevirt does not serve (use a "
+                          "persistentVolumeClaim)"));
+  } else {
+    std::string kind = "(none)";
+    for (const auto& [key, value] : volume->items()) {
+      if (key != "name") kind = key;
+    }
+    return (MakeError(Code::kUnsupported,
+                      "volume " + dname + ": volume type " + kind + " is not supported"));
+  }
+  if (s.device == vmm::DiskDevice::kLun && s.source_kind != vmm::DiskSourceKind::kBlock) {
+    return (Invalid("disk " + dname +
+                    ": a lun passes a block device through, but this volume is a file"));
+  }
+  return s;
+}
+
+}  // namespace
+
+Result<HotplugDisk> PlanHotplugDisk(const Json& vmi, const std::string& volume,
+                                    const VmiHostOptions& host, const ClaimLookup& claims) {
+  const std::string ctx =
+      "VMI " + Str(Path(&vmi, "metadata", "namespace")) + "/" + Str(Path(&vmi, "metadata", "name"));
+  const std::string uid = Str(Path(&vmi, "metadata", "uid"));
+  if (!IsCanonicalUuid(uid)) return Invalid(ctx + ": metadata.uid is not a UUID");
+  const Json* disks = Path(&vmi, "spec", "domain", "devices", "disks");
+  const Json* disk = nullptr;
+  if (disks != nullptr && disks->is_array()) {
+    for (const auto& d : *disks) {
+      if (Str(Get(&d, "name")) == volume) disk = &d;
+    }
+  }
+  const Json* vol = FindVolume(vmi, volume);
+  if (disk == nullptr || vol == nullptr) {
+    return MakeError(Code::kNotFound, ctx + ": no disk and volume named " + volume);
+  }
+  if (Get(vol, "persistentVolumeClaim") == nullptr) {
+    return MakeError(Code::kUnsupported,
+                     ctx + ": volume " + volume + ": only persistentVolumeClaim volumes hot-plug");
+  }
+  const std::string dir = (fs::path(host.vms_dir) / uid).string();
+  const std::string uuid = Str(Path(&vmi, "spec", "domain", "firmware", "uuid"));
+  SecretLookup no_secrets;
+  DiskContext c{vmi, host, no_secrets, claims, dir, uuid};
+  HotplugDisk out;
+  std::vector<VolumeTask> tasks;
+  auto s = PlanDisk(c, *disk, tasks, out.grants);
+  if (!s) return std::move(s).error().Wrap(ctx);
+  if (s->boot_order != 0) {
+    return Invalid(ctx + ": hot-plugged disk " + volume + " cannot have a bootOrder");
+  }
+  out.disk = std::move(*s);
+  auto claim = LookupClaim(c, volume, *Get(vol, "persistentVolumeClaim"));
+  if (!claim) return std::move(claim).error().Wrap(ctx);
+  out.claim = std::move(*claim);
+  return out;
+}
+
+Result<VmiPlan> PlanVmi(const Json& vmi, const VmiHostOptions& host, const SecretLookup& secrets,
+                        const ClaimLookup& claims) {
   const std::string ns = Str(Path(&vmi, "metadata", "namespace"));
   const std::string name = Str(Path(&vmi, "metadata", "name"));
   const std::string uid = Str(Path(&vmi, "metadata", "uid"));
@@ -519,132 +760,27 @@ Result<VmiPlan> PlanVmi(const Json& vmi, const VmiHostOptions& host, const Secre
     }
   }
 
-  // Disks and their volumes.
-  const std::string dir = plan.dir;
+  // Disks and their volumes (hotpluggable ones are attached once the domain runs).
   const Json* disks = Get(devices, "disks");
   if (disks != nullptr && disks->is_array()) {
     for (const auto& disk : *disks) {
-      std::string dname = Str(Get(&disk, "name"));
+      const std::string dname = Str(Get(&disk, "name"));
       const Json* volume = FindVolume(vmi, dname);
-      if (volume == nullptr) return fail(Invalid("disk " + dname + " has no volume"));
-      if (!IsVolumeName(dname))
-        return fail(Invalid("disk name \"" + dname + "\" is not a DNS label"));
-      vmm::DiskSpec s;
-      s.name = dname;
-      const Json* target = nullptr;
-      if ((target = Get(&disk, "cdrom")) != nullptr) {
-        s.device = vmm::DiskDevice::kCdrom;
-      } else if ((target = Get(&disk, "lun")) != nullptr) {
-        s.device = vmm::DiskDevice::kLun;
-      } else {
-        target = Get(&disk, "disk");
-        s.device = vmm::DiskDevice::kDisk;
+      if (volume != nullptr && api::subresources::IsHotplugVolume(*volume)) {
+        plan.hotplug_volumes.push_back(dname);
+        continue;
       }
-      auto bus = Bus(dname, Str(Get(target, "bus")));
-      if (!bus) return fail(std::move(bus).error());
-      s.bus = *bus;
-      s.readonly = s.device == vmm::DiskDevice::kCdrom || Bool(Get(target, "readonly"), false);
-      if (auto order = Int(Get(&disk, "bootOrder")); order && *order > 0) {
-        s.boot_order = static_cast<uint32_t>(*order);
-      }
-      s.serial = Str(Get(&disk, "serial"));
-      std::string cache = Str(Get(&disk, "cache"));
-      if (cache.empty()) {
-        s.cache = host.direct_io ? vmm::DiskCache::kNone : vmm::DiskCache::kWritethrough;
-      } else if (cache == "none") {
-        if (!host.direct_io) {
-          return fail(Invalid("disk " + dname +
-                              ": cache mode none needs O_DIRECT, which the file system of " +
-                              host.vms_dir + " does not support"));
-        }
-        s.cache = vmm::DiskCache::kNone;
-      } else if (cache == "writethrough") {
-        s.cache = vmm::DiskCache::kWritethrough;
-      } else if (cache == "writeback") {
-        s.cache = vmm::DiskCache::kWriteback;
-      } else {
-        return fail(Invalid("disk " + dname + ": unknown cache mode \"" + cache + "\""));
-      }
-      s.error_policy = vmm::DiskErrorPolicy::kStop;
-      s.source_kind = vmm::DiskSourceKind::kFile;
-
-      const char* cloud_init_kind = nullptr;
-      if (Get(volume, "cloudInitNoCloud") != nullptr) cloud_init_kind = "cloudInitNoCloud";
-      if (Get(volume, "cloudInitConfigDrive") != nullptr) cloud_init_kind = "cloudInitConfigDrive";
-      if (cloud_init_kind != nullptr) {
-        const bool nocloud = std::string_view(cloud_init_kind) == "cloudInitNoCloud";
-        auto data = ReadCloudInit(ns, dname, *Get(volume, cloud_init_kind), secrets);
-        if (!data) return fail(std::move(data).error());
-        VolumeTask t;
-        t.kind =
-            nocloud ? VolumeTaskKind::kCloudInitNoCloud : VolumeTaskKind::kCloudInitConfigDrive;
-        t.volume = dname;
-        t.path = dir + "/cloudinit-" + dname + ".iso";
-        t.user_data = std::move(data->user);
-        t.network_data = std::move(data->network);
-        // KubeVirt v1.0's metadata (JSON, which is also YAML): NoCloud's instance-id is the
-        // firmware UUID; ConfigDrive's is <name>.<namespace>, with the UUID beside it.
-        nlohmann::ordered_json meta;
-        if (nocloud) {
-          meta["instance-id"] = d.uuid;
-          meta["local-hostname"] = Hostname(vmi);
-        } else {
-          meta["instance_id"] = name + "." + ns;
-          meta["hostname"] = Hostname(vmi);
-          meta["uuid"] = d.uuid;
-        }
-        t.meta_data = meta.dump();
-        plan.tasks.push_back(std::move(t));
-        s.path = dir + "/cloudinit-" + dname + ".iso";
-        s.format = vmm::DiskFormat::kRaw;
-        // Deliberate difference: KubeVirt leaves the seed writable unless the disk says
-        // readonly; edgevirt makes it read-only wherever QEMU allows (not a sata disk: ide-hd
-        // cannot be read-only), so a guest cannot alter the seed kept across restarts.
-        if (!(s.device == vmm::DiskDevice::kDisk && s.bus == vmm::DiskBus::kSata))
-          s.readonly = true;
-      } else if (const Json* empty = Get(volume, "emptyDisk")) {
-        auto cap = Bytes(Get(empty, "capacity"), "volume " + dname + ": emptyDisk.capacity");
-        if (!cap) return fail(std::move(cap).error());
-        if (*cap == 0) return fail(Invalid("volume " + dname + ": emptyDisk.capacity must be > 0"));
-        VolumeTask t;
-        t.kind = VolumeTaskKind::kEmptyDisk;
-        t.volume = dname;
-        t.path = dir + "/emptydisk-" + dname + ".qcow2";
-        t.capacity_bytes = *cap;
-        s.path = t.path;
-        s.format = vmm::DiskFormat::kQcow2;
-        plan.tasks.push_back(std::move(t));
-      } else if (const Json* hd = Get(volume, "hostDisk")) {
-        auto planned = PlanHostDisk(dname, *hd, host);
-        if (!planned) return fail(std::move(planned).error());
-        s.path = planned->path;
-        s.format = vmm::DiskFormat::kRaw;
-        if (planned->create) plan.tasks.push_back(std::move(*planned->create));
-      } else if (Get(volume, "containerDisk") != nullptr) {
-        return fail(MakeError(
-            Code::kUnsupported,
-            "volume " + dname + ": containerDisk needs the image puller (not built yet)"));
-      } else if (Get(volume, "persistentVolumeClaim") != nullptr ||
-                 Get(volume, "dataVolume") != nullptr || Get(volume, "ephemeral") != nullptr) {
-        return fail(MakeError(Code::kUnsupported,
-                              "volume " + dname +
-                                  ": PersistentVolumeClaims (persistentVolumeClaim, ephemeral, "
-                                  "dataVolume) are not served yet"));
-      } else {
-        std::string kind = "(none)";
-        for (const auto& [key, value] : volume->items()) {
-          if (key != "name") kind = key;
-        }
-        return fail(MakeError(Code::kUnsupported,
-                              "volume " + dname + ": volume type " + kind + " is not supported"));
-      }
-      if (s.device == vmm::DiskDevice::kLun) {
-        return fail(Invalid("disk " + dname +
-                            ": a lun passes a block device through, but this volume is a file"));
-      }
-      d.disks.push_back(std::move(s));
+      DiskContext c{vmi, host, secrets, claims, plan.dir, d.uuid};
+      auto s = PlanDisk(c, disk, plan.tasks, plan.grants);
+      if (!s) return fail(std::move(s).error());
+      d.disks.push_back(std::move(*s));
     }
   }
+  // Hotplug needs somewhere to plug: KubeVirt's virtio-scsi controller (virtctl v1.0 always
+  // asks for bus scsi) and spare PCIe root ports for virtio disks.
+  d.hotplug_scsi_controller = true;
+  d.spare_pcie_ports = kSparePciePorts;
+  const std::string& dir = plan.dir;
 
   // Serial console, VNC, guest agent, TPM.
   if (Bool(Get(devices, "autoattachSerialConsole"), true)) {
@@ -710,6 +846,9 @@ Status PrepareVmiFiles(const VmiPlan& plan) {
         break;
       case VolumeTaskKind::kHostDiskCreate:
         st = MakeHostDisk(t);
+        break;
+      case VolumeTaskKind::kEphemeralOverlay:
+        st = MakeOverlay(t);
         break;
     }
     if (!st) return std::move(st).error().Wrap("prepare volume " + t.volume);

@@ -61,6 +61,7 @@ enum class VolumeTaskKind {
   kCloudInitConfigDrive,  // ISO 9660 (Joliet, Rock Ridge), label "config-2"
   kEmptyDisk,             // sparse qcow2 of capacity_bytes (qemu-img create)
   kHostDiskCreate,        // sparse raw file of capacity_bytes, 0640, only if missing
+  kEphemeralOverlay,      // qcow2 overlay over a read-only backing (ephemeral volumes)
 };
 
 // One file PrepareVmiFiles makes.
@@ -73,6 +74,40 @@ struct VolumeTask {
   std::string network_data;
   std::string meta_data;        // NoCloud meta-data / ConfigDrive meta_data.json (JSON text)
   uint64_t capacity_bytes = 0;  // kEmptyDisk, kHostDiskCreate
+  // kEphemeralOverlay: the backing image (a claim's file or block device) and its format.
+  std::string backing;
+  vmm::DiskFormat backing_format = vmm::DiskFormat::kRaw;
+};
+
+// Access a VMI's QEMU needs to a host block device (a block-backed claim), which the VM's
+// device filter must grant. `write` false: read only (an ephemeral volume's backing, a
+// read-only disk).
+struct DeviceGrant {
+  std::string volume;  // the KubeVirt volume name: the owner of the grant
+  std::string path;    // the device node
+  bool write = true;
+  bool operator==(const DeviceGrant&) const = default;
+};
+
+// A provisioned PersistentVolumeClaim as the mapping needs it.
+struct ClaimSource {
+  std::string path;    // the image file or the block device
+  bool block = false;  // a block device node (else a regular file)
+  bool qcow2 = false;  // file format qcow2 (else raw)
+  uint64_t capacity_bytes = 0;
+  std::vector<std::string> access_modes;  // the claim's spec.accessModes
+};
+
+// Returns the provisioned volume of the Bound claim ns/name. Errors: kNotFound (no such
+// claim), kUnavailable (not Bound yet; the message says why).
+using ClaimLookup =
+    std::function<Result<ClaimSource>(const std::string& ns, const std::string& name)>;
+
+// One disk to hot-plug into a running domain.
+struct HotplugDisk {
+  vmm::DiskSpec disk;
+  std::vector<DeviceGrant> grants;
+  ClaimSource claim;
 };
 
 struct VmiPlan {
@@ -81,6 +116,11 @@ struct VmiPlan {
   std::string qemu_group;
   vmm::DomainSpec domain;
   std::vector<VolumeTask> tasks;
+  // Block devices the boot disks use (granted before the domain starts).
+  std::vector<DeviceGrant> grants;
+  // Hotpluggable volumes (persistentVolumeClaim/dataVolume with hotpluggable: true): not part
+  // of the boot domain; the controller attaches them once it runs, as KubeVirt does.
+  std::vector<std::string> hotplug_volumes;
 };
 
 // Returns the core/v1 Secret `name` in namespace `ns` as stored JSON (`data` values base64),
@@ -97,12 +137,20 @@ using SecretLookup = std::function<Result<Json>(const std::string& ns, const std
 //    is not a regular file, cloud-init data that is not valid base64 or has neither user nor
 //    network data, `cache: none` without O_DIRECT, anything vmm::DomainXml refuses.
 //  - kNotFound: a referenced Secret (or key) is missing, with the volume named.
-//  - kUnsupported: containerDisk, persistentVolumeClaim, ephemeral, dataVolume or any other
-//    volume source edgevirt does not serve yet, with the volume named.
+//  - kUnsupported: containerDisk, dataVolume or any other volume source edgevirt does not
+//    serve yet, with the volume named.
+//  - persistentVolumeClaim / ephemeral volumes: `claims` errors, wrapped with the volume name
+//    (kNotFound, kUnavailable when not Bound); a block claim on a disk adds a DeviceGrant.
 //  - kUnavailable: an EFI VMI on a host without the needed OVMF image.
 // The returned DomainSpec has been rendered once through vmm::DomainXml (so a plan that is
 // returned is one libvirt will be given).
-Result<VmiPlan> PlanVmi(const Json& vmi, const VmiHostOptions& host, const SecretLookup& secrets);
+Result<VmiPlan> PlanVmi(const Json& vmi, const VmiHostOptions& host, const SecretLookup& secrets,
+                        const ClaimLookup& claims = {});
+
+// Maps one hotpluggable volume of a running VMI (its disk and its persistentVolumeClaim) to
+// the disk to attach. Errors as PlanVmi's; kNotFound when the VMI has no such disk+volume.
+Result<HotplugDisk> PlanHotplugDisk(const Json& vmi, const std::string& volume,
+                                    const VmiHostOptions& host, const ClaimLookup& claims);
 
 // Creates plan.dir (mode 0750, group qemu_group) with the subdirectory vnc/ (0770, group
 // qemu_group; QEMU binds the VNC socket itself) and every task's file. Each file is written

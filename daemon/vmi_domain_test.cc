@@ -383,12 +383,12 @@ TEST_CASE("volume types edgevirt does not serve yet are refused with their reaso
   CHECK(cd.code == Code::kUnsupported);
   CHECK(cd.message ==
         "VMI ns1/vm1: volume v: containerDisk needs the image puller (not built yet)");
+  // Without a claim lookup (PVCs not served), a claim cannot be resolved.
   Error pvc = err("persistentVolumeClaim: {claimName: data}");
-  CHECK(pvc.code == Code::kUnsupported);
-  CHECK(pvc.message ==
-        "VMI ns1/vm1: volume v: PersistentVolumeClaims (persistentVolumeClaim, ephemeral, "
-        "dataVolume) are not served yet");
-  CHECK(err("ephemeral: {persistentVolumeClaim: {claimName: data}}").code == Code::kUnsupported);
+  CHECK(pvc.code == Code::kUnavailable);
+  CHECK(pvc.message == "VMI ns1/vm1: volume v: PersistentVolumeClaims are not served");
+  CHECK(err("ephemeral: {persistentVolumeClaim: {claimName: data}}").code == Code::kUnavailable);
+  // (dataVolume is refused at admission already.)
 
   // Shapes admission already refuses, checked on the planner directly.
   Json vmi =
@@ -421,6 +421,99 @@ TEST_CASE("volume types edgevirt does not serve yet are refused with their reaso
   plan = PlanVmi(vmi, f.host, f.lookup);
   REQUIRE_FALSE(plan.has_value());
   CHECK(plan.error().message == "VMI ns1/vm1: metadata.uid \"../../etc\" is not a UUID");
+}
+
+TEST_CASE("claims: file and block PVCs, ephemeral overlays, hotpluggable volumes left out") {
+  Fixture f;
+  std::map<std::string, Result<ClaimSource>> claims;
+  claims.emplace(
+      "ns1/img",
+      ClaimSource{
+          "/var/lib/edgevirt/volumes/ns1/a.qcow2", false, true, 1 << 30, {"ReadWriteOnce"}});
+  claims.emplace("ns1/blk", ClaimSource{"/dev/loop7", true, false, 16 << 20, {"ReadWriteOnce"}});
+  claims.emplace("ns1/base", ClaimSource{"/dev/loop8", true, false, 16 << 20, {"ReadOnlyMany"}});
+  claims.emplace("ns1/pending",
+                 Result<ClaimSource>(MakeError(Code::kUnavailable, "claim pending is not Bound")));
+  ClaimLookup lookup = [&](const std::string& ns, const std::string& name) -> Result<ClaimSource> {
+    auto it = claims.find(ns + "/" + name);
+    if (it == claims.end()) {
+      return MakeError(Code::kNotFound, "persistentvolumeclaims \"" + name + "\" not found");
+    }
+    return it->second;
+  };
+  const std::string yaml =
+      Vmi("[{name: img, disk: {bus: virtio}}, {name: blk, disk: {bus: scsi}}, "
+          "{name: base, disk: {bus: virtio}}, {name: hp, disk: {bus: scsi}}]",
+          "[{name: img, persistentVolumeClaim: {claimName: img}}, "
+          "{name: blk, persistentVolumeClaim: {claimName: blk}}, "
+          "{name: base, ephemeral: {persistentVolumeClaim: {claimName: base}}}, "
+          "{name: hp, persistentVolumeClaim: {claimName: blk, hotpluggable: true}}]");
+  Json vmi = Admitted(yaml);
+  auto plan = PlanVmi(vmi, f.host, f.lookup, lookup);
+  INFO((plan ? "" : plan.error().message));
+  REQUIRE(plan.has_value());
+  const auto& disks = plan->domain.disks;
+  REQUIRE(disks.size() == 3);
+  CHECK(disks[0].path == "/var/lib/edgevirt/volumes/ns1/a.qcow2");
+  CHECK(disks[0].format == vmm::DiskFormat::kQcow2);
+  CHECK(disks[0].source_kind == vmm::DiskSourceKind::kFile);
+  CHECK(disks[1].path == "/dev/loop7");
+  CHECK(disks[1].source_kind == vmm::DiskSourceKind::kBlock);
+  CHECK(disks[1].format == vmm::DiskFormat::kRaw);
+  const std::string dir = f.host.vms_dir + "/" + kUid;
+  CHECK(disks[2].path == dir + "/ephemeral-base.qcow2");
+  CHECK(disks[2].format == vmm::DiskFormat::kQcow2);
+  REQUIRE(plan->tasks.size() == 1);
+  CHECK(plan->tasks[0].kind == VolumeTaskKind::kEphemeralOverlay);
+  CHECK(plan->tasks[0].backing == "/dev/loop8");
+  CHECK(plan->tasks[0].backing_format == vmm::DiskFormat::kRaw);
+  // The block claim is granted read-write, the ephemeral base read-only.
+  CHECK(plan->grants ==
+        std::vector<DeviceGrant>{{"blk", "/dev/loop7", true}, {"base", "/dev/loop8", false}});
+  CHECK(plan->hotplug_volumes == std::vector<std::string>{"hp"});
+  CHECK(plan->domain.hotplug_scsi_controller);
+  CHECK(plan->domain.spare_pcie_ports > 0);
+
+  auto hp = PlanHotplugDisk(vmi, "hp", f.host, lookup);
+  REQUIRE(hp.has_value());
+  CHECK(hp->disk.name == "hp");
+  CHECK(hp->disk.bus == vmm::DiskBus::kScsi);
+  CHECK(hp->disk.path == "/dev/loop7");
+  CHECK(hp->grants == std::vector<DeviceGrant>{{"hp", "/dev/loop7", true}});
+  CHECK(hp->claim.capacity_bytes == 16u << 20);
+  CHECK(PlanHotplugDisk(vmi, "nope", f.host, lookup).error().code == Code::kNotFound);
+
+  // A claim that is not Bound, or missing, fails the start with the volume named.
+  vmi["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = "pending";
+  auto waiting = PlanVmi(vmi, f.host, f.lookup, lookup);
+  REQUIRE_FALSE(waiting.has_value());
+  CHECK(waiting.error().code == Code::kUnavailable);
+  CHECK(waiting.error().message == "VMI ns1/vm1: volume img: claim pending is not Bound");
+  vmi["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = "gone";
+  auto missing = PlanVmi(vmi, f.host, f.lookup, lookup);
+  REQUIRE_FALSE(missing.has_value());
+  CHECK(missing.error().code == Code::kNotFound);
+}
+
+TEST_CASE("an ephemeral overlay is a qcow2 over its read-only backing") {
+  Fixture f;
+  const fs::path base = f.tmp / "base.raw";
+  std::ofstream(base) << std::string(1 << 20, 'x');
+  ClaimLookup lookup = [&](const std::string&, const std::string&) -> Result<ClaimSource> {
+    return ClaimSource{base.string(), false, false, 1 << 20, {"ReadOnlyMany"}};
+  };
+  auto plan = PlanVmi(Admitted(Vmi("[{name: e, disk: {bus: virtio}}]",
+                                   "[{name: e, ephemeral: {persistentVolumeClaim: "
+                                   "{claimName: base}}}]")),
+                      f.host, f.lookup, lookup);
+  REQUIRE(plan.has_value());
+  REQUIRE(PrepareVmiFiles(*plan));
+  auto info = Exec({"qemu-img", "info", "--output", "json", plan->domain.disks[0].path});
+  REQUIRE(info.has_value());
+  Json j = Json::parse(info->stdout_text);
+  CHECK(j["format"] == "qcow2");
+  CHECK(j["backing-filename"] == base.string());
+  CHECK(j["backing-filename-format"] == "raw");
 }
 
 TEST_CASE("cache none needs O_DIRECT; the default follows it") {
