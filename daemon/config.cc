@@ -272,6 +272,31 @@ const std::vector<KeySpec>& Keys() {
          return Ok();
        },
        [](const Config& c) { return FormatDuration(c.vms.resync_period); }},
+      {"cgroups.root",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         if (n.IsNull()) {
+           c.cgroups.root.clear();
+           return Ok();
+         }
+         ASSIGN_OR_RETURN(std::string root, ReadString(n, ctx));
+         if (root.find("/../") != std::string::npos || root.ends_with("/..") ||
+             root.starts_with("../") || root == "..") {
+           return ctx.Fail(n, "must not contain \"..\": " + Quote(root));
+         }
+         c.cgroups.root = std::move(root);
+         return Ok();
+       },
+       [](const Config& c) { return c.cgroups.root; }},
+      {"cgroups.bpfRoot",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(std::string dir, ReadAbsolutePath(n, ctx));
+         if (dir.find("/../") != std::string::npos || dir.ends_with("/..")) {
+           return ctx.Fail(n, "must not contain \"..\": " + Quote(dir));
+         }
+         c.cgroups.bpf_root = std::move(dir);
+         return Ok();
+       },
+       [](const Config& c) { return c.cgroups.bpf_root; }},
       {"log.level",
        [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
          ASSIGN_OR_RETURN(std::string s, ReadString(n, ctx));

@@ -54,6 +54,15 @@ struct Config {
     std::chrono::milliseconds resync_period{30'000};
     bool operator==(const Vms&) const = default;
   } vms;
+  struct Cgroups {
+    // cgroups.root: the cgroup VM cgroups are made under (<root>/vms/<vmi-uid>), as a path on
+    // the cgroup2 mount or relative to it. Empty: under systemd the service's own (delegated)
+    // cgroup, the daemon moving itself into <own>/daemon; otherwise <mount>/edgevirt.
+    std::string root;
+    // cgroups.bpfRoot: where each VM's device filter (map and link) is pinned, on bpffs.
+    std::string bpf_root = "/sys/fs/bpf/edgevirt";
+    bool operator==(const Cgroups&) const = default;
+  } cgroups;
   struct Log {
     log::Level level = log::Level::kInfo;     // log.level
     log::Target target = log::Target::kAuto;  // log.target

@@ -91,6 +91,9 @@ vms:
   enabled: false
   hostDiskDirs: [/srv/disks, /data/images]
   resyncPeriod: 1m
+cgroups:
+  root: edgevirt-test
+  bpfRoot: /sys/fs/bpf/ev-test
 log:
   level: debug
   target: stderr
@@ -118,6 +121,8 @@ shutdown:
   CHECK_FALSE(c.vms.enabled);
   CHECK(c.vms.host_disk_dirs == std::vector<std::string>{"/srv/disks", "/data/images"});
   CHECK(c.vms.resync_period == 1min);
+  CHECK(c.cgroups.root == "edgevirt-test");
+  CHECK(c.cgroups.bpf_root == "/sys/fs/bpf/ev-test");
   CHECK(c.log.level == log::Level::kDebug);
   CHECK(c.log.target == log::Target::kStderr);
   CHECK(c.store.initial_map_size == 1ull << 30);

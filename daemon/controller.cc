@@ -11,6 +11,7 @@
 
 #include "api/kubevirt/kubevirt.h"
 #include "api/machinery/codec.h"
+#include "common/fault.h"
 #include "common/log.h"
 
 namespace edgevirt::daemon {
@@ -321,6 +322,7 @@ class Controller::Impl {
   Status ReconcileVmi(const std::string& ns, const std::string& name, bool after_start = false);
 
   // VM side (virt-controller).
+  Status ApplyVolumeRequests(const Json& vm, const Json* vmi);
   Status StartStop(const Json& vm, const Json* vmi, const std::string& key);
   Status StartVmi(const Json& vm);
   Status StopVmi(const Json& vm, const Json& vmi);
@@ -332,6 +334,12 @@ class Controller::Impl {
   Status StartDomain(const Json& vmi);
   Status FinishVmi(const Json& vmi, const std::string& phase, const std::string& reason);
   Status CleanupDomain(const std::string& dname, const std::string& uid);
+  // The VMI's cgroup and device filter match LMDB (once per daemon process and VMI).
+  Status EnsurePlaced(const std::string& dname, const std::string& uid);
+  // Hot-plug: attaches the spec's hotpluggable volumes that are not attached, detaches attached
+  // disks the spec no longer has, settles grants a crash left pending; returns
+  // status.volumeStatus. Sets `requeue` while a detach is still in progress.
+  Result<Json> SyncVolumes(const Json& vmi, const std::string& dname, bool& requeue);
   Status WriteVmiStatus(const std::string& ns, const std::string& name,
                         const std::function<void(Json& vmi, const std::string& now)>& edit);
 
@@ -353,6 +361,8 @@ class Controller::Impl {
   const api::ResourceType* vm_rt_ = nullptr;
   const api::ResourceType* vmi_rt_ = nullptr;
   std::unique_ptr<vmm::Hypervisor> hv_;
+  std::unique_ptr<Isolation> iso_;
+  std::set<std::string> placed_;  // VMI uids whose isolation was reconciled (worker thread)
   WorkQueue queue_;
   std::unique_ptr<store::Watch> watch_;
   std::thread worker_, watcher_, resyncer_;
@@ -390,6 +400,9 @@ Status Controller::Impl::Open() {
   hv_options.on_event = [this](const vmm::DomainEvent& e) { OnDomainEvent(e); };
   ASSIGN_OR_RETURN(hv_, vmm::Hypervisor::Open(std::move(hv_options)));
   options_.host.accelerator = hv_->accelerator();
+  IsolationOptions iso_options = options_.isolation;
+  iso_options.store = &registry_.store();
+  ASSIGN_OR_RETURN(iso_, Isolation::Open(std::move(iso_options)));
   // The group QEMU runs as (the same choice vmm makes for qemu.conf) owns the per-VMI dirs.
   if (!options_.hypervisor.qemu_group.empty()) {
     options_.host.qemu_group = options_.hypervisor.qemu_group;
@@ -433,6 +446,9 @@ Status Controller::Impl::Open() {
       if (Status s = hv_->Undefine(d.name); !s) EV_LOG(kWarning) << s.error().message;
     }
   }
+  // Cgroups, pinned filters and device records of VMIs that no longer exist (after the
+  // domains: a cgroup holding a QEMU is emptied by the Destroy above).
+  if (Status s = iso_->Collect(live_uids); !s) EV_LOG(kWarning) << s.error().message;
   for (const auto& entry : std::filesystem::directory_iterator(options_.host.vms_dir, ec)) {
     const std::string uid = entry.path().filename().string();
     if (!IsCanonicalUuid(uid) || live_uids.count(uid) != 0) continue;
@@ -617,6 +633,12 @@ Status Controller::Impl::ReconcileVm(const std::string& ns, const std::string& n
     if (!r) return r.error().ToError();
     return Ok();  // the write brings the VM back through the watch
   }
+  // Hot-plug requests (virtctl addvolume/removevolume on the VM): applied to the running VMI
+  // and the VM's template, then dropped; the writes bring the VM back here.
+  if (const Json* reqs = At(vm, {"status", "volumeRequests"});
+      reqs && reqs->is_array() && !reqs->empty()) {
+    return ApplyVolumeRequests(vm, vmi);
+  }
   // A new RerunOnFailure VM starts once, through a start request (as KubeVirt does).
   if (!At(vm, {"status", "printableStatus"}) && RunStrategy(vm) == "RerunOnFailure" && !vmi) {
     auto r = registry_.Mutate(
@@ -647,6 +669,75 @@ Status Controller::Impl::ReconcileVm(const std::string& ns, const std::string& n
     }
   }
   return UpdateVmStatus(vm, vmi_now, sync, key);
+}
+
+Status Controller::Impl::ApplyVolumeRequests(const Json& vm, const Json* vmi) {
+  const std::string ns = Str(vm, {"metadata", "namespace"});
+  const std::string name = Str(vm, {"metadata", "name"});
+  const Json requests = *At(vm, {"status", "volumeRequests"});
+  const WriteOptions wo{.field_manager = "virt-controller", .admit = false};
+  Json next = vm;
+  for (const auto& r : requests) {
+    api::subresources::ApplyVolumeRequest(next["spec"]["template"]["spec"], r);
+  }
+  const std::string old_hash = TemplateHash(vm);
+  const std::string new_hash = TemplateHash(next);
+  // 1. The running VMI first (KubeVirt's order): it carries the change to the domain. A VMI
+  //    that ran the old template now runs the new one.
+  if (vmi && Str(*vmi, {"status", "phase"}) == "Running" && !BeingDeleted(*vmi)) {
+    auto r = registry_.Mutate(
+        *vmi_rt_, ns, name, false,
+        [&](Json& o) -> Status {
+          for (const auto& req : requests) api::subresources::ApplyVolumeRequest(o["spec"], req);
+          Json& ann = o["metadata"]["annotations"];
+          if (ann.is_object() && ann.value(kTemplateHashAnnotation, "") == old_hash) {
+            ann[kTemplateHashAnnotation] = new_hash;
+          }
+          return Ok();
+        },
+        wo);
+    if (!r && r.error().code != 404) return r.error().ToError();
+  }
+  // 2. The VM's template (a spec change: its generation moves on).
+  if (new_hash != old_hash) {
+    auto r = registry_.Mutate(
+        *vm_rt_, ns, name, false,
+        [&](Json& o) -> Status {
+          for (const auto& req : requests) {
+            api::subresources::ApplyVolumeRequest(o["spec"]["template"]["spec"], req);
+          }
+          return Ok();
+        },
+        wo);
+    if (!r) return r.error().ToError();
+  }
+  // 3. The requests applied are done (new ones that arrived meanwhile stay).
+  auto r = registry_.Mutate(
+      *vm_rt_, ns, name, true,
+      [&](Json& o) -> Status {
+        Json& reqs = o["status"]["volumeRequests"];
+        if (!reqs.is_array()) return Ok();
+        Json kept = Json::array();
+        size_t i = 0;
+        for (auto& req : reqs) {
+          if (i < requests.size() && req == requests[i]) {
+            ++i;
+          } else {
+            kept.push_back(std::move(req));
+          }
+        }
+        if (kept.empty()) {
+          o["status"].erase("volumeRequests");
+        } else {
+          reqs = std::move(kept);
+        }
+        return Ok();
+      },
+      wo);
+  if (!r && r.error().code != 404) return r.error().ToError();
+  EV_LOG(kInfo).Field("VM_NAMESPACE", ns).Field("VM_NAME", name)
+      << "applied " << requests.size() << " volume request(s) to VM " << ns << "/" << name;
+  return Ok();
 }
 
 Status Controller::Impl::StartStop(const Json& vm, const Json* vmi, const std::string& key) {
@@ -991,7 +1082,11 @@ void SetPhase(Json& vmi, const std::string& phase, const std::string& now) {
 Status Controller::Impl::CleanupDomain(const std::string& dname, const std::string& uid) {
   if (Status s = hv_->Destroy(dname); !s && s.error().code != Code::kNotFound) return s;
   if (Status s = hv_->Undefine(dname); !s && s.error().code != Code::kNotFound) return s;
-  if (!uid.empty()) RETURN_IF_ERROR(RemoveVmiFiles(options_.host.vms_dir, uid));
+  if (!uid.empty()) {
+    RETURN_IF_ERROR(iso_->Release(uid));
+    placed_.erase(uid);
+    RETURN_IF_ERROR(RemoveVmiFiles(options_.host.vms_dir, uid));
+  }
   std::lock_guard lock(shutdown_mu_);
   shutdown_requested_.erase(uid);
   return Ok();
@@ -1032,13 +1127,28 @@ Status Controller::Impl::StartDomain(const Json& vmi) {
     if (!s) return Error(Code::kNotFound, "secret \"" + sname + "\" not found");
     return std::move(*s);
   };
-  ASSIGN_OR_RETURN(VmiPlan plan, PlanVmi(vmi, options_.host, secrets));
+  ASSIGN_OR_RETURN(VmiPlan plan, PlanVmi(vmi, options_.host, secrets, options_.claims));
+  ASSIGN_OR_RETURN(cgroup::Limits limits, LimitsForVmi(vmi));
   RETURN_IF_ERROR(PrepareVmiFiles(plan));
   RETURN_IF_ERROR(hv_->Define(plan.domain));
   if (Status s = hv_->StartPaused(plan.domain.name); !s && s.error().code != Code::kConflict) {
     return s;
   }
-  // vCPUs are still stopped here: this is where the cgroup and device filter will be applied.
+  // vCPUs are still stopped: QEMU goes into the VMI's cgroup, under its device filter and
+  // limits, before any guest code runs.
+  ASSIGN_OR_RETURN(pid_t pid, hv_->QemuPid(plan.domain.name));
+  ASSIGN_OR_RETURN(cgroup::ApplyReport report, iso_->Place(plan.uid, pid, limits, plan.grants));
+  placed_.insert(plan.uid);
+  if (!report.unavailable.empty()) {
+    std::string missing;
+    for (const auto& c : report.unavailable) missing += (missing.empty() ? "" : ", ") + c;
+    Event(
+        vmi, EventType::kWarning, "CgroupControllersUnavailable",
+        "cgroup controllers not available on this host, their limits are not enforced: " + missing);
+    EV_LOG(kWarning).Field("VM_NAMESPACE", ns).Field("VM_NAME", name)
+        << "VMI " << ns << "/" << name << ": cgroup controllers not available, limits not "
+        << "enforced: " << missing;
+  }
   if (Str(vmi, {"spec", "startStrategy"}) != "Paused")
     RETURN_IF_ERROR(hv_->Resume(plan.domain.name));
   return Ok();
@@ -1166,6 +1276,17 @@ Status Controller::Impl::ReconcileVmi(const std::string& ns, const std::string& 
     return FinishVmi(vmi, "Failed", "guest crashed");
   }
   const bool paused = ds.state == vmm::DomainState::kPaused;
+  RETURN_IF_ERROR(EnsurePlaced(dname, uid));
+  bool volumes_requeue = false;
+  Json volume_status = Json::array();
+  if (auto vs = SyncVolumes(vmi, dname, volumes_requeue)) {
+    volume_status = std::move(*vs);
+  } else {
+    EV_LOG(kWarning).Field("VM_NAMESPACE", ns).Field("VM_NAME", name)
+        << "volumes of " << ns << "/" << name << ": " << vs.error().message;
+    volumes_requeue = true;
+  }
+  if (volumes_requeue) queue_.AddAfter(key, 1s);
   // The guest agent: connected or not, and the OS it reports (asked once per connection).
   bool agent = false;
   std::optional<Json> os_info;
@@ -1214,6 +1335,11 @@ Status Controller::Impl::ReconcileVmi(const std::string& ns, const std::string& 
                                     {"threads", cpu ? cpu->value("threads", 1) : 1}};
     if (const Json* m = At(o, {"spec", "domain", "machine"})) status["machine"] = *m;
     status["qosClass"] = "Burstable";
+    if (volume_status.empty()) {
+      status.erase("volumeStatus");
+    } else {
+      status["volumeStatus"] = volume_status;
+    }
     if (os_info) status["guestOSInfo"] = *os_info;
     if (!status.contains("guestOSInfo")) status["guestOSInfo"] = Json::object();
     if (agent) {
@@ -1222,6 +1348,178 @@ Status Controller::Impl::ReconcileVmi(const std::string& ns, const std::string& 
       RemoveCondition(status, "AgentConnected");
     }
   });
+}
+
+Status Controller::Impl::EnsurePlaced(const std::string& dname, const std::string& uid) {
+  if (placed_.count(uid) != 0) return Ok();
+  // After a daemon restart (or a crash during a start): the cgroup, the filter and the map are
+  // made to match LMDB again; QEMU kept running meanwhile.
+  ASSIGN_OR_RETURN(pid_t pid, hv_->QemuPid(dname));
+  RETURN_IF_ERROR(iso_->Reconcile(uid, pid));
+  placed_.insert(uid);
+  return Ok();
+}
+
+namespace {
+
+const Json* FindNamed(const Json* list, const std::string& name) {
+  if (list == nullptr || !list->is_array()) return nullptr;
+  for (const auto& v : *list) {
+    if (v.is_object() && v.value("name", "") == name) return &v;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+Result<Json> Controller::Impl::SyncVolumes(const Json& vmi, const std::string& dname,
+                                           bool& requeue) {
+  const std::string uid = Str(vmi, {"metadata", "uid"});
+  const Json* volumes = At(vmi, {"spec", "volumes"});
+  ASSIGN_OR_RETURN(auto live_list, hv_->LiveDisks(dname));
+  std::map<std::string, vmm::LiveDisk> live;
+  for (auto& d : live_list) live.emplace(d.name, std::move(d));
+  std::set<std::string> wanted;  // hotpluggable volumes of the spec
+  if (volumes && volumes->is_array()) {
+    for (const auto& v : *volumes) {
+      if (api::subresources::IsHotplugVolume(v)) wanted.insert(v.value("name", ""));
+    }
+  }
+  // 1. Grants a crash (or an earlier pass) left pending are settled against the live domain.
+  ASSIGN_OR_RETURN(auto grants, iso_->Grants(uid));
+  for (const auto& g : grants) {
+    const bool attached = live.count(g.volume) != 0;
+    if (g.state == GrantState::kPendingAdd) {
+      if (attached) {
+        RETURN_IF_ERROR(iso_->CommitGrant(uid, g.volume));
+      } else if (!wanted.count(g.volume)) {
+        RETURN_IF_ERROR(iso_->FinishRevoke(uid, g.volume));
+      }  // else: attached again below
+    } else if (g.state == GrantState::kPendingRemove) {
+      if (attached) {
+        // QEMU still has it: (re)ask for the detach; the grant goes once the disk is gone.
+        if (Status st = hv_->DetachDisk(dname, g.volume, false); !st) {
+          EV_LOG(kDebug) << "detach " << g.volume << ": " << st.error().message;
+        }
+        requeue = true;
+      } else {
+        RETURN_IF_ERROR(iso_->FinishRevoke(uid, g.volume));
+      }
+    } else if (!attached && !wanted.count(g.volume)) {
+      // An active grant whose disk is gone and not wanted (e.g. removed while we were down).
+      RETURN_IF_ERROR(iso_->BeginRevoke(uid, g.volume));
+      RETURN_IF_ERROR(iso_->FinishRevoke(uid, g.volume));
+    }
+  }
+  std::map<std::string, std::pair<std::string, std::string>> pending;  // volume → reason, msg
+  std::map<std::string, ClaimSource> claims;
+  // 2. Attach what the spec wants and the domain lacks: grant (durable intent first), attach,
+  //    record completion; a failed attach takes its grant back.
+  for (const auto& volume : wanted) {
+    if (live.count(volume)) continue;
+    auto plan = PlanHotplugDisk(vmi, volume, options_.host, options_.claims);
+    if (!plan) {
+      const bool waiting = plan.error().code == Code::kUnavailable;
+      pending[volume] = {waiting ? "PVCNotReady" : "AttachFailed", plan.error().message};
+      continue;
+    }
+    claims[volume] = plan->claim;
+    Status attach = Ok();
+    for (const auto& grant : plan->grants) {
+      attach = iso_->BeginGrant(uid, grant);
+      if (!attach) break;
+    }
+    if (attach) attach = hv_->AttachDisk(dname, plan->disk, false);
+    if (!attach) {
+      for (const auto& grant : plan->grants) (void)iso_->FinishRevoke(uid, grant.volume);
+      pending[volume] = {"AttachFailed", attach.error().message};
+      Event(vmi, EventType::kWarning, "VolumeAttachFailed",
+            "attach of volume " + volume + " failed: " + attach.error().message);
+      requeue = true;
+      continue;
+    }
+    FaultPoint("hotplug.after-attach");
+    for (const auto& grant : plan->grants) RETURN_IF_ERROR(iso_->CommitGrant(uid, grant.volume));
+    Event(vmi, EventType::kNormal, "VolumeAttached", "Attached hot-plugged volume " + volume);
+    EV_LOG(kInfo).Field("VM_UID", uid) << "attached volume " << volume << " to " << dname;
+  }
+  // 3. Detach attached disks the spec no longer has: revoke intent first, then the detach;
+  //    the grant goes when the disk is gone (step 1 of a later pass).
+  for (const auto& [name, disk] : live) {
+    if (name.empty() || FindNamed(volumes, name) != nullptr) continue;
+    bool granted = false;
+    for (const auto& g : grants) granted |= g.volume == name;
+    if (granted) RETURN_IF_ERROR(iso_->BeginRevoke(uid, name));
+    if (Status st = hv_->DetachDisk(dname, name, false); !st) {
+      if (st.error().code != Code::kNotFound) {
+        EV_LOG(kDebug) << "detach " << name << ": " << st.error().message;
+      }
+    } else {
+      Event(vmi, EventType::kNormal, "VolumeDetaching", "Detaching volume " + name);
+    }
+    FaultPoint("hotplug.after-detach");
+    requeue = true;
+  }
+  // 4. status.volumeStatus from the domain as it is now.
+  ASSIGN_OR_RETURN(live_list, hv_->LiveDisks(dname));
+  live.clear();
+  for (auto& d : live_list) live.emplace(d.name, std::move(d));
+  Json out = Json::array();
+  auto claim_info = [&](const Json& v) -> std::optional<Json> {
+    const Json* pvc = At(v, {"persistentVolumeClaim"});
+    if (!pvc) pvc = At(v, {"ephemeral", "persistentVolumeClaim"});
+    if (!pvc || !options_.claims) return std::nullopt;
+    const std::string name = v.value("name", "");
+    auto it = claims.find(name);
+    ClaimSource c;
+    if (it != claims.end()) {
+      c = it->second;
+    } else {
+      auto found = options_.claims(Str(vmi, {"metadata", "namespace"}), Str(*pvc, {"claimName"}));
+      if (!found) return std::nullopt;
+      c = std::move(*found);
+    }
+    Json info = {{"accessModes", c.access_modes},
+                 {"capacity", {{"storage", std::to_string(c.capacity_bytes)}}},
+                 {"volumeMode", c.block ? "Block" : "Filesystem"}};
+    return info;
+  };
+  if (volumes && volumes->is_array()) {
+    for (const auto& v : *volumes) {
+      const std::string name = v.value("name", "");
+      Json st = {{"name", name}};
+      auto l = live.find(name);
+      if (l != live.end()) st["target"] = l->second.target;
+      if (api::subresources::IsHotplugVolume(v)) {
+        st["hotplugVolume"] = Json::object();
+        if (l != live.end()) {
+          st["phase"] = "Ready";
+          st["reason"] = "VolumeReady";
+          st["message"] = "Successfully attach hotplugged volume " + name + " to VM";
+        } else if (auto p = pending.find(name); p != pending.end()) {
+          st["phase"] = p->second.first == "PVCNotReady" ? "Pending" : "Bound";
+          st["reason"] = p->second.first;
+          st["message"] = p->second.second;
+        } else {
+          st["phase"] = "Bound";
+          st["reason"] = "VolumeBound";
+          st["message"] = "PVC is bound, attaching";
+        }
+      }
+      if (auto info = claim_info(v)) st["persistentVolumeClaimInfo"] = std::move(*info);
+      out.push_back(std::move(st));
+    }
+  }
+  for (const auto& [name, disk] : live) {
+    if (name.empty() || FindNamed(volumes, name) != nullptr) continue;
+    out.push_back({{"name", name},
+                   {"target", disk.target},
+                   {"hotplugVolume", Json::object()},
+                   {"phase", "Detaching"},
+                   {"reason", "VolumeDetaching"},
+                   {"message", "Detaching volume " + name}});
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------

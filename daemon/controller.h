@@ -29,6 +29,7 @@
 #include "api/machinery/machinery.h"
 #include "api/subresources/subresources.h"
 #include "common/result.h"
+#include "daemon/isolation.h"
 #include "daemon/vmi_domain.h"
 #include "daemon/work_queue.h"
 #include "store/store.h"
@@ -50,6 +51,10 @@ struct ControllerOptions {
   std::chrono::milliseconds resync_period{30'000};
   // Cap of the start-failure backoff (KubeVirt's defaultMaxCrashLoopBackoffDelaySeconds).
   std::chrono::seconds max_crash_loop_delay{300};
+  // VM cgroups and device filters (the store is the machinery's).
+  IsolationOptions isolation;
+  // Provisioned PersistentVolumeClaims; empty: persistentVolumeClaim volumes fail to start.
+  ClaimLookup claims;
   // Wall clock for timestamps and deadlines; empty = the system clock.
   std::function<WallClock::time_point()> clock;
 };

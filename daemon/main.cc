@@ -214,6 +214,8 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
     controller_options.host.host_disk_dirs = config.vms.host_disk_dirs;
     controller_options.node_name = host;
     controller_options.resync_period = config.vms.resync_period;
+    controller_options.isolation.cgroup_root = config.cgroups.root;
+    controller_options.isolation.bpf_root = config.cgroups.bpf_root;
     auto started_controller =
         Controller::Start(*machinery, recorder.get(), std::move(controller_options));
     if (!started_controller) {
