@@ -352,7 +352,7 @@ TEST_CASE("VM subresources: bodies, paths, methods, 404", "[subresources][vm]") 
   CHECK_FALSE(env.Sub("GET", kSr + "virtualmachineinstances/vm/console"));
   CHECK_FALSE(env.Sub("GET", kSr + "virtualmachineinstances/vm/vnc"));
   CHECK_FALSE(env.Sub("GET", kSr + "virtualmachines/vm/portforward/22/tcp"));
-  CHECK_FALSE(env.Sub("PUT", kSr + "virtualmachines/vm/addvolume"));
+  CHECK_FALSE(env.Sub("PUT", kSr + "virtualmachines/vm/memorydump"));
   CHECK_FALSE(env.Sub("PUT", kSr + "virtualmachineinstances/vm/start"));
   CHECK_FALSE(env.Sub("GET", "/apis/subresources.kubevirt.io/v1/version"));
   CHECK_FALSE(env.Sub("GET", "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/vm"));

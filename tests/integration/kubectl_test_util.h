@@ -32,6 +32,7 @@
 #include "common/fd.h"
 #include "tests/integration/daemon_test_util.h"
 #include "tests/support/catch.h"
+#include "tests/support/cgroups.h"
 
 namespace edgevirt::testing {
 
@@ -413,24 +414,26 @@ class EdgevirtDaemon {
   // `extra_config`: more top-level YAML (e.g. a `store:` section).
   explicit EdgevirtDaemon(std::filesystem::path dir, const std::string& api_config = "",
                           const std::string& extra_config = "")
-      : dir_(std::move(dir)) {
+      : dir_(std::move(dir)), cgroups_(dir_) {
     std::filesystem::create_directories(dir_);
     config_ = dir_ / "edgevirtd.yaml";
-    WriteFile(config_, "stateDir: " + (dir_ / "state-root").string() +
-                           "\n"
-                           "runDir: " +
-                           (dir_ / "run").string() +
-                           "\n"
-                           "api:\n"
-                           "  listen:\n"
-                           "    - http://127.0.0.1:0\n" +
-                           api_config +
-                           "log:\n"
-                           "  level: info\n"
-                           "  target: stderr\n"
-                           "shutdown:\n"
-                           "  timeout: 10s\n" +
-                           extra_config);
+    WriteFile(config_,
+              "stateDir: " + (dir_ / "state-root").string() +
+                  "\n"
+                  "runDir: " +
+                  (dir_ / "run").string() +
+                  "\n"
+                  "api:\n"
+                  "  listen:\n"
+                  "    - http://127.0.0.1:0\n" +
+                  api_config +
+                  "log:\n"
+                  "  level: info\n"
+                  "  target: stderr\n"
+                  "shutdown:\n"
+                  "  timeout: 10s\n" +
+                  (extra_config.find("cgroups:") == std::string::npos ? cgroups_.Config() : "") +
+                  extra_config);
   }
 
   // Starts the daemon and waits for READY=1 (at most 30 s); url() is then its address.
@@ -443,6 +446,7 @@ class EdgevirtDaemon {
                {"WATCHDOG_PID", std::nullopt},
                {"LISTEN_FDS", std::nullopt},
                {"LISTEN_PID", std::nullopt}};
+    for (const auto& [k, v] : extra_env_) env[k] = v;
     child_ = std::make_unique<Child>(
         std::vector<std::string>{EdgevirtdPath(), "--config", config_.string()}, env, dir_,
         "edgevirtd-" + std::to_string(starts_));
@@ -474,16 +478,29 @@ class EdgevirtDaemon {
   }
 
   bool Running() { return child_ && child_->Running(); }
+  // Environment for the next Start()s (nullopt: unset), e.g. EDGEVIRT_FAULT_POINT.
+  void SetEnv(const std::string& key, std::optional<std::string> value) {
+    extra_env_[key] = std::move(value);
+  }
+  // Waits for the process to end by itself (a fault point); false if it still runs.
+  bool WaitExit(std::chrono::milliseconds timeout) {
+    return child_ && child_->Wait(timeout).has_value();
+  }
   pid_t pid() const { return child_ ? child_->pid() : -1; }
   const std::string& url() const { return url_; }
   std::string Stderr() const { return child_ ? child_->Stderr() : std::string(); }
   std::filesystem::path state_dir() const { return dir_ / "state-root"; }
+  const TestCgroups& cgroups() const { return cgroups_; }
 
  private:
   std::filesystem::path dir_;
+  // The daemon's private cgroups.root and cgroups.bpfRoot, removed when the test ends (after
+  // the daemon: members are destroyed in reverse order).
+  TestCgroups cgroups_;
   std::filesystem::path config_;
   std::unique_ptr<Child> child_;
   std::unique_ptr<NotifySocket> notify_;
+  std::map<std::string, std::optional<std::string>> extra_env_;
   std::string url_;
   int starts_ = 0;
 };

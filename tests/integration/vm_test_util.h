@@ -23,11 +23,13 @@ inline std::filesystem::path GuestDir() { return EDGEVIRT_GUEST_DIR; }
 
 // A daemon + kubectl whose hostDisk directory holds copies of the test guest.
 struct VmEnv {
-  explicit VmEnv(const std::string& prefix)
+  // `extra_config`: more top-level YAML for the daemon (e.g. a `storage:` section).
+  explicit VmEnv(const std::string& prefix, const std::string& extra_config = "")
       : tmp(prefix),
         disks(MakeDisks(tmp)),
-        daemon(tmp / "daemon", "",
-               "vms:\n  hostDiskDirs: [" + disks.string() + "]\n  resyncPeriod: 5s\n"),
+        daemon(
+            tmp / "daemon", "",
+            "vms:\n  hostDiskDirs: [" + disks.string() + "]\n  resyncPeriod: 5s\n" + extra_config),
         kubectl(tmp / "kubectl"),
         reaper(tmp.path().string(), EDGEVIRT_BINARY_DIR "/vmm_test_roots") {
     daemon.Start();

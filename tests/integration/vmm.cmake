@@ -42,3 +42,11 @@ target_compile_definitions(vm_lifecycle_test PRIVATE EDGEVIRTD_PATH="$<TARGET_FI
   EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
 add_dependencies(vm_lifecycle_test edgevirtd)
 set_tests_properties(vm_lifecycle_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
+
+edgevirt_add_test(NAME vm_devices_test SOURCES vm_devices_test.cc
+  LIBS edgevirt_cgroup edgevirt_store edgevirt_common nlohmann_json::nlohmann_json Threads::Threads
+  LABELS integration TIMEOUT 1200 RUN_SERIAL)
+target_compile_definitions(vm_devices_test PRIVATE EDGEVIRTD_PATH="$<TARGET_FILE:edgevirtd>"
+  EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
+add_dependencies(vm_devices_test edgevirtd)
+set_tests_properties(vm_devices_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
