@@ -1,9 +1,9 @@
-#include "api/kubevirt/quantity.h"
+#include "common/quantity.h"
 
 #include <algorithm>
 #include <limits>
 
-namespace edgevirt::api::kubevirt {
+namespace edgevirt {
 namespace {
 
 using i128 = QuantityInt;
@@ -301,4 +301,4 @@ std::string Quantity::String() const {
   return number + "e" + std::to_string(exp);
 }
 
-}  // namespace edgevirt::api::kubevirt
+}  // namespace edgevirt
