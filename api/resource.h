@@ -1,8 +1,8 @@
 // What the generic Kubernetes API machinery (api/machinery) needs to know about one served
 // resource, and the hooks through which a kind's own rules (schema, defaulting, validation,
 // printer columns, field selectors) plug in. The machinery is kind-agnostic: KubeVirt's
-// VirtualMachine/VirtualMachineInstance (api/kubevirt) and the core/v1 kinds (Event, later
-// Secret, PersistentVolumeClaim, Service) are all described by a ResourceType.
+// VirtualMachine/VirtualMachineInstance (api/kubevirt) and the core/v1 kinds (Event, Secret,
+// PersistentVolumeClaim, later Service) are all described by a ResourceType.
 #pragma once
 
 #include <chrono>
@@ -10,6 +10,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -72,6 +73,12 @@ struct TableColumn {
   int priority = 0;         // 1 = only with -o wide
 };
 
+// Read access to other served objects, for hooks that need it (ResourceType::delete_guard):
+// the objects of `group`/`kind` in namespace `ns` ("" = all namespaces), as clients see them
+// (server-owned metadata set). kNotFound when that kind is not served.
+using ObjectLister = std::function<Result<std::vector<Json>>(
+    std::string_view group, std::string_view kind, const std::string& ns)>;
+
 struct ResourceType {
   std::string group;    // "kubevirt.io", "" for core
   std::string version;  // "v1"
@@ -111,6 +118,16 @@ struct ResourceType {
   // supported: <field>").
   std::function<std::optional<std::string>(const Json& object, const std::string& field)>
       field_value;
+
+  // Extension (api/machinery): consulted before a DELETE changes anything (after the
+  // preconditions; also for dry runs, for DELETE of a collection and for in-process callers),
+  // with the stored object and read access to other kinds. A returned message refuses the
+  // delete with 409 Conflict carrying that message as is (e.g. `persistentvolumeclaims "data"
+  // is in use by VirtualMachine default/vm1`), details {name, group, kind: plural}; nothing is
+  // written. Like `admit`, it must not write anything. The check and the delete are not one
+  // transaction: an object that starts referring to this one in between is not seen.
+  std::function<std::optional<std::string>(const Json& object, const ObjectLister& list)>
+      delete_guard;
 
   // Key of the object's schema in the group-version's OpenAPI `components.schemas`
   // ("io.kubevirt.v1.VirtualMachine"); the machinery builds the paths, the kind module the schemas.

@@ -339,6 +339,29 @@ const ResourceType* Registry::ByApiVersionKind(std::string_view api_version,
   return nullptr;
 }
 
+ObjectLister Registry::Lister() const {
+  return [this](std::string_view group, std::string_view kind,
+                const std::string& ns) -> Result<std::vector<Json>> {
+    const ResourceType* other = ByKind(group, kind);
+    if (other == nullptr) {
+      return MakeError(Code::kNotFound,
+                       std::string(kind) + "." + std::string(group) + " is not served");
+    }
+    ListQuery query;
+    query.ns = ns;
+    auto page = List(*other, query);
+    if (!page) return page.error().ToError();
+    std::vector<Json> out;
+    out.reserve(page->items.size());
+    for (const auto& rec : page->items) {
+      auto decoded = DecodeRecord(rec);
+      if (!decoded) return std::move(decoded).error();
+      out.push_back(std::move(*decoded));
+    }
+    return out;
+  };
+}
+
 Outcome<store::Record> Registry::Get(const ResourceType& rt, const std::string& ns,
                                      const std::string& name) const {
   auto r = store_.Get(KeyOf(rt, ns, name));
@@ -907,6 +930,19 @@ Outcome<WriteResult> Registry::Delete(const ResourceType& rt, const std::string&
     }
     auto object = DecodeRecord(*current);
     if (!object) return Internal(object.error().message);
+    if (rt.delete_guard) {
+      if (auto refused = rt.delete_guard(*object, Lister())) {
+        ApiError e;
+        e.code = 409;
+        e.reason = "Conflict";
+        e.message = std::move(*refused);
+        e.has_details = true;
+        e.name = name;
+        e.group = rt.group;
+        e.kind = rt.plural;
+        return e;
+      }
+    }
 
     // deletionFinalizersForGarbageCollection: the explicit policy wins, then a finalizer
     // already on the object, then the default for custom resources (delete dependents in the

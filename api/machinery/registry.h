@@ -97,6 +97,9 @@ class Registry {
   // the first page's resourceVersion, so a watch started from it misses nothing.
   Outcome<ListPage> List(const ResourceType& rt, const ListQuery& query) const;
 
+  // Read access to every served kind (ResourceType::delete_guard's `list`).
+  ObjectLister Lister() const;
+
   // POST. `object` is the decoded body; `ns` the namespace from the URL.
   Outcome<WriteResult> Create(const ResourceType& rt, const std::string& ns, Json object,
                               const WriteOptions& options);
@@ -108,7 +111,8 @@ class Registry {
   Outcome<WriteResult> Patch(const ResourceType& rt, const std::string& ns, const std::string& name,
                              PatchType type, const Json& patch, bool status, bool force,
                              const WriteOptions& options);
-  // DELETE with finalizers, propagation policy and preconditions.
+  // DELETE with finalizers, propagation policy and preconditions; the kind's delete_guard may
+  // refuse it (409 Conflict).
   Outcome<WriteResult> Delete(const ResourceType& rt, const std::string& ns,
                               const std::string& name, const DeleteRequest& request,
                               const WriteOptions& options);
