@@ -299,7 +299,7 @@ std::string Hex(uint64_t v) {
 
 }  // namespace
 
-ApiGroupVersion CoreV1() {
+ApiGroupVersion CoreV1(const CoreV1Options& options) {
   ResourceType ev;
   ev.group = "";
   ev.version = "v1";
@@ -340,9 +340,10 @@ ApiGroupVersion CoreV1() {
   ApiGroupVersion gv;
   gv.group = "";
   gv.version = "v1";
-  gv.resources = {std::move(ev), SecretResource()};
+  gv.resources = {std::move(ev), SecretResource(), PersistentVolumeClaimResource(options.claims)};
   gv.schemas = EventSchemas();
   gv.schemas.update(SecretSchemas());
+  gv.schemas.update(PersistentVolumeClaimSchemas());
   return gv;
 }
 

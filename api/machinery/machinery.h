@@ -5,8 +5,8 @@
 // OpenAPI v3, CRUD with optimistic concurrency, the status subresource, merge/JSON patch and
 // server-side apply, finalizers and deletion propagation (with a garbage collector), label and
 // field selectors, paging, Table output, watch streams with bookmarks, dry run, field
-// validation, core/v1 Events with an EventRecorder for controllers, and core/v1 Secrets
-// (secrets.h). See README.md.
+// validation, core/v1 Events with an EventRecorder for controllers, core/v1 Secrets
+// (secrets.h) and PersistentVolumeClaims (pvc.h). See README.md.
 //
 //   Machinery::Create(store, {kubevirt::KubevirtV1(opts)}, options)  -> handler + GC + watches
 //   machinery->Serve(request)           -> the HTTP answer, or nullopt for paths it does not own
@@ -24,6 +24,7 @@
 #include "api/machinery/errors.h"
 #include "api/machinery/events.h"
 #include "api/machinery/gc.h"
+#include "api/machinery/pvc.h"
 #include "api/machinery/registry.h"
 #include "api/machinery/secrets.h"
 #include "api/machinery/watch.h"

@@ -129,15 +129,16 @@ inline ApiGroupVersion ExampleV1() {
   return gv;
 }
 
-// A store in a temp dir plus a Machinery serving ExampleV1 (and core/v1 events).
+// A store in a temp dir plus a Machinery serving ExampleV1 (and core/v1 events), or `groups`.
 class Env {
  public:
-  explicit Env(MachineryOptions options = {}, store::Options store_options = {}) {
+  explicit Env(MachineryOptions options = {}, store::Options store_options = {},
+               std::vector<ApiGroupVersion> groups = {ExampleV1()}) {
     store_options.dir = dir_.path() / "state";
     auto s = store::Store::Open(store_options);
     if (!s) std::abort();
     store_ = std::move(*s);
-    auto m = Machinery::Create(*store_, {ExampleV1()}, std::move(options));
+    auto m = Machinery::Create(*store_, std::move(groups), std::move(options));
     if (!m) std::abort();
     machinery_ = std::move(*m);
   }
