@@ -6,6 +6,8 @@
 #include <charconv>
 #include <fstream>
 #include <limits>
+#include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <system_error>
@@ -130,6 +132,208 @@ Status ReadListen(const YAML::Node& node, const Ctx& ctx, std::vector<std::strin
   }
   out = std::move(result);
   return Ok();
+}
+
+bool IsDnsSubdomain(std::string_view s) {
+  if (s.empty() || s.size() > 253) return false;
+  size_t label = 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    const bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+    if (c == '.') {
+      if (label == 0 || s[i - 1] == '-') return false;
+      label = 0;
+      continue;
+    }
+    if (!alnum && c != '-') return false;
+    if (label == 0 && c == '-') return false;
+    ++label;
+  }
+  return label > 0 && s.back() != '-';
+}
+
+// LVM's rule for volume group names: [a-zA-Z0-9+_.-], not starting with '-', not "." or "..".
+bool IsVolumeGroupName(std::string_view s) {
+  if (s.empty() || s.size() > 127 || s[0] == '-' || s == "." || s == "..") return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '+' ||
+           c == '_' || c == '.' || c == '-';
+  });
+}
+
+Result<std::string> ReadCleanAbsolutePath(const YAML::Node& node, const Ctx& ctx) {
+  ASSIGN_OR_RETURN(std::string path, ReadAbsolutePath(node, ctx));
+  if (path.find("/../") != std::string::npos || path.ends_with("/..") ||
+      path.find("/./") != std::string::npos || path.ends_with("/.")) {
+    return ctx.Fail(node, "must not contain \".\" or \"..\": " + Quote(path));
+  }
+  return path;
+}
+
+Result<StorageClass> ReadStorageClass(const YAML::Node& node, const Ctx& ctx) {
+  if (!node.IsMap()) return ctx.Fail(node, "expected a mapping, got " + Describe(node));
+  StorageClass c;
+  bool have_name = false, have_type = false;
+  std::optional<YAML::Node> dir, format, vg, devices;
+  std::set<std::string> seen;
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    const YAML::Node key = it->first;
+    const YAML::Node value = it->second;
+    if (!key.IsScalar()) return ctx.Fail(key, "key must be a string, got " + Describe(key));
+    const std::string& k = key.Scalar();
+    Ctx child{ctx.source, ctx.path + "." + k};
+    if (!seen.insert(k).second)
+      return Invalid(ctx.source, key.Mark(), "duplicate key " + Quote(child.path));
+    if (k == "name") {
+      ASSIGN_OR_RETURN(c.name, ReadString(value, child));
+      if (!IsDnsSubdomain(c.name)) {
+        return child.Fail(value,
+                          "must be a lowercase DNS subdomain (like \"local\" or "
+                          "\"fast-ssd\"), got " +
+                              Quote(c.name));
+      }
+      have_name = true;
+    } else if (k == "default") {
+      ASSIGN_OR_RETURN(c.is_default, ReadBool(value, child));
+    } else if (k == "type") {
+      ASSIGN_OR_RETURN(std::string t, ReadString(value, child));
+      if (t == "files") {
+        c.type = StorageClass::Type::kFiles;
+      } else if (t == "block") {
+        c.type = StorageClass::Type::kBlock;
+      } else {
+        return child.Fail(value, "must be \"files\" or \"block\", got " + Quote(t));
+      }
+      have_type = true;
+    } else if (k == "dir") {
+      dir = value;
+    } else if (k == "format") {
+      format = value;
+    } else if (k == "volumeGroup") {
+      vg = value;
+    } else if (k == "devices") {
+      devices = value;
+    } else {
+      return Invalid(ctx.source, key.Mark(), "unknown key " + Quote(child.path));
+    }
+  }
+  if (!have_name) return ctx.Fail(node, "a storage class needs a name");
+  if (!have_type)
+    return ctx.Fail(node, "storage class " + Quote(c.name) + " needs a type (files or block)");
+  auto only = [&](const std::optional<YAML::Node>& n, const char* key, const char* type) -> Status {
+    if (!n) return Ok();
+    return Ctx{ctx.source, ctx.path + "." + key}.Fail(
+        *n, std::string("only a class of type ") + type + " has this key");
+  };
+  if (c.type == StorageClass::Type::kFiles) {
+    RETURN_IF_ERROR(only(vg, "volumeGroup", "block"));
+    RETURN_IF_ERROR(only(devices, "devices", "block"));
+    if (dir) {
+      Ctx child{ctx.source, ctx.path + ".dir"};
+      ASSIGN_OR_RETURN(c.dir, ReadCleanAbsolutePath(*dir, child));
+      while (c.dir.size() > 1 && c.dir.back() == '/') c.dir.pop_back();
+      if (c.dir == "/") return child.Fail(*dir, "must not be the root directory");
+    }
+    if (format) {
+      Ctx child{ctx.source, ctx.path + ".format"};
+      ASSIGN_OR_RETURN(std::string f, ReadString(*format, child));
+      if (f == "qcow2") {
+        c.format = StorageClass::Format::kQcow2;
+      } else if (f == "raw") {
+        c.format = StorageClass::Format::kRaw;
+      } else {
+        return child.Fail(*format, "must be \"qcow2\" or \"raw\", got " + Quote(f));
+      }
+    }
+    return c;
+  }
+  RETURN_IF_ERROR(only(dir, "dir", "files"));
+  RETURN_IF_ERROR(only(format, "format", "files"));
+  if (vg.has_value() == devices.has_value()) {
+    return ctx.Fail(node, "block storage class " + Quote(c.name) +
+                              " needs exactly one of volumeGroup (LVM) or devices");
+  }
+  if (vg) {
+    Ctx child{ctx.source, ctx.path + ".volumeGroup"};
+    ASSIGN_OR_RETURN(c.volume_group, ReadString(*vg, child));
+    if (!IsVolumeGroupName(c.volume_group)) {
+      return child.Fail(*vg, "not an LVM volume group name: " + Quote(c.volume_group));
+    }
+    return c;
+  }
+  Ctx child{ctx.source, ctx.path + ".devices"};
+  if (!devices->IsSequence())
+    return child.Fail(*devices, "expected a list, got " + Describe(*devices));
+  if (devices->size() == 0) return child.Fail(*devices, "at least one device is required");
+  std::set<std::string> seen_devices;
+  for (size_t i = 0; i < devices->size(); ++i) {
+    Ctx item{ctx.source, child.path + "[" + std::to_string(i) + "]"};
+    ASSIGN_OR_RETURN(std::string d, ReadCleanAbsolutePath((*devices)[i], item));
+    if (!seen_devices.insert(d).second)
+      return item.Fail((*devices)[i], "duplicate device " + Quote(d));
+    c.devices.push_back(std::move(d));
+  }
+  return c;
+}
+
+Status ReadStorageClasses(const YAML::Node& node, const Ctx& ctx, std::vector<StorageClass>& out) {
+  if (node.IsNull()) {  // "classes:" with nothing after it means the default
+    out = Config{}.storage.classes;
+    return Ok();
+  }
+  if (!node.IsSequence()) return ctx.Fail(node, "expected a list, got " + Describe(node));
+  std::vector<StorageClass> classes;
+  std::set<std::string> names;
+  std::map<std::string, std::string> device_class;
+  std::string default_class;
+  for (size_t i = 0; i < node.size(); ++i) {
+    const YAML::Node item = node[i];
+    Ctx item_ctx{ctx.source, ctx.path + "[" + std::to_string(i) + "]"};
+    ASSIGN_OR_RETURN(StorageClass c, ReadStorageClass(item, item_ctx));
+    if (!names.insert(c.name).second) {
+      return Ctx{ctx.source, item_ctx.path + ".name"}.Fail(item["name"],
+                                                           "duplicate class " + Quote(c.name));
+    }
+    if (c.is_default) {
+      if (!default_class.empty()) {
+        return Ctx{ctx.source, item_ctx.path + ".default"}.Fail(
+            item["default"], "two default classes: " + Quote(default_class) + " and " +
+                                 Quote(c.name) + " (at most one class may be the default)");
+      }
+      default_class = c.name;
+    }
+    for (size_t d = 0; d < c.devices.size(); ++d) {
+      auto [it, inserted] = device_class.emplace(c.devices[d], c.name);
+      if (!inserted) {
+        return Ctx{ctx.source, item_ctx.path + ".devices[" + std::to_string(d) + "]"}.Fail(
+            item["devices"][d],
+            "device " + Quote(c.devices[d]) + " is already in class " + Quote(it->second));
+      }
+    }
+    classes.push_back(std::move(c));
+  }
+  out = std::move(classes);
+  return Ok();
+}
+
+std::string ShowStorageClasses(const std::vector<StorageClass>& classes) {
+  std::string out = "[";
+  for (const auto& c : classes) {
+    if (out.size() > 1) out += ", ";
+    out += "{" + c.name + (c.is_default ? " default" : "");
+    if (c.type == StorageClass::Type::kFiles) {
+      out += " files " + (c.dir.empty() ? std::string("<stateDir>/volumes") : c.dir) +
+             (c.format == StorageClass::Format::kQcow2 ? " qcow2" : " raw");
+    } else if (!c.volume_group.empty()) {
+      out += " block vg " + c.volume_group;
+    } else {
+      std::string devices;
+      for (const auto& d : c.devices) devices += (devices.empty() ? "" : ",") + d;
+      out += " block devices " + devices;
+    }
+    out += "}";
+  }
+  return out + "]";
 }
 
 // One leaf key: how to read it from a node and how to show its value (for ChangedKeys).
@@ -297,6 +501,11 @@ const std::vector<KeySpec>& Keys() {
          return Ok();
        },
        [](const Config& c) { return c.cgroups.bpf_root; }},
+      {"storage.classes",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         return ReadStorageClasses(n, ctx, c.storage.classes);
+       },
+       [](const Config& c) { return ShowStorageClasses(c.storage.classes); }},
       {"log.level",
        [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
          ASSIGN_OR_RETURN(std::string s, ReadString(n, ctx));
@@ -405,6 +614,21 @@ Status ReadMapping(const YAML::Node& node, const Ctx& ctx, Config& config) {
 std::string Config::EffectiveLibvirtUri() const {
   if (!libvirt.uri.empty()) return libvirt.uri;
   return "qemu:///embed?root=" + state_dir + "/libvirt";
+}
+
+std::vector<StorageClass> Config::EffectiveStorageClasses() const {
+  std::vector<StorageClass> out = storage.classes;
+  for (auto& c : out) {
+    if (c.type == StorageClass::Type::kFiles && c.dir.empty()) c.dir = state_dir + "/volumes";
+  }
+  return out;
+}
+
+std::string Config::DefaultStorageClass() const {
+  for (const auto& c : storage.classes) {
+    if (c.is_default) return c.name;
+  }
+  return "";
 }
 
 const std::vector<std::string>& ConfigKeyPaths() {

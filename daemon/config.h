@@ -16,6 +16,24 @@ namespace edgevirt::daemon {
 
 inline constexpr std::string_view kDefaultConfigPath = "/etc/edgevirt/edgevirtd.yaml";
 
+// One entry of storage.classes: where the claims controller (claims.h) provisions the volumes
+// of PersistentVolumeClaims whose spec.storageClassName names it.
+struct StorageClass {
+  enum class Type { kFiles, kBlock };
+  enum class Format { kQcow2, kRaw };
+  std::string name;          // name: a DNS subdomain, unique
+  bool is_default = false;   // default: claims without a class get this one (at most one)
+  Type type = Type::kFiles;  // type: files | block
+  // files: dir, an absolute directory (empty = <stateDir>/volumes), and the image format.
+  std::string dir;
+  Format format = Format::kQcow2;
+  // block: volumeGroup, an LVM volume group (one logical volume per claim), or devices, whole
+  // block devices handed out one per claim.
+  std::string volume_group;
+  std::vector<std::string> devices;
+  bool operator==(const StorageClass&) const = default;
+};
+
 struct Config {
   std::string state_dir = "/var/lib/edgevirt";  // stateDir
   std::string run_dir = "/run/edgevirt";        // runDir
@@ -63,6 +81,14 @@ struct Config {
     std::string bpf_root = "/sys/fs/bpf/edgevirt";
     bool operator==(const Cgroups&) const = default;
   } cgroups;
+  struct Storage {
+    // storage.classes: the embedded default is one files class "local" (qcow2 images under
+    // <stateDir>/volumes), the default class. An empty list disables provisioning.
+    std::vector<StorageClass> classes = {
+        {"local", true, StorageClass::Type::kFiles, "", StorageClass::Format::kQcow2, "", {}}};
+    bool operator==(const Storage&) const = default;
+  } storage;
+
   struct Log {
     log::Level level = log::Level::kInfo;     // log.level
     log::Target target = log::Target::kAuto;  // log.target
@@ -88,6 +114,11 @@ struct Config {
 
   // libvirt.uri, or the embedded QEMU driver rooted under stateDir when it is empty.
   std::string EffectiveLibvirtUri() const;
+  // storage.classes with the defaults that depend on other keys applied (the dir of a files
+  // class without one is <stateDir>/volumes).
+  std::vector<StorageClass> EffectiveStorageClasses() const;
+  // The name of the default storage class, "" when there is none.
+  std::string DefaultStorageClass() const;
 };
 
 // Every key path the file may contain, leaves only ("api.listen", "store.eventRetention.age",

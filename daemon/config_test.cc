@@ -64,6 +64,15 @@ TEST_CASE("defaults are the documented values") {
   CHECK(c.store.event_retention.count == 100000u);
   CHECK(c.store.event_retention.age == 1h);
   CHECK(c.shutdown.timeout == 30s);
+  // One files class, "local", the default, qcow2 images under <stateDir>/volumes.
+  REQUIRE(c.storage.classes.size() == 1);
+  CHECK(c.storage.classes[0].name == "local");
+  CHECK(c.storage.classes[0].is_default);
+  CHECK(c.storage.classes[0].type == StorageClass::Type::kFiles);
+  CHECK(c.storage.classes[0].format == StorageClass::Format::kQcow2);
+  CHECK(c.storage.classes[0].dir.empty());
+  CHECK(c.EffectiveStorageClasses()[0].dir == "/var/lib/edgevirt/volumes");
+  CHECK(c.DefaultStorageClass() == "local");
 }
 
 TEST_CASE("empty documents and empty sections give the defaults") {
@@ -94,6 +103,11 @@ vms:
 cgroups:
   root: edgevirt-test
   bpfRoot: /sys/fs/bpf/ev-test
+storage:
+  classes:
+    - name: fast
+      type: block
+      volumeGroup: vg0
 log:
   level: debug
   target: stderr
@@ -123,6 +137,8 @@ shutdown:
   CHECK(c.vms.resync_period == 1min);
   CHECK(c.cgroups.root == "edgevirt-test");
   CHECK(c.cgroups.bpf_root == "/sys/fs/bpf/ev-test");
+  REQUIRE(c.storage.classes.size() == 1);
+  CHECK(c.storage.classes[0].volume_group == "vg0");
   CHECK(c.log.level == log::Level::kDebug);
   CHECK(c.log.target == log::Target::kStderr);
   CHECK(c.store.initial_map_size == 1ull << 30);
@@ -398,6 +414,97 @@ TEST_CASE("API machinery keys") {
              Catch::Contains("test.yaml:2:20: api.kubevirtVersion: must be a semantic version"));
   CHECK_THAT(ParseError("api:\n  kubevirtVersion: v1.0\n"), Catch::Contains("api.kubevirtVersion"));
   CHECK_THAT(ParseError("api:\n  watchTimeout: 0s\n"), Catch::Contains("api.watchTimeout"));
+}
+
+TEST_CASE("storage classes") {
+  Config c = MustParse(R"(stateDir: /srv/ev
+storage:
+  classes:
+    - name: local
+      default: true
+      type: files
+      format: raw
+    - name: archive
+      type: files
+      dir: /data/volumes/
+    - name: fast
+      type: block
+      volumeGroup: vg0
+    - name: disks
+      type: block
+      devices: [/dev/sdb, /dev/sdc]
+)");
+  REQUIRE(c.storage.classes.size() == 4);
+  const auto classes = c.EffectiveStorageClasses();
+  CHECK(classes[0].dir == "/srv/ev/volumes");
+  CHECK(classes[0].format == StorageClass::Format::kRaw);
+  CHECK(classes[1].dir == "/data/volumes");
+  CHECK(classes[1].format == StorageClass::Format::kQcow2);
+  CHECK_FALSE(classes[1].is_default);
+  CHECK(classes[2].type == StorageClass::Type::kBlock);
+  CHECK(classes[2].volume_group == "vg0");
+  CHECK(classes[3].devices == std::vector<std::string>{"/dev/sdb", "/dev/sdc"});
+  CHECK(c.DefaultStorageClass() == "local");
+  CHECK(ChangedKeys(Config{}, c) == std::vector<std::string>{"stateDir", "storage.classes"});
+
+  // An empty list: no class at all (claims stay Pending); "classes:" alone: the default.
+  CHECK(MustParse("storage:\n  classes: []\n").storage.classes.empty());
+  CHECK(MustParse("storage:\n  classes: []\n").DefaultStorageClass().empty());
+  CHECK(MustParse("storage:\n  classes:\n") == Config{});
+
+  const std::string head = "storage:\n  classes:\n";
+  CHECK_THAT(ParseError(head + "    - name: a\n      type: tape\n"),
+             Catch::Contains("test.yaml:4:13: storage.classes[0].type: must be \"files\" or "
+                             "\"block\", got \"tape\""));
+  CHECK_THAT(ParseError(head + "    - name: a\n      type: files\n      dir: volumes\n"),
+             Catch::Contains("test.yaml:5:12: storage.classes[0].dir: must be an absolute path"));
+  CHECK_THAT(ParseError(head + "    - name: a\n      type: files\n      dir: /a/../b\n"),
+             Catch::Contains("storage.classes[0].dir: must not contain"));
+  CHECK_THAT(ParseError(head + "    - name: a\n      type: block\n"),
+             Catch::Contains("storage.classes[0]: block storage class \"a\" needs exactly one "
+                             "of volumeGroup (LVM) or devices"));
+  CHECK_THAT(ParseError(head + "    - name: a\n      type: block\n      devices: []\n"),
+             Catch::Contains("storage.classes[0].devices: at least one device is required"));
+  CHECK_THAT(ParseError(head + "    - name: a\n      type: block\n      volumeGroup: vg0\n"
+                               "      devices: [/dev/sdb]\n"),
+             Catch::Contains("needs exactly one of volumeGroup (LVM) or devices"));
+  CHECK_THAT(ParseError(head + "    - name: a\n      type: block\n      volumeGroup: -vg\n"),
+             Catch::Contains("storage.classes[0].volumeGroup: not an LVM volume group name"));
+  CHECK_THAT(ParseError(head + "    - name: a\n      type: block\n      devices: [sdb]\n"),
+             Catch::Contains("storage.classes[0].devices[0]: must be an absolute path"));
+  CHECK_THAT(ParseError(head + "    - name: a\n      type: files\n      volumeGroup: vg0\n"),
+             Catch::Contains("storage.classes[0].volumeGroup: only a class of type block"));
+  CHECK_THAT(ParseError(head + "    - name: a\n      type: block\n      volumeGroup: vg0\n"
+                               "      format: raw\n"),
+             Catch::Contains("storage.classes[0].format: only a class of type files"));
+  CHECK_THAT(ParseError(head + "    - name: a\n      type: files\n      format: vmdk\n"),
+             Catch::Contains("storage.classes[0].format: must be \"qcow2\" or \"raw\""));
+  CHECK_THAT(ParseError(head + "    - type: files\n"),
+             Catch::Contains("storage.classes[0]: a storage class needs a name"));
+  CHECK_THAT(ParseError(head + "    - name: a\n"),
+             Catch::Contains("storage.classes[0]: storage class \"a\" needs a type"));
+  CHECK_THAT(ParseError(head + "    - name: Fast_SSD\n      type: files\n"),
+             Catch::Contains("storage.classes[0].name: must be a lowercase DNS subdomain"));
+  CHECK_THAT(ParseError(head + "    - name: a\n      type: files\n      size: 1Gi\n"),
+             Catch::Contains("test.yaml:5:7: unknown key \"storage.classes[0].size\""));
+  CHECK_THAT(ParseError(head + "    - name: a\n      type: files\n    - name: a\n"
+                               "      type: files\n"),
+             Catch::Contains("storage.classes[1].name: duplicate class \"a\""));
+  CHECK_THAT(ParseError(head + "    - name: a\n      type: files\n      default: true\n"
+                               "    - name: b\n      type: files\n      default: true\n"),
+             Catch::Contains("test.yaml:8:16: storage.classes[1].default: two default classes: "
+                             "\"a\" and \"b\""));
+  CHECK_THAT(ParseError(head + "    - name: a\n      type: block\n      devices: [/dev/sdb]\n"
+                               "    - name: b\n      type: block\n      devices: [/dev/sdb]\n"),
+             Catch::Contains("storage.classes[1].devices[0]: device \"/dev/sdb\" is already in "
+                             "class \"a\""));
+  CHECK_THAT(ParseError(head + "    - name: a\n      type: block\n"
+                               "      devices: [/dev/sdb, /dev/sdb]\n"),
+             Catch::Contains("storage.classes[0].devices[1]: duplicate device"));
+  CHECK_THAT(ParseError("storage:\n  classes: local\n"),
+             Catch::Contains("storage.classes: expected a list"));
+  CHECK_THAT(ParseError(head + "    - local\n"),
+             Catch::Contains("storage.classes[0]: expected a mapping"));
 }
 
 }  // namespace
