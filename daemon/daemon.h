@@ -1,6 +1,7 @@
 // daemon/ public header: the pieces of edgevirtd that main.cc wires together, each testable on
 // its own.
 //
+//   claims.h   the claims controller (PersistentVolumeClaims → files, LVs, devices), ResolveClaim
 //   config.h   Config, ParseConfig/LoadConfigFile (yaml-cpp, errors with FILE:LINE:COLUMN and
 //              the key path), durations and byte sizes, ChangedKeys for SIGHUP
 //   cli.h      the command line (ParseCommandLine, UsageText), ResolveConfig (which file, flag
@@ -11,6 +12,7 @@
 //   http.h     the HTTP handler: health endpoints and Kubernetes 404 Status
 #pragma once
 
+#include "daemon/claims.h"
 #include "daemon/cli.h"
 #include "daemon/config.h"
 #include "daemon/http.h"

@@ -1,7 +1,7 @@
 // edgevirtd: the one place that wires the components together (STYLE.md). Order of a start:
 //   block signals -> command line -> configuration -> logging -> state and run directories ->
-//   store -> API machinery (kubevirt.io/v1 + core/v1, GC, watches) -> controller (libvirt) ->
-//   HTTP server -> READY=1 -> wait for signals -> graceful stop.
+//   store -> API machinery (kubevirt.io/v1 + core/v1, GC, watches) -> claims controller ->
+//   controller (libvirt) -> HTTP server -> READY=1 -> wait for signals -> graceful stop.
 #include <signal.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -187,8 +187,12 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   api::kubevirt::KubevirtOptions kubevirt_options;
   kubevirt_options.host_disk_dirs = config.vms.host_disk_dirs;
   kubevirt_options.host_disk_enabled = !config.vms.host_disk_dirs.empty();
+  // core/v1 (Events, Secrets, PersistentVolumeClaims): new claims get the default class.
+  api::machinery::CoreV1Options core_options;
+  core_options.claims.default_storage_class = config.DefaultStorageClass();
   auto created_machinery = api::machinery::Machinery::Create(
-      *store, {api::kubevirt::KubevirtV1(kubevirt_options)}, machinery_options);
+      *store, {api::kubevirt::KubevirtV1(kubevirt_options), api::machinery::CoreV1(core_options)},
+      machinery_options);
   if (!created_machinery) {
     store->Close();
     return Fail(notifier, "start the API machinery", created_machinery.error());
@@ -205,6 +209,25 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   recorder_options.host = host;
   std::unique_ptr<api::machinery::EventRecorder> recorder =
       machinery->NewEventRecorder(recorder_options);
+  // The claims controller provisions PersistentVolumeClaims from storage.classes; it runs
+  // whether or not VMs are enabled.
+  api::machinery::EventRecorderOptions claims_recorder_options;
+  claims_recorder_options.component = "edgevirt-provisioner";
+  claims_recorder_options.host = host;
+  std::unique_ptr<api::machinery::EventRecorder> claims_recorder =
+      machinery->NewEventRecorder(claims_recorder_options);
+  ClaimsOptions claims_options;
+  claims_options.classes = config.EffectiveStorageClasses();
+  auto started_claims = Claims::Start(*machinery, claims_recorder.get(), std::move(claims_options));
+  if (!started_claims) {
+    claims_recorder.reset();
+    recorder.reset();
+    machinery.reset();
+    store->Close();
+    return Fail(notifier, "start the claims controller", started_claims.error());
+  }
+  std::unique_ptr<Claims> claims = std::move(*started_claims);
+
   std::unique_ptr<Controller> controller;
   if (config.vms.enabled) {
     ControllerOptions controller_options;
@@ -219,6 +242,8 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
     auto started_controller =
         Controller::Start(*machinery, recorder.get(), std::move(controller_options));
     if (!started_controller) {
+      claims.reset();
+      claims_recorder.reset();
       recorder.reset();
       machinery.reset();
       store->Close();
@@ -253,6 +278,8 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   if (!started_server) {
     store_open = false;
     controller.reset();
+    claims.reset();
+    claims_recorder.reset();
     recorder.reset();
     machinery.reset();
     store->Close();
@@ -351,6 +378,8 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   // Running VMs keep running: only the controller's threads and libvirt connection stop.
   if (controller) controller->Stop();
   controller.reset();
+  claims.reset();
+  claims_recorder.reset();
   recorder.reset();
   machinery.reset();
   store_open = false;
