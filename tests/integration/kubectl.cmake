@@ -15,3 +15,13 @@ foreach(test kubectl_apply_test kubectl_get_test kubectl_edit_test kubectl_inval
   target_compile_definitions(${test} PRIVATE EDGEVIRTD_PATH="$<TARGET_FILE:edgevirtd>")
   add_dependencies(${test} edgevirtd)
 endforeach()
+
+# PersistentVolumeClaims: the claims controller with the real qemu-img and a loop device as a
+# `devices` class (root: losetup); VMs disabled.
+if(EXISTS ${CMAKE_CURRENT_LIST_DIR}/kubectl_pvc_test.cc)
+  edgevirt_add_test(NAME kubectl_pvc_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/kubectl_pvc_test.cc
+    LIBS edgevirt_common nlohmann_json::nlohmann_json yaml-cpp Threads::Threads
+    LABELS integration TIMEOUT 300)
+  target_compile_definitions(kubectl_pvc_test PRIVATE EDGEVIRTD_PATH="$<TARGET_FILE:edgevirtd>")
+  add_dependencies(kubectl_pvc_test edgevirtd)
+endif()
