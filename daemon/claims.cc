@@ -350,7 +350,16 @@ Status Claims::Impl::Open() {
     return MakeError(Code::kInvalid, "claims: core/v1 PersistentVolumeClaim is not served");
   }
   std::string group = options_.qemu_group;
-  if (group.empty()) group = ::getgrnam("kvm") != nullptr ? "kvm" : "nogroup";
+  if (group.empty()) {
+    // The group the controller runs QEMU with (vmm's choice): kvm, else Debian's nogroup;
+    // AlmaLinux has neither without qemu-kvm, but has nobody.
+    for (const char* candidate : {"kvm", "nogroup", "nobody"}) {
+      if (::getgrnam(candidate) != nullptr) {
+        group = candidate;
+        break;
+      }
+    }
+  }
   {
     struct group grp {};
     struct group* found = nullptr;
@@ -723,7 +732,10 @@ Status Claims::Impl::CreateFile(const std::string& uid, ClaimRecord& record) {
   UniqueFd ns_dir(
       ::openat(dir.get(), record.ns.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (!ns_dir) return ErrnoError("open " + record.dir + "/" + record.ns, errno);
-  if (::fchown(ns_dir.get(), 0, qemu_gid_) != 0 || ::fchmod(ns_dir.get(), 0750) != 0) {
+  // Only root can give files away; an unprivileged daemon (development) keeps its own.
+  const bool chown_group = ::geteuid() == 0;
+  if ((chown_group && ::fchown(ns_dir.get(), 0, qemu_gid_) != 0) ||
+      ::fchmod(ns_dir.get(), 0750) != 0) {
     return ErrnoError("chown " + record.dir + "/" + record.ns, errno);
   }
   const std::string file = FileName(uid, record.format);
@@ -744,7 +756,9 @@ Status Claims::Impl::CreateFile(const std::string& uid, ClaimRecord& record) {
   {
     UniqueFd fd(::openat(ns_dir.get(), tmp.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC));
     if (!fd) return ErrnoError("open " + tmp_path, errno);
-    if (::fchown(fd.get(), 0, qemu_gid_) != 0) return ErrnoError("chown " + tmp_path, errno);
+    if (chown_group && ::fchown(fd.get(), 0, qemu_gid_) != 0) {
+      return ErrnoError("chown " + tmp_path, errno);
+    }
     if (::fchmod(fd.get(), 0660) != 0) return ErrnoError("chmod " + tmp_path, errno);
     if (::fsync(fd.get()) != 0) return ErrnoError("fsync " + tmp_path, errno);
   }

@@ -98,7 +98,8 @@ struct ClaimsOptions {
   // The configured classes with their defaults applied (Config::EffectiveStorageClasses).
   std::vector<StorageClass> classes;
   // The group QEMU runs as, which owns the image files (root:<group>, mode 0660) and the
-  // per-namespace directories (0750). Empty: "kvm" when it exists, else "nogroup".
+  // per-namespace directories (0750) when the daemon runs as root. Empty: the first of "kvm",
+  // "nogroup", "nobody" that exists.
   std::string qemu_group;
   // Every claim and record is reconciled at least this often.
   std::chrono::milliseconds resync_period{30'000};
