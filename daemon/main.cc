@@ -239,6 +239,25 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
     controller_options.resync_period = config.vms.resync_period;
     controller_options.isolation.cgroup_root = config.cgroups.root;
     controller_options.isolation.bpf_root = config.cgroups.bpf_root;
+    // Volumes of Bound claims, from the claims controller's records; the access modes from the
+    // claim itself (for volumeStatus).
+    api::machinery::Registry& registry = machinery->registry();
+    controller_options.claims = [&registry](const std::string& ns,
+                                            const std::string& name) -> Result<ClaimSource> {
+      ASSIGN_OR_RETURN(ClaimVolume v, ResolveClaim(registry.store(), ns, name));
+      ClaimSource source{v.path, v.block, v.qcow2, v.capacity_bytes, {}};
+      if (const api::ResourceType* rt = registry.ByKind("", "PersistentVolumeClaim")) {
+        if (auto pvc = registry.GetObject(*rt, ns, name)) {
+          const auto& spec = (*pvc)["spec"];
+          if (spec.is_object() && spec.contains("accessModes") && spec["accessModes"].is_array()) {
+            for (const auto& m : spec["accessModes"]) {
+              if (m.is_string()) source.access_modes.push_back(m.get<std::string>());
+            }
+          }
+        }
+      }
+      return source;
+    };
     auto started_controller =
         Controller::Start(*machinery, recorder.get(), std::move(controller_options));
     if (!started_controller) {
