@@ -111,6 +111,11 @@ TEST_CASE("a placed VM's cgroup denies a block device until it is granted") {
   auto report = f.iso->Place(uid, qemu.pid, cgroup::Limits{.pids_max = 100}, {});
   REQUIRE(report.has_value());
   const fs::path dir = f.iso->VmCgroup(uid);
+  // pids is reported applied or unavailable, as the host offers it.
+  const bool pids = ReadAll(f.iso->root() / "cgroup.controllers").find("pids") != std::string::npos;
+  CHECK(report->applied == (pids ? std::vector<std::string>{"pids"} : std::vector<std::string>{}));
+  CHECK(report->unavailable ==
+        (pids ? std::vector<std::string>{} : std::vector<std::string>{"pids"}));
   CHECK(ReadAll(dir / "cgroup.procs").find(std::to_string(qemu.pid)) != std::string::npos);
   CHECK(OpenIn(dir, f.loop.path()) == EPERM);
   CHECK(OpenIn(dir, "/dev/null") == 0);
