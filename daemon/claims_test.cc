@@ -320,10 +320,11 @@ TEST_CASE("claims: resumes after a crash from the records") {
   CHECK(env.WaitFor(
       [&] { return Listing(env.volumes() / "default") == std::set<std::string>{uid + ".qcow2"}; }));
   CHECK(VirtualSize(r.path) == 64u << 20);
-  auto records = env.store().ListRaw(kClaimsSpace, "");
-  REQUIRE(records.has_value());
-  REQUIRE(records->size() == 1);
-  CHECK(records->front().first == uid);
+  // The release removes the file, then the record.
+  CHECK(env.WaitFor([&] {
+    auto records = env.store().ListRaw(kClaimsSpace, "");
+    return records && records->size() == 1 && records->front().first == uid;
+  }));
 
   // Stopped and started again: nothing changes, nothing is made twice.
   env.StopClaims();
