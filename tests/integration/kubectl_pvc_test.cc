@@ -11,6 +11,7 @@
 
 #include "common/exec.h"
 #include "tests/integration/kubectl_test_util.h"
+#include "tests/support/loop_device.h"
 
 namespace edgevirt::testing {
 namespace {
@@ -20,44 +21,21 @@ using namespace std::chrono_literals;
 
 const std::string kClaims = "/api/v1/namespaces/default/persistentvolumeclaims";
 
-// A temp file attached as a loop device for the test's lifetime.
-class LoopDevice {
- public:
-  LoopDevice(const fs::path& file, uint64_t size) : file_(file) {
-    { std::ofstream f(file); }
-    fs::resize_file(file, size);
-    auto r = ExecChecked({"losetup", "--find", "--show", file.string()});
-    INFO((r ? std::string() : r.error().message));
-    REQUIRE(r.has_value());
-    device_ = r->stdout_text.substr(0, r->stdout_text.find('\n'));
-    REQUIRE(device_.rfind("/dev/loop", 0) == 0);
-  }
-  ~LoopDevice() {
-    if (!device_.empty()) (void)Exec({"losetup", "-d", device_});
-    std::error_code ec;
-    fs::remove(file_, ec);
-  }
-  const std::string& device() const { return device_; }
+// The first `n` bytes of a block device.
+std::string Head(const std::string& device, size_t n) {
+  std::string buf(n, '\0');
+  UniqueFd fd(::open(device.c_str(), O_RDONLY | O_CLOEXEC));
+  REQUIRE(fd.valid());
+  REQUIRE(::pread(fd.get(), buf.data(), n, 0) == static_cast<ssize_t>(n));
+  return buf;
+}
 
-  // The first bytes of the device.
-  std::string Head(size_t n) const {
-    std::string buf(n, '\0');
-    UniqueFd fd(::open(device_.c_str(), O_RDONLY | O_CLOEXEC));
-    REQUIRE(fd.valid());
-    REQUIRE(::pread(fd.get(), buf.data(), n, 0) == static_cast<ssize_t>(n));
-    return buf;
-  }
-  void Write(const std::string& data) const {
-    UniqueFd fd(::open(device_.c_str(), O_WRONLY | O_CLOEXEC));
-    REQUIRE(fd.valid());
-    REQUIRE(::pwrite(fd.get(), data.data(), data.size(), 0) == static_cast<ssize_t>(data.size()));
-    REQUIRE(::fsync(fd.get()) == 0);
-  }
-
- private:
-  fs::path file_;
-  std::string device_;
-};
+void WriteHead(const std::string& device, const std::string& data) {
+  UniqueFd fd(::open(device.c_str(), O_WRONLY | O_CLOEXEC));
+  REQUIRE(fd.valid());
+  REQUIRE(::pwrite(fd.get(), data.data(), data.size(), 0) == static_cast<ssize_t>(data.size()));
+  REQUIRE(::fsync(fd.get()) == 0);
+}
 
 std::string ClaimYaml(const std::string& name, const std::string& size,
                       const std::string& storage_class = "") {
@@ -78,13 +56,13 @@ std::set<std::string> Listing(const fs::path& dir) {
 struct PvcFixture {
   PvcFixture()
       : tmp("ev-kubectl-pvc"),
-        loop(tmp.path() / "disk.img", 64 << 20),
+        loop((tmp.path() / "disk.img").string(), 64 << 20),
         daemon(tmp.path() / "daemon", "",
                "vms:\n  enabled: false\n"
                "storage:\n  classes:\n"
                "    - name: local\n      default: true\n      type: files\n"
                "    - name: disks\n      type: block\n      devices: [" +
-                   loop.device() + "]\n"),
+                   loop.path() + "]\n"),
         kubectl(tmp.path() / "kubectl") {
     daemon.Start();
     kubectl.SetServer(daemon.url());
@@ -200,9 +178,9 @@ TEST_CASE("kubectl: PersistentVolumeClaims are provisioned, bound, protected and
                               .out);
   const std::string message = events["items"][0]["message"];
   CHECK(message.find("no free device of at least 16777216 bytes") != std::string::npos);
-  CHECK(message.find(f.loop.device() + " is used by claim default/disk") != std::string::npos);
+  CHECK(message.find(f.loop.path() + " is used by claim default/disk") != std::string::npos);
   CHECK(f.Get("disk2")["status"]["phase"] == "Pending");
-  f.loop.Write("a filesystem signature");
+  WriteHead(f.loop.path(), "a filesystem signature");
 
   // --- invalid claims: 422 with causes ---
   auto bad = f.Create(
@@ -254,7 +232,7 @@ TEST_CASE("kubectl: PersistentVolumeClaims are provisioned, bound, protected and
   MustRun(f.kubectl, {"delete", "pvc", "disk"});
   // The freed device goes to the claim that waited for it, zeroed.
   f.WaitBound("disk2");
-  CHECK(f.loop.Head(64) == std::string(64, '\0'));
+  CHECK(Head(f.loop.path(), 64) == std::string(64, '\0'));
   MustRun(f.kubectl, {"delete", "pvc", "disk2"});
 
   // --- kill -9 right after a create: the restarted daemon binds it, with one file ---
