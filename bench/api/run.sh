@@ -59,6 +59,9 @@ for f in "$edgevirtd" "$tool" "$etcd_bin" "$wrk_bin"; do
 done
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ev-bench-api.XXXXXX")
+# A private cgroup root and pin root for the daemon, removed by cleanup.
+cg_name="ev-api-${tmp##*.}"
+cg_mount=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/self/mounts)
 pids=()
 cleanup() {
   local pid
@@ -75,6 +78,10 @@ cleanup() {
     wait "$pid" 2>/dev/null || true
   done
   rm -rf "$tmp"
+  if [[ -n $cg_mount && -d $cg_mount/$cg_name ]]; then
+    find "$cg_mount/$cg_name" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  fi
+  rm -rf "/sys/fs/bpf/$cg_name" 2>/dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -97,6 +104,9 @@ api:
     - http://127.0.0.1:0
   maxConnections: 4096
 ${io_threads:+  ioThreads: $io_threads}
+cgroups:
+  root: $cg_name
+  bpfRoot: /sys/fs/bpf/$cg_name
 log:
   level: info
   target: stderr

@@ -65,6 +65,9 @@ tmp=$(mktemp -d "${TMPDIR:-/var/tmp}/ev-lc.XXXXXX")
 # QEMU runs as an unprivileged user and must traverse to its disks and per-VMI files.
 chmod 0711 "$tmp"
 state="$tmp/edgevirt"
+# A private cgroup root and pin root for this run's VMs, removed by cleanup.
+cg_name="ev-lc-${tmp##*.}"
+cg_mount=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/self/mounts)
 ref_uri="qemu:///embed?root=$tmp/ref/root"
 daemon_pid=""
 
@@ -98,6 +101,11 @@ cleanup() {
     [[ -z $(qemu_pids) ]] && break
     sleep 0.1
   done
+  # The VM cgroups (emptied above) and the pinned device filters.
+  if [[ -n $cg_mount && -d $cg_mount/$cg_name ]]; then
+    find "$cg_mount/$cg_name" -depth -type d -exec rmdir {} + 2> /dev/null || true
+  fi
+  rm -rf "/sys/fs/bpf/$cg_name" 2> /dev/null || true
   if [[ -n ${BENCH_KEEP_TMP:-} ]]; then
     log "kept $tmp (BENCH_KEEP_TMP)"
   else
@@ -125,6 +133,9 @@ api:
     - http://127.0.0.1:0
 vms:
   hostDiskDirs: [$tmp/disks]
+cgroups:
+  root: $cg_name
+  bpfRoot: /sys/fs/bpf/$cg_name
 log:
   level: info
   target: stderr
