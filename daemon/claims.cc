@@ -285,13 +285,11 @@ class Claims::Impl {
         options_(std::move(options)) {}
 
   Status Open();
-  void Run();
+  Status ReconcileKey(const std::string& key);  // "pvc/<ns>/<name>" or "rec/<uid>"
   void WatchLoop();
-  void ResyncLoop();
   void Stop();
-  bool WaitIdle(std::chrono::milliseconds timeout);
 
-  std::thread worker_, watcher_, resyncer_;
+  std::thread watcher_;
 
  private:
   void EnqueueAll();
@@ -325,16 +323,15 @@ class Claims::Impl {
   ClaimsOptions options_;
   const api::ResourceType* claim_rt_ = nullptr;
   gid_t qemu_gid_ = 0;
-  WorkQueue queue_;
   std::unique_ptr<store::Watch> watch_;
   std::map<std::string, std::string> last_failure_;  // worker thread only: uid → message
 
-  std::mutex stop_mu_;
-  std::condition_variable stop_cv_;
-  std::atomic<bool> stopping_{false};
-  std::mutex idle_mu_;
-  std::condition_variable idle_cv_;
-  bool busy_ = false;  // guarded by idle_mu_
+ public:
+  ReconcileLoop loop_{"claims", [this](const std::string& key) { return ReconcileKey(key); },
+                      [this] { EnqueueAll(); }, options_.resync_period};
+
+ private:
+  WorkQueue& queue_ = loop_.queue();
 };
 
 const StorageClass* Claims::Impl::FindClass(const std::string& name) const {
@@ -420,10 +417,10 @@ void Claims::Impl::EnqueueAll() {
 }
 
 void Claims::Impl::WatchLoop() {
-  while (!stopping_) {
+  while (!loop_.stopping()) {
     auto next = watch_->Next(500ms);
     if (!next) {
-      if (stopping_) return;
+      if (loop_.stopping()) return;
       EV_LOG(kWarning) << "claims: store watch broken (" << next.error().message << "); resyncing";
       store::WatchOptions wo;
       wo.group = "";
@@ -431,7 +428,7 @@ void Claims::Impl::WatchLoop() {
       wo.from_rv = store_.CurrentResourceVersion();
       auto w = store_.StartWatch(wo);
       if (!w) {
-        std::this_thread::sleep_for(1s);
+        loop_.SleepFor(1s);
         continue;
       }
       watch_ = std::move(*w);
@@ -448,70 +445,16 @@ void Claims::Impl::WatchLoop() {
   }
 }
 
-void Claims::Impl::ResyncLoop() {
-  std::unique_lock lock(stop_mu_);
-  while (!stopping_) {
-    stop_cv_.wait_for(lock, options_.resync_period);
-    if (stopping_) return;
-    lock.unlock();
-    EnqueueAll();
-    lock.lock();
-  }
-}
-
-void Claims::Impl::Run() {
-  while (true) {
-    auto key = queue_.Get();
-    if (!key) return;
-    {
-      std::lock_guard lock(idle_mu_);
-      busy_ = true;
-    }
-    Status s;
-    if (key->rfind("rec/", 0) == 0) {
-      s = ReconcileRecord(key->substr(4));
-    } else {
-      const size_t a = key->find('/');
-      const size_t b = key->find('/', a + 1);
-      s = ReconcileClaim(key->substr(a + 1, b - a - 1), key->substr(b + 1));
-    }
-    if (!s) {
-      auto delay = queue_.NextBackoff(*key, 60s);
-      EV_LOG(kWarning) << "claims: " << *key << ": " << s.error().message << " (retry in "
-                       << std::chrono::duration_cast<std::chrono::seconds>(delay).count() << "s)";
-      queue_.AddAfter(*key, delay);
-    } else {
-      queue_.Forget(*key);
-    }
-    queue_.Done(*key);
-    {
-      std::lock_guard lock(idle_mu_);
-      busy_ = false;
-    }
-    idle_cv_.notify_all();
-  }
-}
-
-bool Claims::Impl::WaitIdle(std::chrono::milliseconds timeout) {
-  const auto deadline = MonoClock::now() + timeout;
-  while (MonoClock::now() < deadline) {
-    std::unique_lock lock(idle_mu_);
-    if (!busy_ && queue_.Len() == 0) return true;
-    idle_cv_.wait_for(lock, 50ms);
-  }
-  return false;
+Status Claims::Impl::ReconcileKey(const std::string& key) {
+  if (key.rfind("rec/", 0) == 0) return ReconcileRecord(key.substr(4));
+  const size_t a = key.find('/');
+  const size_t b = key.find('/', a + 1);
+  return ReconcileClaim(key.substr(a + 1, b - a - 1), key.substr(b + 1));
 }
 
 void Claims::Impl::Stop() {
-  {
-    std::lock_guard lock(stop_mu_);
-    if (stopping_.exchange(true)) return;
-  }
-  stop_cv_.notify_all();
-  queue_.ShutDown();
+  loop_.Stop();
   if (watcher_.joinable()) watcher_.join();
-  if (resyncer_.joinable()) resyncer_.join();
-  if (worker_.joinable()) worker_.join();
 }
 
 Result<std::optional<ClaimRecord>> Claims::Impl::LoadRecord(const std::string& uid) {
@@ -995,9 +938,8 @@ Result<std::unique_ptr<Claims>> Claims::Start(api::machinery::Machinery& machine
   auto impl = std::make_unique<Impl>(machinery, events, std::move(options));
   RETURN_IF_ERROR(impl->Open());
   Impl* p = impl.get();
-  p->worker_ = std::thread([p] { p->Run(); });
+  p->loop_.Start();
   p->watcher_ = std::thread([p] { p->WatchLoop(); });
-  p->resyncer_ = std::thread([p] { p->ResyncLoop(); });
   return std::unique_ptr<Claims>(new Claims(std::move(impl)));
 }
 
@@ -1005,6 +947,8 @@ void Claims::Stop() {
   if (impl_) impl_->Stop();
 }
 
-bool Claims::WaitIdleForTest(std::chrono::milliseconds timeout) { return impl_->WaitIdle(timeout); }
+bool Claims::WaitIdleForTest(std::chrono::milliseconds timeout) {
+  return impl_->loop_.WaitIdle(timeout);
+}
 
 }  // namespace edgevirt::daemon

@@ -308,14 +308,11 @@ class Controller::Impl {
         options_(std::move(options)) {}
 
   Status Open();
-  void Run();
+  Status ReconcileKey(const std::string& key);  // "vm/<ns>/<name>" or "vmi/<ns>/<name>"
   void WatchLoop();
-  void ResyncLoop();
   void Stop();
   void EnqueueAll();
   void OnDomainEvent(const vmm::DomainEvent& e);
-  bool WaitIdle(std::chrono::milliseconds timeout);
-
   Status ReconcileVm(const std::string& ns, const std::string& name);
   // `after_start`: called again right after this reconcile started the domain, to report it;
   // a domain that is not running then is a failed start, not one to start again.
@@ -363,16 +360,11 @@ class Controller::Impl {
   std::unique_ptr<vmm::Hypervisor> hv_;
   std::unique_ptr<Isolation> iso_;
   std::set<std::string> placed_;  // VMI uids whose isolation was reconciled (worker thread)
-  WorkQueue queue_;
+  ReconcileLoop loop_{"controller", [this](const std::string& key) { return ReconcileKey(key); },
+                      [this] { EnqueueAll(); }, options_.resync_period};
+  WorkQueue& queue_ = loop_.queue();
   std::unique_ptr<store::Watch> watch_;
-  std::thread worker_, watcher_, resyncer_;
-  std::atomic<bool> stopping_{false};
-  std::mutex stop_mu_;
-  std::condition_variable stop_cv_;
-
-  std::mutex idle_mu_;
-  std::condition_variable idle_cv_;
-  bool busy_ = false;  // guarded by idle_mu_
+  std::thread watcher_;
 
   // VMIs whose guest got the ACPI power button (in memory only: after a restart the button is
   // pressed again, which a guest that is already shutting down ignores).
@@ -482,10 +474,10 @@ void Controller::Impl::OnDomainEvent(const vmm::DomainEvent& e) {
 }
 
 void Controller::Impl::WatchLoop() {
-  while (!stopping_) {
+  while (!loop_.stopping()) {
     auto next = watch_->Next(500ms);
     if (!next) {
-      if (stopping_) return;
+      if (loop_.stopping()) return;
       // Fell behind or compacted: start again from now and look at everything.
       EV_LOG(kWarning) << "controller: store watch broken (" << next.error().message
                        << "); resyncing";
@@ -493,7 +485,7 @@ void Controller::Impl::WatchLoop() {
       wo.from_rv = registry_.store().CurrentResourceVersion();
       auto w = registry_.store().StartWatch(wo);
       if (!w) {
-        std::this_thread::sleep_for(1s);
+        loop_.SleepFor(1s);
         continue;
       }
       watch_ = std::move(*w);
@@ -513,71 +505,18 @@ void Controller::Impl::WatchLoop() {
   }
 }
 
-void Controller::Impl::ResyncLoop() {
-  std::unique_lock lock(stop_mu_);
-  while (!stopping_) {
-    stop_cv_.wait_for(lock, options_.resync_period);
-    if (stopping_) return;
-    lock.unlock();
-    EnqueueAll();
-    lock.lock();
-  }
-}
-
-void Controller::Impl::Run() {
-  while (true) {
-    auto key = queue_.Get();
-    if (!key) return;
-    {
-      std::lock_guard lock(idle_mu_);
-      busy_ = true;
-    }
-    const size_t a = key->find('/');
-    const size_t b = key->find('/', a + 1);
-    const std::string kind = key->substr(0, a);
-    const std::string ns = key->substr(a + 1, b - a - 1);
-    const std::string name = key->substr(b + 1);
-    Status s = kind == "vm" ? ReconcileVm(ns, name) : ReconcileVmi(ns, name);
-    if (!s) {
-      auto delay = queue_.NextBackoff(*key, 60s);
-      EV_LOG(kWarning).Field("VM_NAMESPACE", ns).Field("VM_NAME", name)
-          << "reconcile " << *key << ": " << s.error().message << " (retry in "
-          << std::chrono::duration_cast<std::chrono::seconds>(delay).count() << "s)";
-      queue_.AddAfter(*key, delay);
-    } else {
-      queue_.Forget(*key);
-    }
-    queue_.Done(*key);
-    {
-      std::lock_guard lock(idle_mu_);
-      busy_ = false;
-    }
-    idle_cv_.notify_all();
-  }
-}
-
-bool Controller::Impl::WaitIdle(std::chrono::milliseconds timeout) {
-  const auto deadline = MonoClock::now() + timeout;
-  while (MonoClock::now() < deadline) {
-    {
-      std::unique_lock lock(idle_mu_);
-      if (!busy_ && queue_.Len() == 0) return true;
-      idle_cv_.wait_for(lock, 50ms);
-    }
-  }
-  return false;
+Status Controller::Impl::ReconcileKey(const std::string& key) {
+  const size_t a = key.find('/');
+  const size_t b = key.find('/', a + 1);
+  const std::string kind = key.substr(0, a);
+  const std::string ns = key.substr(a + 1, b - a - 1);
+  const std::string name = key.substr(b + 1);
+  return kind == "vm" ? ReconcileVm(ns, name) : ReconcileVmi(ns, name);
 }
 
 void Controller::Impl::Stop() {
-  {
-    std::lock_guard lock(stop_mu_);
-    if (stopping_.exchange(true)) return;
-  }
-  stop_cv_.notify_all();
-  queue_.ShutDown();
-  if (worker_.joinable()) worker_.join();
+  loop_.Stop();
   if (watcher_.joinable()) watcher_.join();
-  if (resyncer_.joinable()) resyncer_.join();
   watch_.reset();
   hv_.reset();
 }
@@ -1533,9 +1472,8 @@ Result<std::unique_ptr<Controller>> Controller::Start(api::machinery::Machinery&
   auto impl = std::make_unique<Impl>(machinery, events, std::move(options));
   RETURN_IF_ERROR(impl->Open());
   Impl* p = impl.get();
-  p->worker_ = std::thread([p] { p->Run(); });
+  p->loop_.Start();
   p->watcher_ = std::thread([p] { p->WatchLoop(); });
-  p->resyncer_ = std::thread([p] { p->ResyncLoop(); });
   return std::unique_ptr<Controller>(new Controller(std::move(impl)));
 }
 
@@ -1547,7 +1485,7 @@ vmm::Accelerator Controller::accelerator() const { return impl_->hv_->accelerato
 const std::string& Controller::libvirt_uri() const { return impl_->hv_->uri(); }
 
 bool Controller::WaitIdleForTest(std::chrono::milliseconds timeout) {
-  return impl_->WaitIdle(timeout);
+  return impl_->loop_.WaitIdle(timeout);
 }
 
 namespace {

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "common/log.h"
+
 namespace edgevirt::daemon {
 
 void WorkQueue::AddLocked(const std::string& key) {
@@ -95,6 +97,84 @@ void WorkQueue::Forget(const std::string& key) {
 size_t WorkQueue::Len() const {
   std::lock_guard lock(mu_);
   return queue_.size();
+}
+
+ReconcileLoop::ReconcileLoop(std::string name, Reconcile reconcile, std::function<void()> resync,
+                             std::chrono::milliseconds resync_period)
+    : name_(std::move(name)),
+      reconcile_(std::move(reconcile)),
+      resync_(std::move(resync)),
+      resync_period_(resync_period) {}
+
+ReconcileLoop::~ReconcileLoop() { Stop(); }
+
+void ReconcileLoop::Start() {
+  worker_ = std::thread([this] { Work(); });
+  resyncer_ = std::thread([this] { Resync(); });
+}
+
+void ReconcileLoop::Stop() {
+  {
+    std::lock_guard lock(stop_mu_);
+    if (stopping_.exchange(true)) return;
+  }
+  stop_cv_.notify_all();
+  queue_.ShutDown();
+  if (worker_.joinable()) worker_.join();
+  if (resyncer_.joinable()) resyncer_.join();
+}
+
+void ReconcileLoop::SleepFor(std::chrono::milliseconds d) {
+  std::unique_lock lock(stop_mu_);
+  stop_cv_.wait_for(lock, d, [this] { return stopping_.load(); });
+}
+
+void ReconcileLoop::Resync() {
+  std::unique_lock lock(stop_mu_);
+  while (!stopping_) {
+    stop_cv_.wait_for(lock, resync_period_);
+    if (stopping_) return;
+    lock.unlock();
+    resync_();
+    lock.lock();
+  }
+}
+
+void ReconcileLoop::Work() {
+  while (true) {
+    auto key = queue_.Get();
+    if (!key) return;
+    {
+      std::lock_guard lock(idle_mu_);
+      busy_ = true;
+    }
+    Status s = reconcile_(*key);
+    if (!s) {
+      auto delay = queue_.NextBackoff(*key, std::chrono::seconds(60));
+      EV_LOG(kWarning).Field("KEY", *key)
+          << name_ << ": reconcile " << *key << ": " << s.error().message << " (retry in "
+          << std::chrono::duration_cast<std::chrono::seconds>(delay).count() << "s)";
+      queue_.AddAfter(*key, delay);
+    } else {
+      queue_.Forget(*key);
+    }
+    queue_.Done(*key);
+    {
+      std::lock_guard lock(idle_mu_);
+      busy_ = false;
+    }
+    idle_cv_.notify_all();
+  }
+}
+
+bool ReconcileLoop::WaitIdle(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::unique_lock lock(idle_mu_);
+    if (!busy_ && queue_.Len() == 0) return true;
+    idle_cv_.wait_for(lock, std::chrono::milliseconds(50));
+  }
+  return false;
 }
 
 }  // namespace edgevirt::daemon

@@ -8,14 +8,19 @@
 // events and the reconcile thread all add.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
+
+#include "common/result.h"
 
 namespace edgevirt::daemon {
 
@@ -51,6 +56,48 @@ class WorkQueue {
   std::map<std::string, Clock::time_point> delayed_;  // guarded by mu_
   std::map<std::string, int> failures_;               // guarded by mu_
   bool shut_down_ = false;                            // guarded by mu_
+};
+
+// The skeleton every controller of the daemon runs on (VMs, claims): one worker thread draining
+// a WorkQueue — a failed key comes back after its backoff (1 s … 60 s), a successful one has
+// its backoff forgotten —, one thread calling `resync` every `resync_period`, and idle
+// tracking for tests. What feeds the queue (store watches, libvirt events) is the owner's.
+class ReconcileLoop {
+ public:
+  using Reconcile = std::function<Status(const std::string& key)>;
+  // `name` prefixes the log line of a failed reconcile.
+  ReconcileLoop(std::string name, Reconcile reconcile, std::function<void()> resync,
+                std::chrono::milliseconds resync_period);
+  ~ReconcileLoop();  // Stop()
+  ReconcileLoop(const ReconcileLoop&) = delete;
+  ReconcileLoop& operator=(const ReconcileLoop&) = delete;
+
+  void Start();  // the worker and resync threads
+  // Shuts the queue down (a reconcile in progress finishes) and joins both threads. Idempotent.
+  void Stop();
+  bool stopping() const { return stopping_; }
+  // Sleeps up to `d`, less if Stop is called (for the owner's retry loops).
+  void SleepFor(std::chrono::milliseconds d);
+  WorkQueue& queue() { return queue_; }
+  // True once no key is queued or being reconciled (waits up to `timeout`).
+  bool WaitIdle(std::chrono::milliseconds timeout);
+
+ private:
+  void Work();
+  void Resync();
+
+  const std::string name_;
+  const Reconcile reconcile_;
+  const std::function<void()> resync_;
+  const std::chrono::milliseconds resync_period_;
+  WorkQueue queue_;
+  std::thread worker_, resyncer_;
+  std::atomic<bool> stopping_{false};
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
+  std::mutex idle_mu_;
+  std::condition_variable idle_cv_;
+  bool busy_ = false;  // guarded by idle_mu_
 };
 
 }  // namespace edgevirt::daemon
