@@ -217,6 +217,15 @@ Status Isolation::WriteGrant(const std::string& uid, const GrantRecord& g) {
   return options_.store->PutRaw(kSpace, GrantKey(uid, g.volume), j.dump());
 }
 
+Result<std::optional<GrantRecord>> Isolation::LoadGrant(const std::string& uid,
+                                                        const std::string& volume) const {
+  auto value = options_.store->GetRaw(kSpace, GrantKey(uid, volume));
+  if (!value && value.error().code == Code::kNotFound) return std::optional<GrantRecord>();
+  if (!value) return value.error();
+  ASSIGN_OR_RETURN(auto g, DecodeGrant(volume, *value));
+  return std::optional<GrantRecord>(std::move(g));
+}
+
 Result<std::vector<GrantRecord>> Isolation::Grants(const std::string& uid) const {
   RETURN_IF_ERROR(CheckUid(uid));
   const std::string prefix = uid + "/grant/";
@@ -304,9 +313,9 @@ Status Isolation::BeginGrant(const std::string& uid, const DeviceGrant& grant) {
 Status Isolation::CommitGrant(const std::string& uid, const std::string& volume) {
   RETURN_IF_ERROR(CheckUid(uid));
   std::lock_guard lock(mu_);
-  auto value = options_.store->GetRaw(kSpace, GrantKey(uid, volume));
-  if (!value) return value.error();
-  ASSIGN_OR_RETURN(auto g, DecodeGrant(volume, *value));
+  ASSIGN_OR_RETURN(auto found, LoadGrant(uid, volume));
+  if (!found) return MakeError(Code::kNotFound, "no grant of " + volume + " to " + uid);
+  GrantRecord g = std::move(*found);
   if (g.state == GrantState::kActive) return Ok();
   g.state = GrantState::kActive;
   return WriteGrant(uid, g);
@@ -315,10 +324,9 @@ Status Isolation::CommitGrant(const std::string& uid, const std::string& volume)
 Status Isolation::BeginRevoke(const std::string& uid, const std::string& volume) {
   RETURN_IF_ERROR(CheckUid(uid));
   std::lock_guard lock(mu_);
-  auto value = options_.store->GetRaw(kSpace, GrantKey(uid, volume));
-  if (!value && value.error().code == Code::kNotFound) return Ok();
-  if (!value) return value.error();
-  ASSIGN_OR_RETURN(auto g, DecodeGrant(volume, *value));
+  ASSIGN_OR_RETURN(auto found, LoadGrant(uid, volume));
+  if (!found) return Ok();
+  GrantRecord g = std::move(*found);
   if (g.state == GrantState::kPendingRemove) return Ok();
   g.state = GrantState::kPendingRemove;
   RETURN_IF_ERROR(WriteGrant(uid, g));
@@ -329,10 +337,9 @@ Status Isolation::BeginRevoke(const std::string& uid, const std::string& volume)
 Status Isolation::FinishRevoke(const std::string& uid, const std::string& volume) {
   RETURN_IF_ERROR(CheckUid(uid));
   std::lock_guard lock(mu_);
-  auto value = options_.store->GetRaw(kSpace, GrantKey(uid, volume));
-  if (!value && value.error().code == Code::kNotFound) return Ok();
-  if (!value) return value.error();
-  ASSIGN_OR_RETURN(auto g, DecodeGrant(volume, *value));
+  ASSIGN_OR_RETURN(auto found, LoadGrant(uid, volume));
+  if (!found) return Ok();
+  const GrantRecord g = std::move(*found);
   // What the map must hold for this device once the grant is gone (other owners, base rules).
   std::vector<cgroup::DeviceRule> rest = cgroup::BaseRules();
   ASSIGN_OR_RETURN(auto grants, Grants(uid));

@@ -25,6 +25,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -101,6 +102,9 @@ class Isolation {
  private:
   explicit Isolation(IsolationOptions options) : options_(std::move(options)) {}
   Status WriteGrant(const std::string& uid, const GrantRecord& g);
+  // The record of `volume`'s grant; nullopt when there is none.
+  Result<std::optional<GrantRecord>> LoadGrant(const std::string& uid,
+                                               const std::string& volume) const;
 
   IsolationOptions options_;
   std::filesystem::path root_;  // the VM cgroups' parent: <cgroup root>/vms
