@@ -3,6 +3,7 @@
 // other's VMs), and the test removes both when it ends.
 #pragma once
 
+#include <errno.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -55,7 +56,10 @@ inline void RemoveCgroupTree(const std::filesystem::path& dir) {
     for (pid_t p : pids) ::kill(p, SIGKILL);
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  ::rmdir(dir.c_str());
+  // A cgroup whose last tasks are still exiting refuses rmdir (EBUSY) for a moment.
+  for (int i = 0; i < 100 && ::rmdir(dir.c_str()) != 0 && errno == EBUSY; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
 }
 
 // The `cgroups:` config section of a test daemon, and the cleanup of what it made.
