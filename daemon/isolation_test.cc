@@ -198,6 +198,54 @@ TEST_CASE("Collect releases what no live VM owns, and only that") {
   CHECK(f.iso->Grants(Uid(8))->empty());
 }
 
+TEST_CASE("under systemd (INVOCATION_ID) the daemon moves into <own>/daemon, VMs go to <own>/vms") {
+  testing::TempDir tmp("isolation-systemd");
+  TestCgroups cg(tmp.path());
+  const fs::path unit = cg.root / "edgevirtd.service";  // stands in for the delegated unit
+  fs::create_directories(unit);
+  store::Options so;
+  so.dir = tmp / "state";
+  auto st = store::Store::Open(so);
+  REQUIRE(st.has_value());
+  // A child process placed in the "unit" cgroup opens the Isolation as the daemon would and
+  // reports where it ended up.
+  int p[2];
+  REQUIRE(::pipe(p) == 0);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    std::string result = "move failed";
+    int procs = ::open((unit / "cgroup.procs").c_str(), O_WRONLY);
+    if (procs >= 0 && ::write(procs, "0", 1) == 1) {
+      ::setenv("INVOCATION_ID", "0123456789abcdef0123456789abcdef", 1);
+      IsolationOptions o;
+      o.bpf_root = cg.bpf_root.string();
+      o.store = st->get();
+      auto iso = Isolation::Open(o);
+      if (!iso) {
+        result = "open: " + iso.error().message;
+      } else {
+        result = (*iso)->root().string() + "|" + ReadAll("/proc/self/cgroup");
+      }
+    }
+    (void)!::write(p[1], result.data(), result.size());
+    ::_exit(0);
+  }
+  ::close(p[1]);
+  std::string result;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) > 0;) result.append(buf, n);
+  ::close(p[0]);
+  ::waitpid(pid, nullptr, 0);
+  INFO(result);
+  const fs::path mount = testing::Cgroup2Mount();
+  const std::string own = "/" + unit.lexically_relative(mount).string();
+  CHECK(result.starts_with((unit / "vms").string() + "|"));
+  CHECK(result.find("0::" + own + "/daemon\n") != std::string::npos);
+  CHECK(fs::is_directory(unit / "daemon"));
+  (*st)->Close();
+}
+
 TEST_CASE("limits from a VMI: cpu.max, cpu.weight, memory with QEMU's overhead") {
   Json vmi = Json::parse(R"({"spec":{"domain":{"cpu":{"cores":2},"memory":{"guest":"1Gi"},
       "resources":{"requests":{"cpu":"500m","memory":"1Gi"},"limits":{"cpu":"2","memory":"2Gi"}}}}})");
