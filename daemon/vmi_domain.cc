@@ -490,9 +490,11 @@ Result<ClaimSource> LookupClaim(const DiskContext& c, const std::string& volume,
 }
 
 // One disk of the VMI (a `disks[]` entry and its volume) as a vmm disk, adding the files it
-// needs to `tasks` and the block devices it opens to `grants`.
+// needs to `tasks` and the block devices it opens to `grants`. A persistentVolumeClaim volume's
+// resolved claim goes to `*claim_out` when given.
 Result<vmm::DiskSpec> PlanDisk(const DiskContext& c, const Json& disk,
-                               std::vector<VolumeTask>& tasks, std::vector<DeviceGrant>& grants) {
+                               std::vector<VolumeTask>& tasks, std::vector<DeviceGrant>& grants,
+                               ClaimSource* claim_out = nullptr) {
   const Json& vmi = c.vmi;
   const VmiHostOptions& host = c.host;
   const std::string& dir = c.dir;
@@ -602,6 +604,7 @@ Result<vmm::DiskSpec> PlanDisk(const DiskContext& c, const Json& disk,
     s.source_kind = claim.block ? vmm::DiskSourceKind::kBlock : vmm::DiskSourceKind::kFile;
     s.format = claim.qcow2 ? vmm::DiskFormat::kQcow2 : vmm::DiskFormat::kRaw;
     if (claim.block) grants.push_back({dname, claim.path, !s.readonly});
+    if (claim_out != nullptr) *claim_out = std::move(claim);
   } else if (const Json* eph = Get(volume, "ephemeral")) {
     // KubeVirt's ephemeral volume: the claim is the read-only base of a qcow2 overlay
     // that takes the guest's writes and goes with the VMI.
@@ -669,15 +672,12 @@ Result<HotplugDisk> PlanHotplugDisk(const Json& vmi, const std::string& volume,
   DiskContext c{vmi, host, no_secrets, claims, dir, uuid};
   HotplugDisk out;
   std::vector<VolumeTask> tasks;
-  auto s = PlanDisk(c, *disk, tasks, out.grants);
+  auto s = PlanDisk(c, *disk, tasks, out.grants, &out.claim);
   if (!s) return std::move(s).error().Wrap(ctx);
   if (s->boot_order != 0) {
     return Invalid(ctx + ": hot-plugged disk " + volume + " cannot have a bootOrder");
   }
   out.disk = std::move(*s);
-  auto claim = LookupClaim(c, volume, *Get(vol, "persistentVolumeClaim"));
-  if (!claim) return std::move(claim).error().Wrap(ctx);
-  out.claim = std::move(*claim);
   return out;
 }
 
