@@ -37,6 +37,11 @@ DEB_PACKAGES=(
   clang libclang-rt-14-dev
   # bench/api: the load generator and the reference server
   wrk etcd-server
+  # image/: the registry client (libcurl, OpenSSL SHA-256), layer extraction (libarchive)
+  libcurl4-openssl-dev libssl-dev libarchive-dev
+  # image tests: a real registry (CNCF distribution 2.8), skopeo to push, bcrypt htpasswd, the
+  # token server's RS256 signing, zstd layers
+  docker-registry skopeo umoci apache2-utils python3-cryptography zstd
 )
 
 # AlmaLinux 9 (EPEL provides yaml-cpp, json, catch2 and cpp-httplib; CRB provides lmdb-devel).
@@ -50,6 +55,8 @@ RPM_PACKAGES=(
   xorriso
   kernel-core busybox syslinux syslinux-extlinux util-linux e2fsprogs cpio kmod
   clang compiler-rt
+  libcurl-devel openssl-devel libarchive-devel
+  skopeo httpd-tools python3-cryptography zstd
 )
 
 case "${ID}:${ID_LIKE:-}" in
