@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <fstream>
 #include <limits>
@@ -276,6 +277,70 @@ Result<StorageClass> ReadStorageClass(const YAML::Node& node, const Ctx& ctx) {
   return c;
 }
 
+Result<RegistryHostConfig> ReadRegistryHost(const YAML::Node& node, const Ctx& ctx) {
+  if (!node.IsMap()) return ctx.Fail(node, "expected a mapping, got " + Describe(node));
+  RegistryHostConfig r;
+  std::set<std::string> seen;
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    const YAML::Node key = it->first;
+    const YAML::Node value = it->second;
+    if (!key.IsScalar()) return ctx.Fail(key, "key must be a string, got " + Describe(key));
+    const std::string& k = key.Scalar();
+    Ctx child{ctx.source, ctx.path + "." + k};
+    if (!seen.insert(k).second)
+      return Invalid(ctx.source, key.Mark(), "duplicate key " + Quote(child.path));
+    if (k == "host") {
+      ASSIGN_OR_RETURN(r.host, ReadString(value, child));
+      // host[:port]: what image references start with; no scheme, no path.
+      bool ok = !r.host.empty() && r.host.size() <= 255;
+      for (char ch : r.host) {
+        ok = ok && (std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '-' ||
+                    ch == ':' || ch == '[' || ch == ']');
+      }
+      if (!ok) return child.Fail(value, "must be a registry host[:port], got " + Quote(r.host));
+    } else if (k == "insecure") {
+      ASSIGN_OR_RETURN(r.insecure, ReadBool(value, child));
+    } else if (k == "skipVerify") {
+      ASSIGN_OR_RETURN(r.skip_verify, ReadBool(value, child));
+    } else if (k == "caFile") {
+      ASSIGN_OR_RETURN(r.ca_file, ReadAbsolutePath(value, child));
+    } else {
+      return Invalid(ctx.source, key.Mark(), "unknown key " + Quote(child.path));
+    }
+  }
+  if (r.host.empty()) return ctx.Fail(node, "a registry needs a host");
+  return r;
+}
+
+Status ReadRegistryHosts(const YAML::Node& node, const Ctx& ctx,
+                         std::vector<RegistryHostConfig>& out) {
+  if (node.IsNull()) {
+    out.clear();
+    return Ok();
+  }
+  if (!node.IsSequence()) return ctx.Fail(node, "expected a list, got " + Describe(node));
+  std::vector<RegistryHostConfig> hosts;
+  std::set<std::string> names;
+  for (size_t i = 0; i < node.size(); ++i) {
+    Ctx item_ctx{ctx.source, ctx.path + "[" + std::to_string(i) + "]"};
+    ASSIGN_OR_RETURN(RegistryHostConfig r, ReadRegistryHost(node[i], item_ctx));
+    if (!names.insert(r.host).second)
+      return item_ctx.Fail(node[i], "duplicate registry " + Quote(r.host));
+    hosts.push_back(std::move(r));
+  }
+  out = std::move(hosts);
+  return Ok();
+}
+
+std::string ShowRegistryHosts(const std::vector<RegistryHostConfig>& hosts) {
+  std::string out = "[";
+  for (const auto& r : hosts) {
+    out += (out.size() > 1 ? ", " : "") + r.host + (r.insecure ? " insecure" : "") +
+           (r.skip_verify ? " skipVerify" : "") + (r.ca_file.empty() ? "" : " ca " + r.ca_file);
+  }
+  return out + "]";
+}
+
 Status ReadStorageClasses(const YAML::Node& node, const Ctx& ctx, std::vector<StorageClass>& out) {
   if (node.IsNull()) {  // "classes:" with nothing after it means the default
     out = Config{}.storage.classes;
@@ -506,6 +571,85 @@ const std::vector<KeySpec>& Keys() {
          return ReadStorageClasses(n, ctx, c.storage.classes);
        },
        [](const Config& c) { return ShowStorageClasses(c.storage.classes); }},
+      {"images.dir",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(std::string v, ReadString(n, ctx));
+         if (!v.empty() && v[0] != '/') {
+           return ctx.Fail(n, "must be an absolute path (or empty), got " + Quote(v));
+         }
+         c.images.dir = std::move(v);
+         return Ok();
+       },
+       [](const Config& c) { return c.images.dir; }},
+      {"images.authFile",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(std::string v, ReadString(n, ctx));
+         if (!v.empty() && v[0] != '/') {
+           return ctx.Fail(n, "must be an absolute path (or empty), got " + Quote(v));
+         }
+         c.images.auth_file = std::move(v);
+         return Ok();
+       },
+       [](const Config& c) { return c.images.auth_file; }},
+      {"images.platform",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(std::string p, ReadString(n, ctx));
+         if (p.empty()) {  // this host's
+           c.images.platform.clear();
+           return Ok();
+         }
+         // os/arch or os/arch/variant, lowercase words.
+         int slashes = 0;
+         bool ok = !p.empty() && p.front() != '/' && p.back() != '/';
+         for (size_t i = 0; ok && i < p.size(); ++i) {
+           if (p[i] == '/') {
+             ok = p[i - 1] != '/';
+             ++slashes;
+           } else {
+             ok = std::islower(static_cast<unsigned char>(p[i])) ||
+                  std::isdigit(static_cast<unsigned char>(p[i])) || p[i] == '_';
+           }
+         }
+         if (!ok || slashes < 1 || slashes > 2) {
+           return ctx.Fail(n, "must be os/arch[/variant] like \"linux/amd64\", got " + Quote(p));
+         }
+         c.images.platform = std::move(p);
+         return Ok();
+       },
+       [](const Config& c) { return c.images.platform; }},
+      {"images.registries",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         return ReadRegistryHosts(n, ctx, c.images.registries);
+       },
+       [](const Config& c) { return ShowRegistryHosts(c.images.registries); }},
+      {"images.maxVirtualSize",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.images.max_virtual_size, ReadSize(n, ctx, 1ull << 20, 1ull << 50));
+         return Ok();
+       },
+       [](const Config& c) { return std::to_string(c.images.max_virtual_size); }},
+      {"images.cacheBudget",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.images.cache_budget, ReadSize(n, ctx, 0, 1ull << 50));
+         return Ok();
+       },
+       [](const Config& c) { return std::to_string(c.images.cache_budget); }},
+      {"images.pullWorkers",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(uint64_t v, ReadUint(n, ctx, 1, 16));
+         c.images.pull_workers = static_cast<int>(v);
+         return Ok();
+       },
+       [](const Config& c) { return std::to_string(c.images.pull_workers); }},
+      {"images.stallTimeout",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.images.stall_timeout, ReadDuration(n, ctx));
+         if (c.images.stall_timeout < std::chrono::seconds(1)) {
+           return ctx.Fail(n, "must be at least 1s");
+         }
+         return Ok();
+       },
+       [](const Config& c) { return FormatDuration(c.images.stall_timeout); }},
       {"log.level",
        [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
          ASSIGN_OR_RETURN(std::string s, ReadString(n, ctx));
@@ -614,6 +758,10 @@ Status ReadMapping(const YAML::Node& node, const Ctx& ctx, Config& config) {
 std::string Config::EffectiveLibvirtUri() const {
   if (!libvirt.uri.empty()) return libvirt.uri;
   return "qemu:///embed?root=" + state_dir + "/libvirt";
+}
+
+std::string Config::EffectiveImagesDir() const {
+  return images.dir.empty() ? state_dir + "/images" : images.dir;
 }
 
 std::vector<StorageClass> Config::EffectiveStorageClasses() const {

@@ -34,6 +34,15 @@ struct StorageClass {
   bool operator==(const StorageClass&) const = default;
 };
 
+// One entry of images.registries.
+struct RegistryHostConfig {
+  std::string host;          // host: as written in image references ("reg.local:5000")
+  bool insecure = false;     // insecure: plain HTTP
+  bool skip_verify = false;  // skipVerify: HTTPS without certificate verification
+  std::string ca_file;       // caFile: a PEM bundle trusted for this registry
+  bool operator==(const RegistryHostConfig&) const = default;
+};
+
 struct Config {
   std::string state_dir = "/var/lib/edgevirt";  // stateDir
   std::string run_dir = "/run/edgevirt";        // runDir
@@ -89,6 +98,23 @@ struct Config {
     bool operator==(const Storage&) const = default;
   } storage;
 
+  // images: the containerDisk cache and its registry client (image/image.h).
+  struct Images {
+    std::string dir;        // images.dir: absolute; empty = <stateDir>/images
+    std::string auth_file;  // images.authFile: a docker-style config.json with credentials
+    // images.platform: "os/arch[/variant]" chosen from image indexes; empty = this host's.
+    std::string platform;
+    // images.registries: per-registry transport: [{host, insecure, skipVerify, caFile}].
+    std::vector<RegistryHostConfig> registries;
+    uint64_t max_virtual_size = 1ull << 40;  // images.maxVirtualSize: larger disks are refused
+    // images.cacheBudget: unused images are pruned, least recently used first, while the cache
+    // holds more than this (0: unused images are kept until `edgevirtd image prune`).
+    uint64_t cache_budget = 20ull << 30;
+    int pull_workers = 2;                      // images.pullWorkers: concurrent pulls
+    std::chrono::milliseconds stall_timeout{60'000};  // images.stallTimeout: no byte for this long
+    bool operator==(const Images&) const = default;
+  } images;
+
   struct Log {
     log::Level level = log::Level::kInfo;     // log.level
     log::Target target = log::Target::kAuto;  // log.target
@@ -119,6 +145,8 @@ struct Config {
   std::vector<StorageClass> EffectiveStorageClasses() const;
   // The name of the default storage class, "" when there is none.
   std::string DefaultStorageClass() const;
+  // images.dir, or <stateDir>/images when it is empty.
+  std::string EffectiveImagesDir() const;
 };
 
 // Every key path the file may contain, leaves only ("api.listen", "store.eventRetention.age",

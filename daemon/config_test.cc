@@ -108,6 +108,20 @@ storage:
     - name: fast
       type: block
       volumeGroup: vg0
+images:
+  dir: /srv/images
+  authFile: /etc/edgevirt/auth.json
+  platform: linux/arm64/v8
+  registries:
+    - host: reg.local:5000
+      insecure: true
+    - host: registry.example
+      caFile: /etc/edgevirt/ca.pem
+      skipVerify: true
+  maxVirtualSize: 100Gi
+  cacheBudget: 0
+  pullWorkers: 4
+  stallTimeout: 2m
 log:
   level: debug
   target: stderr
@@ -139,6 +153,18 @@ shutdown:
   CHECK(c.cgroups.bpf_root == "/sys/fs/bpf/ev-test");
   REQUIRE(c.storage.classes.size() == 1);
   CHECK(c.storage.classes[0].volume_group == "vg0");
+  CHECK(c.images.dir == "/srv/images");
+  CHECK(c.EffectiveImagesDir() == "/srv/images");
+  CHECK(c.images.auth_file == "/etc/edgevirt/auth.json");
+  CHECK(c.images.platform == "linux/arm64/v8");
+  REQUIRE(c.images.registries.size() == 2);
+  CHECK(c.images.registries[0] == RegistryHostConfig{"reg.local:5000", true, false, ""});
+  CHECK(c.images.registries[1] ==
+        RegistryHostConfig{"registry.example", false, true, "/etc/edgevirt/ca.pem"});
+  CHECK(c.images.max_virtual_size == 100ull << 30);
+  CHECK(c.images.cache_budget == 0u);
+  CHECK(c.images.pull_workers == 4);
+  CHECK(c.images.stall_timeout == 2min);
   CHECK(c.log.level == log::Level::kDebug);
   CHECK(c.log.target == log::Target::kStderr);
   CHECK(c.store.initial_map_size == 1ull << 30);
@@ -234,6 +260,27 @@ TEST_CASE("bad listen addresses name the list index and the position") {
              Catch::Contains("api.listen[1]: duplicate address"));
   CHECK_THAT(ParseError("api:\n  listen: []\n"),
              Catch::Contains("test.yaml:2:11: api.listen: at least one address"));
+}
+
+TEST_CASE("images keys are validated") {
+  auto bad = [](const char* yaml) {
+    auto c = ParseConfig(yaml, "t.yaml");
+    REQUIRE_FALSE(c.has_value());
+    return c.error().message;
+  };
+  CHECK_THAT(bad("images:\n  platform: amd64\n"),
+             Catch::Contains("images.platform: must be os/arch"));
+  CHECK_THAT(bad("images:\n  registries:\n    - insecure: true\n"),
+             Catch::Contains("a registry needs a host"));
+  CHECK_THAT(bad("images:\n  registries:\n    - host: http://x\n"),
+             Catch::Contains("must be a registry host[:port]"));
+  CHECK_THAT(bad("images:\n  registries:\n    - {host: a}\n    - {host: a}\n"),
+             Catch::Contains("duplicate registry \"a\""));
+  CHECK_THAT(bad("images:\n  registries:\n    - {host: a, tls: x}\n"),
+             Catch::Contains("unknown key \"images.registries[0].tls\""));
+  CHECK_THAT(bad("images:\n  pullWorkers: 0\n"), Catch::Contains("images.pullWorkers"));
+  CHECK_THAT(bad("images:\n  authFile: auth.json\n"), Catch::Contains("absolute path"));
+  CHECK(Config{}.EffectiveImagesDir() == "/var/lib/edgevirt/images");
 }
 
 TEST_CASE("the example file documents every key and equals the defaults") {
