@@ -468,6 +468,7 @@ struct DiskContext {
   const VmiHostOptions& host;
   const SecretLookup& secrets;
   const ClaimLookup& claims;
+  const ContainerDisks& container_disks;
   const std::string& dir;   // the VMI's directory
   const std::string& uuid;  // the firmware UUID
 };
@@ -594,9 +595,22 @@ Result<vmm::DiskSpec> PlanDisk(const DiskContext& c, const Json& disk,
     s.format = vmm::DiskFormat::kRaw;
     if (planned->create) tasks.push_back(std::move(*planned->create));
   } else if (Get(volume, "containerDisk") != nullptr) {
-    return (
-        MakeError(Code::kUnsupported,
-                  "volume " + dname + ": containerDisk needs the image puller (not built yet)"));
+    // KubeVirt's containerDisk: the image's disk is the read-only base of a qcow2 overlay
+    // that takes the guest's writes and goes with the VMI (virt-launcher's ephemeral disk).
+    auto image = c.container_disks.find(dname);
+    if (image == c.container_disks.end()) {
+      return MakeError(Code::kUnavailable,
+                       "volume " + dname + ": the containerDisk image is not pulled yet");
+    }
+    VolumeTask t;
+    t.kind = VolumeTaskKind::kEphemeralOverlay;
+    t.volume = dname;
+    t.path = dir + "/containerdisk-" + dname + ".qcow2";
+    t.backing = image->second.path;
+    t.backing_format = image->second.format;
+    s.path = t.path;
+    s.format = vmm::DiskFormat::kQcow2;
+    tasks.push_back(std::move(t));
   } else if (const Json* pvc = Get(volume, "persistentVolumeClaim")) {
     ASSIGN_OR_RETURN(ClaimSource claim, LookupClaim(c, dname, *pvc));
     if (Bool(Get(pvc, "readOnly"), false)) s.readonly = true;
@@ -669,7 +683,8 @@ Result<HotplugDisk> PlanHotplugDisk(const Json& vmi, const std::string& volume,
   const std::string dir = (fs::path(host.vms_dir) / uid).string();
   const std::string uuid = Str(Path(&vmi, "spec", "domain", "firmware", "uuid"));
   SecretLookup no_secrets;
-  DiskContext c{vmi, host, no_secrets, claims, dir, uuid};
+  static const ContainerDisks kNoImages;
+  DiskContext c{vmi, host, no_secrets, claims, kNoImages, dir, uuid};
   HotplugDisk out;
   std::vector<VolumeTask> tasks;
   auto s = PlanDisk(c, *disk, tasks, out.grants, &out.claim);
@@ -682,7 +697,7 @@ Result<HotplugDisk> PlanHotplugDisk(const Json& vmi, const std::string& volume,
 }
 
 Result<VmiPlan> PlanVmi(const Json& vmi, const VmiHostOptions& host, const SecretLookup& secrets,
-                        const ClaimLookup& claims) {
+                        const ClaimLookup& claims, const ContainerDisks& container_disks) {
   const std::string ns = Str(Path(&vmi, "metadata", "namespace"));
   const std::string name = Str(Path(&vmi, "metadata", "name"));
   const std::string uid = Str(Path(&vmi, "metadata", "uid"));
@@ -770,7 +785,7 @@ Result<VmiPlan> PlanVmi(const Json& vmi, const VmiHostOptions& host, const Secre
         plan.hotplug_volumes.push_back(dname);
         continue;
       }
-      DiskContext c{vmi, host, secrets, claims, plan.dir, d.uuid};
+      DiskContext c{vmi, host, secrets, claims, container_disks, plan.dir, d.uuid};
       auto s = PlanDisk(c, disk, plan.tasks, plan.grants);
       if (!s) return fail(std::move(s).error());
       d.disks.push_back(std::move(*s));

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -103,6 +104,14 @@ struct ClaimSource {
 using ClaimLookup =
     std::function<Result<ClaimSource>(const std::string& ns, const std::string& name)>;
 
+// A containerDisk volume's image, pulled and validated by the image cache (image/image.h).
+struct ContainerDiskSource {
+  std::string path;  // the cache's read-only disk file
+  vmm::DiskFormat format = vmm::DiskFormat::kQcow2;
+};
+// Volume name -> its image. The controller fills it once every image is ready.
+using ContainerDisks = std::map<std::string, ContainerDiskSource>;
+
 // One disk to hot-plug into a running domain.
 struct HotplugDisk {
   vmm::DiskSpec disk;
@@ -137,15 +146,17 @@ using SecretLookup = std::function<Result<Json>(const std::string& ns, const std
 //    is not a regular file, cloud-init data that is not valid base64 or has neither user nor
 //    network data, `cache: none` without O_DIRECT, anything vmm::DomainXml refuses.
 //  - kNotFound: a referenced Secret (or key) is missing, with the volume named.
-//  - kUnsupported: containerDisk, dataVolume or any other volume source edgevirt does not
-//    serve yet, with the volume named.
+//  - containerDisk volumes boot from a qcow2 overlay (a kEphemeralOverlay task) over their
+//    image in `container_disks`; a volume missing there is kUnavailable.
+//  - kUnsupported: dataVolume or any other volume source edgevirt does not serve, with the
+//    volume named.
 //  - persistentVolumeClaim / ephemeral volumes: `claims` errors, wrapped with the volume name
 //    (kNotFound, kUnavailable when not Bound); a block claim on a disk adds a DeviceGrant.
 //  - kUnavailable: an EFI VMI on a host without the needed OVMF image.
 // The returned DomainSpec has been rendered once through vmm::DomainXml (so a plan that is
 // returned is one libvirt will be given).
 Result<VmiPlan> PlanVmi(const Json& vmi, const VmiHostOptions& host, const SecretLookup& secrets,
-                        const ClaimLookup& claims = {});
+                        const ClaimLookup& claims = {}, const ContainerDisks& container_disks = {});
 
 // Maps one hotpluggable volume of a running VMI (its disk and its persistentVolumeClaim) to
 // the disk to attach. Errors as PlanVmi's; kNotFound when the VMI has no such disk+volume.

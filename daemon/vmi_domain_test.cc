@@ -372,6 +372,27 @@ TEST_CASE("cloud-init sources: inline, base64, Secrets, ConfigDrive") {
         "required for a cloud-init data source");
 }
 
+TEST_CASE("a containerDisk boots from a qcow2 overlay over its cached image") {
+  Fixture f;
+  Json vmi = Admitted(Vmi("[{name: root, disk: {bus: virtio}}]",
+                          "[{name: root, containerDisk: {image: reg.local/kv/disk:v1}}]"));
+  ContainerDisks images{
+      {"root", {"/var/lib/edgevirt/images/disks/abc/disk", vmm::DiskFormat::kRaw}}};
+  auto plan = PlanVmi(vmi, f.host, f.lookup, {}, images);
+  REQUIRE(plan.has_value());
+  REQUIRE(plan->tasks.size() == 1);
+  const VolumeTask& t = plan->tasks[0];
+  CHECK(t.kind == VolumeTaskKind::kEphemeralOverlay);
+  CHECK(t.path == plan->dir + "/containerdisk-root.qcow2");
+  CHECK(t.backing == "/var/lib/edgevirt/images/disks/abc/disk");
+  CHECK(t.backing_format == vmm::DiskFormat::kRaw);
+  REQUIRE(plan->domain.disks.size() == 1);
+  CHECK(plan->domain.disks[0].path == t.path);
+  CHECK(plan->domain.disks[0].format == vmm::DiskFormat::kQcow2);
+  CHECK_FALSE(plan->domain.disks[0].readonly);
+  CHECK(plan->grants.empty());
+}
+
 TEST_CASE("volume types edgevirt does not serve yet are refused with their reason") {
   Fixture f;
   auto err = [&](const std::string& volume) {
@@ -379,10 +400,10 @@ TEST_CASE("volume types edgevirt does not serve yet are refused with their reaso
     REQUIRE_FALSE(plan.has_value());
     return plan.error();
   };
+  // A containerDisk whose image the controller has not handed in yet.
   Error cd = err("containerDisk: {image: quay.io/kubevirt/cirros-container-disk-demo:v1.0.0}");
-  CHECK(cd.code == Code::kUnsupported);
-  CHECK(cd.message ==
-        "VMI ns1/vm1: volume v: containerDisk needs the image puller (not built yet)");
+  CHECK(cd.code == Code::kUnavailable);
+  CHECK(cd.message == "VMI ns1/vm1: volume v: the containerDisk image is not pulled yet");
   // Without a claim lookup (PVCs not served), a claim cannot be resolved.
   Error pvc = err("persistentVolumeClaim: {claimName: data}");
   CHECK(pvc.code == Code::kUnavailable);

@@ -1,0 +1,193 @@
+#include "daemon/images.h"
+
+#include <algorithm>
+
+#include "common/log.h"
+
+namespace edgevirt::daemon {
+
+using Clock = std::chrono::steady_clock;
+
+PullPolicy ParsePullPolicy(std::string_view text) {
+  if (text == "Always") return PullPolicy::kAlways;
+  if (text == "Never") return PullPolicy::kNever;
+  return PullPolicy::kIfNotPresent;
+}
+
+ImagePuller::ImagePuller(image::Cache& cache, ImagePullerOptions options)
+    : cache_(cache), options_(std::move(options)) {
+  const int n = std::max(1, options_.workers);
+  for (int i = 0; i < n; ++i) workers_.emplace_back([this] { Work(); });
+}
+
+ImagePuller::~ImagePuller() { Stop(); }
+
+void ImagePuller::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+    queue_.clear();
+  }
+  cancel_ = true;
+  cv_.notify_all();
+  for (auto& t : workers_) {
+    if (t.joinable()) t.join();
+  }
+  workers_.clear();
+}
+
+ImageState ImagePuller::Join(const std::string& requester, const std::string& reference,
+                             const image::Keychain& credentials, const std::string& path_in_image) {
+  // mu_ held by the caller.
+  auto& job = jobs_[reference];
+  if (!job) {
+    job = std::make_shared<Job>();
+    job->reference = reference;
+    job->options.credentials = credentials;
+    job->options.path_in_image = path_in_image;
+    queue_.push_back(job);
+    cv_.notify_one();
+  }
+  job->waiters.insert(requester);
+  ImageState s;
+  s.kind = ImageState::Kind::kPulling;
+  s.progress = job->progress;
+  return s;
+}
+
+ImageState ImagePuller::Ensure(const std::string& requester, const std::string& reference,
+                               PullPolicy policy, const image::Keychain& credentials,
+                               const std::string& path_in_image) {
+  // The cache's index is read outside mu_ (an LMDB read transaction, no network).
+  std::optional<image::Image> cached;
+  if (policy != PullPolicy::kAlways) {
+    auto found = cache_.Lookup(reference);
+    if (found && *found) {
+      cached = std::move(**found);
+    } else if (!found) {
+      EV_LOG(kWarning) << "image cache lookup of " << reference << ": " << found.error().message;
+    }
+  }
+  std::lock_guard lock(mu_);
+  const OutcomeKey key{requester, reference};
+  auto it = outcomes_.find(key);
+  if (it == outcomes_.end() && cached) {
+    it = outcomes_.emplace(key, Outcome{}).first;
+    it->second.ok = true;
+    it->second.image = *cached;
+  }
+  if (it != outcomes_.end()) {
+    Outcome& o = it->second;
+    if (o.ok) {
+      ImageState s;
+      s.kind = ImageState::Kind::kReady;
+      s.image = o.image;
+      return s;
+    }
+    if (auto job = jobs_.find(reference);
+        job != jobs_.end() && job->second->waiters.count(requester)) {
+      ImageState s;  // a retry is running
+      s.kind = ImageState::Kind::kPulling;
+      s.progress = job->second->progress;
+      return s;
+    }
+    ImageState s;
+    s.message = o.message;
+    s.retry_at = o.retry_at;
+    if (!o.reported) {
+      o.reported = true;
+      s.kind = ImageState::Kind::kFailed;
+      return s;
+    }
+    if (Clock::now() < o.retry_at || policy == PullPolicy::kNever) {
+      s.kind = ImageState::Kind::kBackOff;
+      return s;
+    }
+    return Join(requester, reference, credentials, path_in_image);
+  }
+  if (policy == PullPolicy::kNever) {
+    Outcome& o = outcomes_[key];
+    o.message = "container image \"" + reference + "\" is not present with pull policy of Never";
+    o.failures = 1;
+    o.reported = true;
+    o.retry_at = Clock::now() + options_.backoff_initial;
+    ImageState s;
+    s.kind = ImageState::Kind::kFailed;
+    s.message = o.message;
+    s.retry_at = o.retry_at;
+    return s;
+  }
+  return Join(requester, reference, credentials, path_in_image);
+}
+
+void ImagePuller::Forget(const std::string& requester) {
+  std::lock_guard lock(mu_);
+  for (auto it = outcomes_.lower_bound({requester, ""});
+       it != outcomes_.end() && it->first.first == requester;) {
+    it = outcomes_.erase(it);
+  }
+  for (auto& [ref, job] : jobs_) job->waiters.erase(requester);
+}
+
+void ImagePuller::Work() {
+  for (;;) {
+    std::shared_ptr<Job> job;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (stopping_) return;
+      job = queue_.front();
+      queue_.pop_front();
+      job->running = true;
+    }
+    image::PullOptions pull = job->options;
+    pull.cancel = &cancel_;
+    pull.progress = [this, job](const image::Progress& p) {
+      std::lock_guard lock(mu_);
+      job->progress = p;
+    };
+    const auto started = Clock::now();
+    EV_LOG(kInfo).Field("IMAGE", job->reference) << "pulling image " << job->reference;
+    Result<image::Image> result = cache_.Pull(job->reference, pull);
+    const auto seconds = std::chrono::duration<double>(Clock::now() - started).count();
+    if (result) {
+      EV_LOG(kInfo).Field("IMAGE", job->reference)
+          << "pulled image " << job->reference << " (" << result->manifest_digest << ", "
+          << result->disk_bytes << " bytes) in " << seconds << "s";
+    } else {
+      EV_LOG(kWarning).Field("IMAGE", job->reference)
+          << "pull of image " << job->reference << " failed after " << seconds
+          << "s: " << result.error().message;
+    }
+    std::set<std::string> waiters;
+    {
+      std::lock_guard lock(mu_);
+      if (auto it = jobs_.find(job->reference); it != jobs_.end() && it->second == job) {
+        jobs_.erase(it);
+      }
+      waiters = job->waiters;
+      for (const auto& w : waiters) {
+        Outcome& o = outcomes_[{w, job->reference}];
+        if (result) {
+          o.ok = true;
+          o.image = *result;
+          o.message.clear();
+        } else {
+          o.ok = false;
+          o.message = result.error().message;
+          o.reported = false;
+          ++o.failures;
+          auto delay = options_.backoff_initial;
+          for (int i = 1; i < o.failures && delay < options_.backoff_max; ++i) delay *= 2;
+          o.retry_at = Clock::now() + std::min(delay, options_.backoff_max);
+        }
+      }
+      if (stopping_) return;
+    }
+    if (options_.notify) {
+      for (const auto& w : waiters) options_.notify(w);
+    }
+  }
+}
+
+}  // namespace edgevirt::daemon
