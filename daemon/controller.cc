@@ -11,6 +11,7 @@
 
 #include "api/kubevirt/kubevirt.h"
 #include "api/machinery/codec.h"
+#include "api/machinery/secrets.h"
 #include "common/fault.h"
 #include "common/log.h"
 
@@ -328,7 +329,14 @@ class Controller::Impl {
   std::string PrintableStatus(const Json& vm, const Json* vmi) const;
 
   // VMI side (virt-handler).
-  Status StartDomain(const Json& vmi);
+  // The images of the VMI's containerDisk volumes: true with `out` filled when every one is
+  // cached; false while one is pulled or backs off (status and events written, key requeued).
+  Result<bool> EnsureImages(const Json& vmi, ContainerDisks& out,
+                            std::vector<std::string>& digests);
+  Status StartDomain(const Json& vmi, const ContainerDisks& container_disks,
+                     const std::vector<std::string>& image_digests);
+  // The credentials of a Secret of type kubernetes.io/dockerconfigjson (or dockercfg).
+  Result<image::Keychain> PullSecretKeychain(const std::string& ns, const std::string& name);
   Status FinishVmi(const Json& vmi, const std::string& phase, const std::string& reason);
   Status CleanupDomain(const std::string& dname, const std::string& uid);
   // The VMI's cgroup and device filter match LMDB (once per daemon process and VMI).
@@ -370,6 +378,11 @@ class Controller::Impl {
   // pressed again, which a guest that is already shutting down ignores).
   std::mutex shutdown_mu_;
   std::set<std::string> shutdown_requested_;  // VMI uids; guarded by shutdown_mu_
+
+  // containerDisk pulls (null without an image cache). Requesters are "<vmi key>#<uid>".
+  std::unique_ptr<ImagePuller> puller_;
+  // Requesters told "Pulling image" already (reconcile thread only).
+  std::set<std::string> pull_announced_;
 };
 
 Result<std::optional<Json>> Controller::Impl::GetObject(const api::ResourceType* rt,
@@ -441,6 +454,30 @@ Status Controller::Impl::Open() {
   // Cgroups, pinned filters and device records of VMIs that no longer exist (after the
   // domains: a cgroup holding a QEMU is emptied by the Destroy above).
   if (Status s = iso_->Collect(live_uids); !s) EV_LOG(kWarning) << s.error().message;
+  if (options_.images != nullptr) {
+    ImagePullerOptions pulls = options_.pulls;
+    pulls.notify = [this](const std::string& requester) {
+      queue_.Add(requester.substr(0, requester.find('#')));
+    };
+    pulls.prune_budget = options_.image_cache_budget;
+    puller_ = std::make_unique<ImagePuller>(*options_.images, std::move(pulls));
+    // Image uses of VMIs that no longer exist (a crash between the VMI's end and its release).
+    if (auto images = options_.images->List()) {
+      std::set<std::string> gone;
+      for (const auto& img : *images) {
+        for (const auto& user : img.users) {
+          if (live_uids.count(user) == 0) gone.insert(user);
+        }
+      }
+      for (const auto& user : gone) {
+        if (Status st = options_.images->Release(user); !st) {
+          EV_LOG(kWarning) << st.error().message;
+        }
+      }
+    } else {
+      EV_LOG(kWarning) << "image cache: " << images.error().message;
+    }
+  }
   for (const auto& entry : std::filesystem::directory_iterator(options_.host.vms_dir, ec)) {
     const std::string uid = entry.path().filename().string();
     if (!IsCanonicalUuid(uid) || live_uids.count(uid) != 0) continue;
@@ -515,6 +552,7 @@ Status Controller::Impl::ReconcileKey(const std::string& key) {
 }
 
 void Controller::Impl::Stop() {
+  if (puller_) puller_->Stop();
   loop_.Stop();
   if (watcher_.joinable()) watcher_.join();
   watch_.reset();
@@ -834,7 +872,14 @@ std::string Controller::Impl::PrintableStatus(const Json& vm, const Json* vmi) c
   if (BeingDeleted(vm)) return "Terminating";
   if (vmi && !final && (BeingDeleted(*vmi) || HasStopRequestForVmi(vm, vmi))) return "Stopping";
   if (vmi && phase == "Running") return ConditionTrue(*vmi, "Paused") ? "Paused" : "Running";
-  if (vmi && IsStartingPhase(phase)) return "Starting";
+  if (vmi && IsStartingPhase(phase)) {
+    // A containerDisk that cannot be pulled (KubeVirt reads it from the launcher pod).
+    if (const Json* sync = Condition(*vmi, "Synchronized")) {
+      const std::string reason = sync->value("reason", "");
+      if (reason == "ErrImagePull" || reason == "ImagePullBackOff") return reason;
+    }
+    return "Starting";
+  }
   const std::string strategy = RunStrategy(vm);
   const Json* count = At(vm, {"status", "startFailure", "consecutiveFailCount"});
   if ((!vmi || final) && count && count->is_number() && count->get<int64_t>() > 0 &&
@@ -1024,6 +1069,7 @@ Status Controller::Impl::CleanupDomain(const std::string& dname, const std::stri
   if (!uid.empty()) {
     RETURN_IF_ERROR(iso_->Release(uid));
     placed_.erase(uid);
+    if (options_.images != nullptr) RETURN_IF_ERROR(options_.images->Release(uid));
     RETURN_IF_ERROR(RemoveVmiFiles(options_.host.vms_dir, uid));
   }
   std::lock_guard lock(shutdown_mu_);
@@ -1036,6 +1082,12 @@ Status Controller::Impl::FinishVmi(const Json& vmi, const std::string& phase,
   const std::string ns = Str(vmi, {"metadata", "namespace"});
   const std::string name = Str(vmi, {"metadata", "name"});
   RETURN_IF_ERROR(CleanupDomain(DomainName(ns, name), Str(vmi, {"metadata", "uid"})));
+  if (puller_) {
+    const std::string requester =
+        "vmi/" + ns + "/" + name + "#" + Str(vmi, {"metadata", "uid"});
+    puller_->Forget(requester);
+    pull_announced_.erase(requester);
+  }
   const bool deleting = BeingDeleted(vmi);
   RETURN_IF_ERROR(WriteVmiStatus(ns, name, [&](Json& o, const std::string& now) {
     if (!IsFinalPhase(o["status"].value("phase", ""))) {
@@ -1056,7 +1108,162 @@ Status Controller::Impl::FinishVmi(const Json& vmi, const std::string& phase,
   return Ok();
 }
 
-Status Controller::Impl::StartDomain(const Json& vmi) {
+Result<bool> Controller::Impl::EnsureImages(const Json& vmi, ContainerDisks& out,
+                                            std::vector<std::string>& digests) {
+  const std::string ns = Str(vmi, {"metadata", "namespace"});
+  const std::string name = Str(vmi, {"metadata", "name"});
+  const std::string key = "vmi/" + ns + "/" + name;
+  const std::string requester = key + "#" + Str(vmi, {"metadata", "uid"});
+  const Json* volumes = At(vmi, {"spec", "volumes"});
+  if (volumes == nullptr || !volumes->is_array()) return true;
+  struct Waiting {
+    std::string image;
+    ImageState state;
+  };
+  std::vector<Waiting> waiting;
+  for (const auto& volume : *volumes) {
+    const Json* cd = At(volume, {"containerDisk"});
+    if (cd == nullptr || !cd->is_object()) continue;
+    const std::string vname = volume.value("name", "");
+    const std::string image = cd->value("image", "");
+    if (!puller_) {
+      return Error(Code::kUnavailable,
+                   "volume " + vname + ": containerDisk volumes need the image cache");
+    }
+    image::Keychain credentials;
+    if (const std::string secret = cd->value("imagePullSecret", ""); !secret.empty()) {
+      // As kubelet does, a pull secret that cannot be used is reported and the pull goes on
+      // with the daemon's own credentials.
+      auto keychain = PullSecretKeychain(ns, secret);
+      if (keychain) {
+        credentials = std::move(*keychain);
+      } else if (pull_announced_.count(requester) == 0) {
+        Event(vmi, EventType::kWarning, "FailedToRetrieveImagePullSecret",
+              "Unable to retrieve some image pull secrets (" + secret +
+                  "); attempting to pull the image may not succeed: " +
+                  keychain.error().message);
+      }
+    }
+    ImageState st = puller_->Ensure(requester, image, ParsePullPolicy(cd->value("imagePullPolicy", "")),
+                                    credentials, cd->value("path", ""));
+    if (st.kind == ImageState::Kind::kReady) {
+      out[vname] = ContainerDiskSource{st.image.disk_path, st.image.format == "raw"
+                                                               ? vmm::DiskFormat::kRaw
+                                                               : vmm::DiskFormat::kQcow2};
+      digests.push_back(st.image.manifest_digest);
+      continue;
+    }
+    waiting.push_back({image, std::move(st)});
+  }
+  if (waiting.empty()) {
+    if (pull_announced_.erase(requester) != 0) {
+      for (const auto& [vname, src] : out) {
+        (void)src;
+        const Json* v = nullptr;
+        for (const auto& vol : *volumes) {
+          if (vol.value("name", "") == vname) v = &vol;
+        }
+        if (v != nullptr) {
+          Event(vmi, EventType::kNormal, "Pulled",
+                "Successfully pulled image \"" + Str(*v, {"containerDisk", "image"}) + "\"");
+        }
+      }
+    }
+    return true;
+  }
+  // Report the first image that is not ready, the way a launcher pod's waiting container
+  // shows on a KubeVirt VMI: phase Scheduling and a Synchronized=False condition whose reason
+  // is ErrImagePull or ImagePullBackOff (the VM's printableStatus follows it).
+  const Waiting& w = waiting.front();
+  std::string reason, message;
+  const auto now_steady = std::chrono::steady_clock::now();
+  switch (w.state.kind) {
+    case ImageState::Kind::kPulling: {
+      reason = "ImagePulling";
+      char buf[96];
+      const double mib = 1024.0 * 1024.0;
+      if (w.state.progress.total_bytes > 0) {
+        std::snprintf(buf, sizeof buf, "%.1f of %.1f MiB",
+                      static_cast<double>(w.state.progress.done_bytes) / mib,
+                      static_cast<double>(w.state.progress.total_bytes) / mib);
+      } else {
+        std::snprintf(buf, sizeof buf, "resolving");
+      }
+      message = "pulling image \"" + w.image + "\": " + buf;
+      if (pull_announced_.insert(requester).second) {
+        Event(vmi, EventType::kNormal, "Pulling", "Pulling image \"" + w.image + "\"");
+      }
+      queue_.AddAfter(key, 2s);
+      break;
+    }
+    case ImageState::Kind::kFailed:
+      reason = "ErrImagePull";
+      message = w.state.message;
+      pull_announced_.insert(requester);
+      Event(vmi, EventType::kWarning, "Failed",
+            "Failed to pull image \"" + w.image + "\": " + w.state.message);
+      EV_LOG(kWarning).Field("VM_NAMESPACE", ns).Field("VM_NAME", name).Field("IMAGE", w.image)
+          << "VMI " << ns << "/" << name << ": pull of " << w.image
+          << " failed: " << w.state.message;
+      queue_.AddAfter(key, std::max<std::chrono::steady_clock::duration>(
+                               w.state.retry_at - now_steady, 100ms));
+      break;
+    case ImageState::Kind::kBackOff:
+      reason = "ImagePullBackOff";
+      message = "Back-off pulling image \"" + w.image + "\": " + w.state.message;
+      queue_.AddAfter(key, std::max<std::chrono::steady_clock::duration>(
+                               w.state.retry_at - now_steady, 100ms));
+      break;
+    case ImageState::Kind::kReady:
+      break;
+  }
+  const Json* sync = Condition(vmi, "Synchronized");
+  const bool same = Str(vmi, {"status", "phase"}) == "Scheduling" && HasFinalizer(vmi, kVmiFinalizer) &&
+                    sync != nullptr && sync->value("reason", "") == reason &&
+                    sync->value("message", "") == message;
+  if (same) return false;
+  RETURN_IF_ERROR(WriteVmiStatus(ns, name, [&](Json& o, const std::string& now) {
+    AddFinalizer(o, kVmiFinalizer);
+    if (o["status"].value("phase", "") != "Scheduling") SetPhase(o, "Scheduling", now);
+    SetCondition(o["status"], "Synchronized", "False", reason, message, now);
+    SetCondition(o["status"], "Ready", "False", "GuestNotRunning",
+                 "Guest VM is not reported as running", now);
+  }));
+  return false;
+}
+
+Result<image::Keychain> Controller::Impl::PullSecretKeychain(const std::string& ns,
+                                                             const std::string& name) {
+  const api::ResourceType* rt = registry_.ByKind("", "Secret");
+  if (!rt) return Error(Code::kUnsupported, "core/v1 Secrets are not served");
+  ASSIGN_OR_RETURN(auto secret, GetObject(rt, ns, name));
+  if (!secret) return Error(Code::kNotFound, "secret \"" + name + "\" not found");
+  const std::string type = Str(*secret, {"type"});
+  std::string field;
+  if (type == "kubernetes.io/dockerconfigjson") {
+    field = ".dockerconfigjson";
+  } else if (type == "kubernetes.io/dockercfg") {
+    field = ".dockercfg";
+  } else {
+    return Error(Code::kInvalid, "secret \"" + name + "\" is of type \"" + type +
+                                     "\", not kubernetes.io/dockerconfigjson");
+  }
+  const Json* data = At(*secret, {"data", field.c_str()});
+  if (data == nullptr || !data->is_string()) {
+    return Error(Code::kInvalid, "secret \"" + name + "\" has no " + field);
+  }
+  ASSIGN_OR_RETURN(std::string text, api::machinery::Base64Decode(data->get<std::string>()));
+  if (field == ".dockercfg") {
+    // The legacy form is the "auths" object itself.
+    text = "{\"auths\":" + text + "}";
+  }
+  auto keychain = image::ParseDockerConfig(text);
+  if (!keychain) return Error(keychain.error()).Wrap("secret \"" + name + "\"");
+  return keychain;
+}
+
+Status Controller::Impl::StartDomain(const Json& vmi, const ContainerDisks& container_disks,
+                                     const std::vector<std::string>& image_digests) {
   const std::string ns = Str(vmi, {"metadata", "namespace"});
   const std::string name = Str(vmi, {"metadata", "name"});
   auto secrets = [this](const std::string& sns, const std::string& sname) -> Result<Json> {
@@ -1066,8 +1273,13 @@ Status Controller::Impl::StartDomain(const Json& vmi) {
     if (!s) return Error(Code::kNotFound, "secret \"" + sname + "\" not found");
     return std::move(*s);
   };
-  ASSIGN_OR_RETURN(VmiPlan plan, PlanVmi(vmi, options_.host, secrets, options_.claims));
+  ASSIGN_OR_RETURN(VmiPlan plan,
+                   PlanVmi(vmi, options_.host, secrets, options_.claims, container_disks));
   ASSIGN_OR_RETURN(cgroup::Limits limits, LimitsForVmi(vmi));
+  // Recorded before the overlay exists: a prune never removes an image a VMI boots from.
+  for (const auto& digest : image_digests) {
+    RETURN_IF_ERROR(options_.images->Use(plan.uid, digest));
+  }
   RETURN_IF_ERROR(PrepareVmiFiles(plan));
   RETURN_IF_ERROR(hv_->Define(plan.domain));
   if (Status s = hv_->StartPaused(plan.domain.name); !s && s.error().code != Code::kConflict) {
@@ -1161,6 +1373,13 @@ Status Controller::Impl::ReconcileVmi(const std::string& ns, const std::string& 
     return Ok();
   }
   const bool to_start = IsStartingPhase(phase) && !active && !after_start;
+  ContainerDisks container_disks;
+  std::vector<std::string> image_digests;
+  if (to_start) {
+    // Images first: the VMI stays Scheduling while its containerDisks are pulled.
+    ASSIGN_OR_RETURN(bool ready, EnsureImages(vmi, container_disks, image_digests));
+    if (!ready) return Ok();
+  }
   if (!HasFinalizer(vmi, kVmiFinalizer) || (to_start && phase != "Scheduled")) {
     // The finalizer, and phase Scheduled recorded before the domain exists (a restart from
     // here defines it again), in one write; then on to the start in this same reconcile.
@@ -1168,6 +1387,7 @@ Status Controller::Impl::ReconcileVmi(const std::string& ns, const std::string& 
       AddFinalizer(o, kVmiFinalizer);
       if (!to_start) return;
       SetPhase(o, "Scheduled", now);
+      RemoveCondition(o["status"], "Synchronized");
       o["status"]["nodeName"] = options_.node_name;
       SetCondition(o["status"], "Ready", "False", "GuestNotRunning",
                    "Guest VM is not reported as running", now);
@@ -1176,7 +1396,7 @@ Status Controller::Impl::ReconcileVmi(const std::string& ns, const std::string& 
   }
 
   if (to_start) {
-    if (Status s = StartDomain(vmi); !s) {
+    if (Status s = StartDomain(vmi, container_disks, image_digests); !s) {
       Event(vmi, EventType::kWarning, "SyncFailed", s.error().message);
       EV_LOG(kWarning).Field("VM_NAMESPACE", ns).Field("VM_NAME", name)
           << "start of " << ns << "/" << name << " failed: " << s.error().message;

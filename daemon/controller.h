@@ -29,6 +29,8 @@
 #include "api/machinery/machinery.h"
 #include "api/subresources/subresources.h"
 #include "common/result.h"
+#include "image/image.h"
+#include "daemon/images.h"
 #include "daemon/isolation.h"
 #include "daemon/vmi_domain.h"
 #include "daemon/work_queue.h"
@@ -55,6 +57,13 @@ struct ControllerOptions {
   IsolationOptions isolation;
   // Provisioned PersistentVolumeClaims; empty: persistentVolumeClaim volumes fail to start.
   ClaimLookup claims;
+  // The containerDisk cache (must outlive the controller); null: containerDisk volumes fail to
+  // start. The controller pulls through an ImagePuller of its own with these options (its
+  // notify is the controller's).
+  image::Cache* images = nullptr;
+  ImagePullerOptions pulls;
+  // images.cacheBudget: after a pull, unused images are pruned down to this (0: never).
+  uint64_t image_cache_budget = 0;
   // Wall clock for timestamps and deadlines; empty = the system clock.
   std::function<WallClock::time_point()> clock;
 };

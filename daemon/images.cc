@@ -8,6 +8,20 @@ namespace edgevirt::daemon {
 
 using Clock = std::chrono::steady_clock;
 
+image::Options ImageCacheOptions(const Config& config) {
+  image::Options o;
+  o.dir = config.EffectiveImagesDir();
+  for (const auto& r : config.images.registries) {
+    o.registries.push_back({r.host, r.insecure, r.skip_verify, r.ca_file});
+  }
+  o.auth_file = config.images.auth_file;
+  o.platform = config.images.platform;
+  o.max_virtual_size = config.images.max_virtual_size;
+  o.stall_timeout =
+      std::chrono::duration_cast<std::chrono::seconds>(config.images.stall_timeout);
+  return o;
+}
+
 PullPolicy ParsePullPolicy(std::string_view text) {
   if (text == "Always") return PullPolicy::kAlways;
   if (text == "Never") return PullPolicy::kNever;
@@ -61,7 +75,7 @@ ImageState ImagePuller::Ensure(const std::string& requester, const std::string& 
   // The cache's index is read outside mu_ (an LMDB read transaction, no network).
   std::optional<image::Image> cached;
   if (policy != PullPolicy::kAlways) {
-    auto found = cache_.Lookup(reference);
+    auto found = cache_.Lookup(reference, path_in_image);
     if (found && *found) {
       cached = std::move(**found);
     } else if (!found) {
@@ -158,6 +172,14 @@ void ImagePuller::Work() {
       EV_LOG(kWarning).Field("IMAGE", job->reference)
           << "pull of image " << job->reference << " failed after " << seconds
           << "s: " << result.error().message;
+    }
+    if (result && options_.prune_budget > 0) {
+      if (auto pruned = cache_.Prune(options_.prune_budget); !pruned) {
+        EV_LOG(kWarning) << "image cache prune: " << pruned.error().message;
+      } else if (!pruned->removed.empty()) {
+        EV_LOG(kInfo) << "image cache: pruned " << pruned->removed.size() << " unused images ("
+                      << pruned->freed_bytes << " bytes) to stay within its budget";
+      }
     }
     std::set<std::string> waiters;
     {

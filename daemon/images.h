@@ -13,6 +13,7 @@
 // reconcile asks again (a partial blob resumes from the offset the cache committed).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -26,9 +27,13 @@
 #include <vector>
 
 #include "common/result.h"
+#include "daemon/config.h"
 #include "image/image.h"
 
 namespace edgevirt::daemon {
+
+// The image cache's options from the daemon's configuration (images.*).
+image::Options ImageCacheOptions(const Config& config);
 
 enum class PullPolicy { kAlways, kIfNotPresent, kNever };
 
@@ -54,6 +59,8 @@ struct ImagePullerOptions {
   int workers = 2;
   std::chrono::milliseconds backoff_initial{10'000};
   std::chrono::milliseconds backoff_max{300'000};
+  // After every successful pull, unused images are pruned down to this many bytes (0: never).
+  uint64_t prune_budget = 0;
   // Called when a pull that `requester` waits for ends (from a worker thread; must not block).
   std::function<void(const std::string& requester)> notify;
 };

@@ -24,6 +24,7 @@
 #include "api/machinery/machinery.h"
 #include "common/log.h"
 #include "daemon/controller.h"
+#include "daemon/images.h"
 #include "daemon/daemon.h"
 #include "store/store.h"
 
@@ -228,9 +229,23 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   }
   std::unique_ptr<Claims> claims = std::move(*started_claims);
 
+  // The containerDisk cache outlives the controller that pulls into it.
+  std::unique_ptr<image::Cache> images;
   std::unique_ptr<Controller> controller;
   if (config.vms.enabled) {
+    auto opened_images = image::Cache::Open(ImageCacheOptions(config));
+    if (opened_images) {
+      images = std::move(*opened_images);
+    } else {
+      // VMs without containerDisks still run; those with one fail to start, saying why.
+      EV_LOG(kError) << "image cache " << config.EffectiveImagesDir() << ": "
+                     << opened_images.error().message
+                     << "; containerDisk volumes cannot be used";
+    }
     ControllerOptions controller_options;
+    controller_options.images = images.get();
+    controller_options.pulls.workers = config.images.pull_workers;
+    controller_options.image_cache_budget = config.images.cache_budget;
     controller_options.hypervisor.root = config.state_dir + "/libvirt";
     controller_options.hypervisor.uri = config.libvirt.uri;
     controller_options.host.vms_dir = config.state_dir + "/vms";

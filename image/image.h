@@ -118,8 +118,10 @@ class Cache {
   virtual ~Cache() = default;
 
   // The cached image a reference (name:tag or name@digest) resolved to when it was last pulled
-  // or imported; nullopt when there is none.
-  virtual Result<std::optional<Image>> Lookup(const std::string& reference) = 0;
+  // or imported, with the disk at `path_in_image` (empty: the one file under /disk); nullopt
+  // when there is none.
+  virtual Result<std::optional<Image>> Lookup(const std::string& reference,
+                                              const std::string& path_in_image) = 0;
   // Resolves the reference at its registry, downloads what is missing (resuming partial blobs),
   // extracts and validates the disk, records it. Blocking; several threads may pull at once.
   virtual Result<Image> Pull(const std::string& reference, const PullOptions& options) = 0;
