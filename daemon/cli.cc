@@ -14,6 +14,7 @@ std::string UsageText() {
   return R"(Usage:
   edgevirtd [--config FILE] [--state-dir DIR] [--listen ADDR]... [--log-level LEVEL]
   edgevirtd check-config FILE
+  edgevirtd [--config FILE] [--state-dir DIR] image list|import PATH|pull REF|prune [--budget SIZE]
   edgevirtd --version
   edgevirtd --help
 
@@ -33,6 +34,18 @@ Options:
 Commands:
   check-config FILE  Parses and validates FILE, prints "FILE: ok" or the error; exits 0 if
                      the file is valid, 1 if not.
+  image list         Lists the containerDisk images in the cache (images.dir): references,
+                     digest, format, sizes and the VMIs using each.
+  image import PATH  Imports every image of an OCI archive (a tar of an OCI layout, e.g. from
+                     `skopeo copy docker://REF oci-archive:FILE:REF`) or an OCI layout
+                     directory, for hosts without a registry. An image is named by its
+                     org.opencontainers.image.ref.name when that is a full reference, and can
+                     always be used as NAME@sha256:DIGEST.
+  image pull REF     Pulls REF into the cache (with images.authFile's credentials).
+  image prune [--budget SIZE]
+                     Removes images no VMI uses, least recently used first, until the cache
+                     holds at most SIZE (default 0: every unused image).
+  The image commands work beside a running daemon: they open the same cache index.
 
 Exit codes: 0 clean stop, 1 runtime failure, 2 usage or configuration error.
 Signals: SIGTERM/SIGINT stop gracefully within shutdown.timeout; SIGHUP re-reads the
@@ -91,6 +104,33 @@ Result<CliOptions> ParseCommandLine(const std::vector<std::string>& args) {
       continue;
     }
     if (arg.size() > 1 && arg[0] == '-') return Usage("unknown flag \"" + arg + "\"");
+    if (arg == "image") {
+      std::vector<std::string> rest(args.begin() + static_cast<long>(i) + 1, args.end());
+      if (rest.empty()) return Usage("image needs a command: list, import, pull or prune");
+      const std::string& sub = rest[0];
+      if (sub == "list") {
+        if (rest.size() != 1) return Usage("image list takes no arguments");
+      } else if (sub == "import" || sub == "pull") {
+        if (rest.size() != 2 || rest[1].empty()) {
+          return Usage("image " + sub + " takes exactly one " + (sub == "pull" ? "REF" : "PATH"));
+        }
+      } else if (sub == "prune") {
+        if (rest.size() == 2 && rest[1].rfind("--budget=", 0) == 0) {
+          rest = {"prune", "--budget", rest[1].substr(9)};
+        }
+        if (rest.size() != 1 && !(rest.size() == 3 && rest[1] == "--budget")) {
+          return Usage("image prune takes only --budget SIZE");
+        }
+        if (rest.size() == 3 && !ParseByteSize(rest[2])) {
+          return Usage("image prune --budget: not a byte size: \"" + rest[2] + "\"");
+        }
+      } else {
+        return Usage("unknown image command \"" + sub + "\" (list, import, pull or prune)");
+      }
+      cli.command = CliOptions::Command::kImage;
+      cli.image_args = std::move(rest);
+      return cli;
+    }
     if (arg == "check-config") {
       if (cli.command != CliOptions::Command::kRun || i != 0) {
         return Usage("check-config must come first and takes only FILE");

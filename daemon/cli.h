@@ -23,6 +23,7 @@ struct CliOptions {
     kHelp,         // --help / -h
     kVersion,      // --version
     kCheckConfig,  // check-config FILE
+    kImage,        // image list | import PATH | pull REF | prune [--budget SIZE]
   };
   Command command = Command::kRun;
   std::optional<std::string> config_path;  // --config FILE
@@ -30,6 +31,7 @@ struct CliOptions {
   std::vector<std::string> listen;      // --listen ADDR (repeatable); non-empty replaces api.listen
   std::optional<log::Level> log_level;  // --log-level L
   std::string check_config_path;        // FILE of check-config
+  std::vector<std::string> image_args;  // image: the subcommand and its arguments
 };
 
 // Parses argv[1..]. Accepts "--flag VALUE" and "--flag=VALUE". Errors (kInvalid) name the

@@ -110,7 +110,7 @@ struct Config {
     // images.cacheBudget: unused images are pruned, least recently used first, while the cache
     // holds more than this (0: unused images are kept until `edgevirtd image prune`).
     uint64_t cache_budget = 20ull << 30;
-    int pull_workers = 2;                      // images.pullWorkers: concurrent pulls
+    int pull_workers = 2;                             // images.pullWorkers: concurrent pulls
     std::chrono::milliseconds stall_timeout{60'000};  // images.stallTimeout: no byte for this long
     bool operator==(const Images&) const = default;
   } images;

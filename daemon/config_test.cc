@@ -363,6 +363,15 @@ TEST_CASE("command line: flags") {
   REQUIRE(cli);
   CHECK(cli->command == CliOptions::Command::kCheckConfig);
   CHECK(cli->check_config_path == "/tmp/f.yaml");
+
+  cli = Parse({"--state-dir", "/srv/ev", "image", "import", "/tmp/disk.tar"});
+  REQUIRE(cli);
+  CHECK(cli->command == CliOptions::Command::kImage);
+  CHECK(*cli->state_dir == "/srv/ev");
+  CHECK(cli->image_args == std::vector<std::string>{"import", "/tmp/disk.tar"});
+  CHECK(Parse({"image", "prune", "--budget=10Gi"})->image_args ==
+        std::vector<std::string>{"prune", "--budget", "10Gi"});
+  CHECK(Parse({"image", "list"})->image_args == std::vector<std::string>{"list"});
 }
 
 TEST_CASE("command line: usage errors") {
@@ -383,12 +392,17 @@ TEST_CASE("command line: usage errors") {
   CHECK_THAT(err({"check-config"}), Catch::Contains("needs a FILE"));
   CHECK_THAT(err({"check-config", "a", "b"}), Catch::Contains("exactly one FILE"));
   CHECK_THAT(err({"--state-dir", "/x", "check-config", "a"}), Catch::Contains("must come first"));
+  CHECK_THAT(err({"image"}), Catch::Contains("image needs a command"));
+  CHECK_THAT(err({"image", "rm", "x"}), Catch::Contains("unknown image command \"rm\""));
+  CHECK_THAT(err({"image", "import"}), Catch::Contains("exactly one PATH"));
+  CHECK_THAT(err({"image", "pull", "a", "b"}), Catch::Contains("exactly one REF"));
+  CHECK_THAT(err({"image", "prune", "--budget", "lots"}), Catch::Contains("not a byte size"));
 }
 
 TEST_CASE("usage lists every flag and subcommand") {
   std::string usage = UsageText();
   for (const char* word : {"--config", "--state-dir", "--listen", "--log-level", "--version",
-                           "--help", "check-config"}) {
+                           "--help", "check-config", "image import", "image prune"}) {
     CHECK_THAT(usage, Catch::Contains(word));
   }
 }

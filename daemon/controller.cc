@@ -1083,8 +1083,7 @@ Status Controller::Impl::FinishVmi(const Json& vmi, const std::string& phase,
   const std::string name = Str(vmi, {"metadata", "name"});
   RETURN_IF_ERROR(CleanupDomain(DomainName(ns, name), Str(vmi, {"metadata", "uid"})));
   if (puller_) {
-    const std::string requester =
-        "vmi/" + ns + "/" + name + "#" + Str(vmi, {"metadata", "uid"});
+    const std::string requester = "vmi/" + ns + "/" + name + "#" + Str(vmi, {"metadata", "uid"});
     puller_->Forget(requester);
     pull_announced_.erase(requester);
   }
@@ -1140,12 +1139,12 @@ Result<bool> Controller::Impl::EnsureImages(const Json& vmi, ContainerDisks& out
       } else if (pull_announced_.count(requester) == 0) {
         Event(vmi, EventType::kWarning, "FailedToRetrieveImagePullSecret",
               "Unable to retrieve some image pull secrets (" + secret +
-                  "); attempting to pull the image may not succeed: " +
-                  keychain.error().message);
+                  "); attempting to pull the image may not succeed: " + keychain.error().message);
       }
     }
-    ImageState st = puller_->Ensure(requester, image, ParsePullPolicy(cd->value("imagePullPolicy", "")),
-                                    credentials, cd->value("path", ""));
+    ImageState st =
+        puller_->Ensure(requester, image, ParsePullPolicy(cd->value("imagePullPolicy", "")),
+                        credentials, cd->value("path", ""));
     if (st.kind == ImageState::Kind::kReady) {
       out[vname] = ContainerDiskSource{st.image.disk_path, st.image.format == "raw"
                                                                ? vmm::DiskFormat::kRaw
@@ -1205,22 +1204,22 @@ Result<bool> Controller::Impl::EnsureImages(const Json& vmi, ContainerDisks& out
       EV_LOG(kWarning).Field("VM_NAMESPACE", ns).Field("VM_NAME", name).Field("IMAGE", w.image)
           << "VMI " << ns << "/" << name << ": pull of " << w.image
           << " failed: " << w.state.message;
-      queue_.AddAfter(key, std::max<std::chrono::steady_clock::duration>(
-                               w.state.retry_at - now_steady, 100ms));
+      queue_.AddAfter(
+          key, std::max<std::chrono::steady_clock::duration>(w.state.retry_at - now_steady, 100ms));
       break;
     case ImageState::Kind::kBackOff:
       reason = "ImagePullBackOff";
       message = "Back-off pulling image \"" + w.image + "\": " + w.state.message;
-      queue_.AddAfter(key, std::max<std::chrono::steady_clock::duration>(
-                               w.state.retry_at - now_steady, 100ms));
+      queue_.AddAfter(
+          key, std::max<std::chrono::steady_clock::duration>(w.state.retry_at - now_steady, 100ms));
       break;
     case ImageState::Kind::kReady:
       break;
   }
   const Json* sync = Condition(vmi, "Synchronized");
-  const bool same = Str(vmi, {"status", "phase"}) == "Scheduling" && HasFinalizer(vmi, kVmiFinalizer) &&
-                    sync != nullptr && sync->value("reason", "") == reason &&
-                    sync->value("message", "") == message;
+  const bool same = Str(vmi, {"status", "phase"}) == "Scheduling" &&
+                    HasFinalizer(vmi, kVmiFinalizer) && sync != nullptr &&
+                    sync->value("reason", "") == reason && sync->value("message", "") == message;
   if (same) return false;
   RETURN_IF_ERROR(WriteVmiStatus(ns, name, [&](Json& o, const std::string& now) {
     AddFinalizer(o, kVmiFinalizer);

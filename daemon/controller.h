@@ -29,11 +29,11 @@
 #include "api/machinery/machinery.h"
 #include "api/subresources/subresources.h"
 #include "common/result.h"
-#include "image/image.h"
 #include "daemon/images.h"
 #include "daemon/isolation.h"
 #include "daemon/vmi_domain.h"
 #include "daemon/work_queue.h"
+#include "image/image.h"
 #include "store/store.h"
 #include "vmm/vmm.h"
 

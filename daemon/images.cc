@@ -17,9 +17,99 @@ image::Options ImageCacheOptions(const Config& config) {
   o.auth_file = config.images.auth_file;
   o.platform = config.images.platform;
   o.max_virtual_size = config.images.max_virtual_size;
-  o.stall_timeout =
-      std::chrono::duration_cast<std::chrono::seconds>(config.images.stall_timeout);
+  o.stall_timeout = std::chrono::duration_cast<std::chrono::seconds>(config.images.stall_timeout);
   return o;
+}
+
+namespace {
+
+std::string HumanBytes(uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f%s" : "%.1f%s", v, units[u]);
+  return buf;
+}
+
+void PrintImages(const std::vector<image::Image>& images, FILE* out) {
+  std::fprintf(out, "%-19s %-6s %-10s %-10s %-5s %s\n", "DIGEST", "FORMAT", "VIRTUAL", "SIZE",
+               "USERS", "REFERENCES");
+  for (const auto& img : images) {
+    std::string refs;
+    for (const auto& r : img.references) refs += (refs.empty() ? "" : ",") + r;
+    std::fprintf(out, "%-19s %-6s %-10s %-10s %-5zu %s\n",
+                 img.manifest_digest.substr(0, 19).c_str(), img.format.c_str(),
+                 HumanBytes(img.virtual_size).c_str(), HumanBytes(img.disk_bytes).c_str(),
+                 img.users.size(), refs.empty() ? "<none>" : refs.c_str());
+  }
+}
+
+}  // namespace
+
+int RunImageCommand(const std::vector<std::string>& args, const Config& config, FILE* out,
+                    FILE* err) {
+  auto opened = image::Cache::Open(ImageCacheOptions(config));
+  if (!opened) {
+    std::fprintf(err, "edgevirtd image: %s\n", opened.error().message.c_str());
+    return 1;
+  }
+  image::Cache& cache = **opened;
+  const std::string& sub = args.at(0);
+  if (sub == "list") {
+    auto images = cache.List();
+    if (!images) {
+      std::fprintf(err, "edgevirtd image list: %s\n", images.error().message.c_str());
+      return 1;
+    }
+    PrintImages(*images, out);
+    return 0;
+  }
+  if (sub == "import") {
+    auto images = cache.Import(args.at(1));
+    if (!images) {
+      std::fprintf(err, "edgevirtd image import: %s\n", images.error().message.c_str());
+      return 1;
+    }
+    PrintImages(*images, out);
+    return 0;
+  }
+  if (sub == "pull") {
+    image::PullOptions options;
+    auto pulled = cache.Pull(args.at(1), options);
+    if (!pulled) {
+      std::fprintf(err, "edgevirtd image pull: %s\n", pulled.error().message.c_str());
+      return 1;
+    }
+    PrintImages({*pulled}, out);
+    return 0;
+  }
+  if (sub == "prune") {
+    uint64_t budget = 0;
+    if (args.size() == 3) {
+      auto parsed = ParseByteSize(args[2]);
+      if (!parsed) {
+        std::fprintf(err, "edgevirtd image prune: %s\n", parsed.error().message.c_str());
+        return 2;
+      }
+      budget = *parsed;
+    }
+    auto report = cache.Prune(budget);
+    if (!report) {
+      std::fprintf(err, "edgevirtd image prune: %s\n", report.error().message.c_str());
+      return 1;
+    }
+    for (const auto& digest : report->removed) std::fprintf(out, "removed %s\n", digest.c_str());
+    std::fprintf(out, "freed %s, %s kept\n", HumanBytes(report->freed_bytes).c_str(),
+                 HumanBytes(report->kept_bytes).c_str());
+    return 0;
+  }
+  std::fprintf(err, "edgevirtd image: unknown command %s\n", sub.c_str());
+  return 2;
 }
 
 PullPolicy ParsePullPolicy(std::string_view text) {

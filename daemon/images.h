@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <deque>
 #include <functional>
 #include <map>
@@ -34,6 +35,12 @@ namespace edgevirt::daemon {
 
 // The image cache's options from the daemon's configuration (images.*).
 image::Options ImageCacheOptions(const Config& config);
+
+// `edgevirtd image ARGS...` (cli.h validated ARGS): list, import PATH, pull REF,
+// prune [--budget SIZE] on the cache of `config`, beside a running daemon or without one.
+// Prints results to `out`, errors to `err`; returns the process exit code.
+int RunImageCommand(const std::vector<std::string>& args, const Config& config, FILE* out,
+                    FILE* err);
 
 enum class PullPolicy { kAlways, kIfNotPresent, kNever };
 

@@ -24,8 +24,8 @@
 #include "api/machinery/machinery.h"
 #include "common/log.h"
 #include "daemon/controller.h"
-#include "daemon/images.h"
 #include "daemon/daemon.h"
+#include "daemon/images.h"
 #include "store/store.h"
 
 namespace edgevirt::daemon {
@@ -239,8 +239,7 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
     } else {
       // VMs without containerDisks still run; those with one fail to start, saying why.
       EV_LOG(kError) << "image cache " << config.EffectiveImagesDir() << ": "
-                     << opened_images.error().message
-                     << "; containerDisk volumes cannot be used";
+                     << opened_images.error().message << "; containerDisk volumes cannot be used";
     }
     ControllerOptions controller_options;
     controller_options.images = images.get();
@@ -475,12 +474,17 @@ int main(int argc, char** argv) {
     case CliOptions::Command::kCheckConfig:
       return CheckConfig(cli->check_config_path);
     case CliOptions::Command::kRun:
+    case CliOptions::Command::kImage:
       break;
   }
   auto resolved = ResolveConfig(*cli);
   if (!resolved) {
     std::fprintf(stderr, "edgevirtd: %s\n", resolved.error().message.c_str());
     return kExitUsage;
+  }
+  if (cli->command == CliOptions::Command::kImage) {
+    edgevirt::log::Configure(resolved->config.log.level, edgevirt::log::Target::kStderr);
+    return RunImageCommand(cli->image_args, resolved->config, stdout, stderr);
   }
   return Run(*cli, std::move(*resolved), *signals);
 }

@@ -37,9 +37,8 @@ constexpr uint64_t kMaxManifestBytes = 4 << 20;
 
 bool IsHex64(std::string_view s) {
   if (s.size() != 64) return false;
-  return std::all_of(s.begin(), s.end(), [](char c) {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-  });
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
 
 // "sha256:HEX" -> HEX, or "" when it is not such a digest.
@@ -79,7 +78,7 @@ Status MakeDir(const fs::path& dir, mode_t mode) {
 }
 
 uint64_t AllocatedBytes(const fs::path& file) {
-  struct stat st{};
+  struct stat st {};
   if (::stat(file.c_str(), &st) != 0) return 0;
   return static_cast<uint64_t>(st.st_blocks) * 512;
 }
@@ -196,8 +195,7 @@ class CacheImpl final : public Cache {
     fs::path scratch = options_.dir / "tmp" / tmpl;
     std::string scratch_s = scratch.string();
     if (::mkdtemp(scratch_s.data()) == nullptr) {
-      return ErrnoError("create a scratch directory in " + (options_.dir / "tmp").string(),
-                        errno);
+      return ErrnoError("create a scratch directory in " + (options_.dir / "tmp").string(), errno);
     }
     scratch = scratch_s;
     auto imported = ImportImpl(path, scratch);
@@ -467,9 +465,8 @@ class CacheImpl final : public Cache {
   // Writes the record with `reference` among its names, and the reference (and index digest)
   // pointing at its manifest, in one transaction.
   Status RecordNames(Record& r, const std::string& reference, const std::string& index_digest) {
-    if (!reference.empty() &&
-        std::find(r.image.references.begin(), r.image.references.end(), reference) ==
-            r.image.references.end()) {
+    if (!reference.empty() && std::find(r.image.references.begin(), r.image.references.end(),
+                                        reference) == r.image.references.end()) {
       r.image.references.push_back(reference);
     }
     return index_->Update([&](internal::IndexTxn& txn) -> Status {

@@ -97,10 +97,10 @@ struct Progress {
 using ProgressFn = std::function<void(const Progress&)>;
 
 struct PullOptions {
-  Keychain credentials;         // from imagePullSecrets; tried before Options::auth_file
-  std::string path_in_image;    // containerDisk.path; empty = the one file under /disk
+  Keychain credentials;       // from imagePullSecrets; tried before Options::auth_file
+  std::string path_in_image;  // containerDisk.path; empty = the one file under /disk
   const std::atomic<bool>* cancel = nullptr;
-  ProgressFn progress;          // called from the pulling thread, at most a few times a second
+  ProgressFn progress;  // called from the pulling thread, at most a few times a second
 };
 
 struct PruneReport {

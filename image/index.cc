@@ -39,7 +39,7 @@ Result<std::optional<std::string>> GetIn(MDB_txn* txn, MDB_dbi dbi, std::string_
 }
 
 Result<std::vector<std::pair<std::string, std::string>>> ListIn(MDB_txn* txn, MDB_dbi dbi,
-                                                                 std::string_view prefix) {
+                                                                std::string_view prefix) {
   MDB_cursor* cursor = nullptr;
   int rc = mdb_cursor_open(txn, dbi, &cursor);
   if (rc != 0) return LmdbError("cursor", rc);
