@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -71,6 +72,64 @@ int KillAndReap(pid_t pid) {
   return status;
 }
 
+// posix_spawn cannot set resource limits, so a child that needs them is forked instead. Between
+// fork and exec it calls only async-signal-safe functions (the daemon is multi-threaded). An exec
+// failure is reported through a close-on-exec pipe, as posix_spawn reports it. Returns the pid,
+// or -1 with *err set.
+pid_t ForkExecWithLimits(const std::string& program, char* const argv[], char* const envp[],
+                         int out_fd, int err_fd, const ExecOptions& options, int* err) {
+  int status_pipe[2];
+  if (::pipe2(status_pipe, O_CLOEXEC) != 0) {
+    *err = errno;
+    return -1;
+  }
+  UniqueFd status_r(status_pipe[0]), status_w(status_pipe[1]);
+  sigset_t empty;
+  sigemptyset(&empty);
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  const rlimit cpu{options.rlimit_cpu_seconds, options.rlimit_cpu_seconds};
+  const rlimit as{options.rlimit_as_bytes, options.rlimit_as_bytes};
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    *err = errno;
+    return -1;
+  }
+  if (pid == 0) {
+    int e = 0;
+    for (int sig = 1; sig < NSIG; ++sig) {
+      if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
+    }
+    ::sigprocmask(SIG_SETMASK, &empty, nullptr);
+    int null_fd = ::open("/dev/null", O_RDONLY);
+    if (::setpgid(0, 0) != 0 || null_fd < 0 || ::dup2(null_fd, 0) < 0 || ::dup2(out_fd, 1) < 0 ||
+        ::dup2(err_fd, 2) < 0 ||
+        (options.rlimit_cpu_seconds != 0 && ::setrlimit(RLIMIT_CPU, &cpu) != 0) ||
+        (options.rlimit_as_bytes != 0 && ::setrlimit(RLIMIT_AS, &as) != 0)) {
+      e = errno;
+    } else {
+      if (null_fd > 2) ::close(null_fd);
+      ::execve(program.c_str(), argv, envp);
+      e = errno;
+    }
+    (void)!::write(status_w.get(), &e, sizeof e);
+    ::_exit(127);
+  }
+  status_w.reset();
+  int child_err = 0;
+  ssize_t n;
+  while ((n = ::read(status_r.get(), &child_err, sizeof child_err)) < 0 && errno == EINTR) {
+  }
+  if (n == static_cast<ssize_t>(sizeof child_err)) {
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    *err = child_err;
+    return -1;
+  }
+  return pid;
+}
+
 }  // namespace
 
 Result<std::string> ResolveProgram(std::string_view program) {
@@ -127,8 +186,15 @@ Result<ExecResult> Exec(const std::vector<std::string>& argv, const ExecOptions&
   char* envp[] = {path_env.data(), lc_env.data(), nullptr};
 
   pid_t pid = -1;
-  int rc = ::posix_spawn(&pid, program.c_str(), setup.actions(), setup.attr(), cargv.data(), envp);
-  if (rc != 0) return ErrnoError("exec " + program, rc);
+  if (options.rlimit_cpu_seconds != 0 || options.rlimit_as_bytes != 0) {
+    int err = 0;
+    pid = ForkExecWithLimits(program, cargv.data(), envp, out_w.get(), err_w.get(), options, &err);
+    if (pid < 0) return ErrnoError("exec " + program, err);
+  } else {
+    int rc =
+        ::posix_spawn(&pid, program.c_str(), setup.actions(), setup.attr(), cargv.data(), envp);
+    if (rc != 0) return ErrnoError("exec " + program, rc);
+  }
   out_w.reset();
   err_w.reset();
 

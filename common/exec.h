@@ -18,6 +18,11 @@ struct ExecOptions {
   // Bytes kept of each of stdout and stderr; the rest is read (so the child never blocks on a
   // full pipe) and dropped, and the *_truncated flag is set.
   size_t max_output_bytes = 64 * 1024;
+  // Resource limits set in the child before exec (soft and hard), 0 = unlimited (inherited):
+  // RLIMIT_CPU in seconds (the child gets SIGXCPU, then SIGKILL) and RLIMIT_AS in bytes (its
+  // allocations fail), as KubeVirt bounds `qemu-img info` on untrusted images.
+  uint64_t rlimit_cpu_seconds = 0;
+  uint64_t rlimit_as_bytes = 0;
 };
 
 struct ExecResult {

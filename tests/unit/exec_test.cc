@@ -116,5 +116,41 @@ TEST_CASE("Exec gives the child default signal handling even when the caller blo
   CHECK_FALSE(r->timed_out);
 }
 
+TEST_CASE("Exec applies resource limits in the child only") {
+  ExecOptions o;
+  o.rlimit_cpu_seconds = 7;
+  o.rlimit_as_bytes = uint64_t{512} << 20;
+  auto r = Exec({"sh", "-c", "ulimit -t; ulimit -v"}, o);
+  REQUIRE(r.has_value());
+  CHECK(r->ok());
+  CHECK(r->stdout_text == "7\n524288\n");  // ulimit -v is in KiB
+
+  // Unlimited by default (the parent's limits are inherited as they are).
+  auto d = Exec({"sh", "-c", "ulimit -t"});
+  REQUIRE(d.has_value());
+  CHECK(d->stdout_text == "unlimited\n");
+
+  // The address-space limit bites: a child that needs more memory fails.
+  o.rlimit_as_bytes = uint64_t{64} << 20;
+  auto big = Exec({"python3", "-c", "b = bytearray(256 << 20)"}, o);
+  REQUIRE(big.has_value());
+  CHECK_FALSE(big->ok());
+  CHECK(big->stderr_text.find("MemoryError") != std::string::npos);
+
+  // The CPU limit bites: SIGXCPU (or SIGKILL at the hard limit) ends a busy loop.
+  ExecOptions cpu;
+  cpu.rlimit_cpu_seconds = 1;
+  cpu.timeout = std::chrono::seconds(20);
+  auto spin = Exec({"sh", "-c", "while :; do :; done"}, cpu);
+  REQUIRE(spin.has_value());
+  CHECK_FALSE(spin->timed_out);
+  CHECK((spin->signal == SIGXCPU || spin->signal == SIGKILL));
+
+  // Signals and stdin as with posix_spawn.
+  auto cat = Exec({"cat"}, o);
+  REQUIRE(cat.has_value());
+  CHECK(cat->ok());
+}
+
 }  // namespace
 }  // namespace edgevirt
