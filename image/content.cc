@@ -1,0 +1,374 @@
+#include "image/content.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "image/manifest.h"
+#include "image/reference.h"
+
+namespace edgevirt::image {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+constexpr size_t kHashBuffer = size_t{1} << 20;
+
+std::string HexOf(std::string_view digest) { return std::string(digest.substr(7)); }
+
+Status FsyncDir(const fs::path& dir) {
+  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd) return ErrnoError("open " + dir.string(), errno);
+  if (::fsync(fd.get()) != 0) return ErrnoError("fsync " + dir.string(), errno);
+  return Ok();
+}
+
+std::string HexString(const unsigned char* md, unsigned int len) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out = "sha256:";
+  for (unsigned int i = 0; i < len; ++i) {
+    out += kHex[md[i] >> 4];
+    out += kHex[md[i] & 15];
+  }
+  return out;
+}
+
+Status WriteAll(int fd, const char* data, size_t n, const std::string& what) {
+  while (n > 0) {
+    ssize_t w = ::write(fd, data, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("write " + what, errno);
+    }
+    data += w;
+    n -= static_cast<size_t>(w);
+  }
+  return Ok();
+}
+
+// sha256 and size of an open file, read from the start.
+Status HashFile(int fd, EVP_MD_CTX* md, uint64_t limit, uint64_t* read_bytes,
+                const std::string& what) {
+  std::vector<char> buf(kHashBuffer);
+  uint64_t total = 0;
+  while (total < limit) {
+    size_t want = static_cast<size_t>(std::min<uint64_t>(buf.size(), limit - total));
+    ssize_t r = ::pread(fd, buf.data(), want, static_cast<off_t>(total));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError("read " + what, errno);
+    }
+    if (r == 0) break;
+    EVP_DigestUpdate(md, buf.data(), static_cast<size_t>(r));
+    total += static_cast<uint64_t>(r);
+  }
+  *read_bytes = total;
+  return Ok();
+}
+
+Error BadDigest(std::string_view digest) {
+  return MakeError(Code::kInvalid, "invalid digest \"" + std::string(digest.substr(0, 80)) + "\"");
+}
+
+}  // namespace
+
+// ---- Ingest ----
+
+Ingest::~Ingest() {
+  if (md_ != nullptr) EVP_MD_CTX_free(md_);
+}
+
+Status Ingest::Rehash() {
+  EVP_DigestInit_ex(md_, EVP_sha256(), nullptr);
+  uint64_t got = 0;
+  RETURN_IF_ERROR(HashFile(fd_.get(), md_, offset_, &got, hex_));
+  if (got != offset_) {
+    // Shorter than the record says (the file was tampered with): start over.
+    offset_ = committed_ = 0;
+    if (::ftruncate(fd_.get(), 0) != 0) return ErrnoError("truncate ingest " + hex_, errno);
+    EVP_DigestInit_ex(md_, EVP_sha256(), nullptr);
+  }
+  return Ok();
+}
+
+Status Ingest::Append(const char* data, size_t n) {
+  if (done_) return MakeError(Code::kInternal, "ingest " + hex_ + " already finished");
+  if (n > size_ - offset_) {
+    return MakeError(Code::kInvalid, "blob " + digest_ + " is larger than its descriptor size " +
+                                         std::to_string(size_));
+  }
+  RETURN_IF_ERROR(WriteAll(fd_.get(), data, n, "ingest " + hex_));
+  EVP_DigestUpdate(md_, data, n);
+  offset_ += n;
+  return Ok();
+}
+
+Status Ingest::Checkpoint() {
+  if (offset_ == committed_) return Ok();
+  if (::fdatasync(fd_.get()) != 0) return ErrnoError("fdatasync ingest " + hex_, errno);
+  RETURN_IF_ERROR(store_->Record(hex_, size_, offset_));
+  committed_ = offset_;
+  return Ok();
+}
+
+Status Ingest::Reset() {
+  if (::ftruncate(fd_.get(), 0) != 0) return ErrnoError("truncate ingest " + hex_, errno);
+  if (::lseek(fd_.get(), 0, SEEK_SET) < 0) return ErrnoError("seek ingest " + hex_, errno);
+  EVP_DigestInit_ex(md_, EVP_sha256(), nullptr);
+  offset_ = 0;
+  if (committed_ != 0) {
+    RETURN_IF_ERROR(store_->Record(hex_, size_, 0));
+    committed_ = 0;
+  }
+  return Ok();
+}
+
+void Ingest::Discard() {
+  done_ = true;
+  std::error_code ec;
+  fs::remove(store_->IngestPath(digest_), ec);
+  (void)store_->DropRecord(hex_);
+}
+
+Status Ingest::Commit() {
+  if (done_) return MakeError(Code::kInternal, "ingest " + hex_ + " already finished");
+  if (offset_ != size_) {
+    return MakeError(Code::kInvalid, "blob " + digest_ + ": got " + std::to_string(offset_) +
+                                         " bytes, expected " + std::to_string(size_));
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(md_, md, &len);
+  std::string got = HexString(md, len);
+  if (got != digest_) {
+    Discard();
+    return MakeError(Code::kInvalid, "blob digest mismatch: expected " + digest_ + ", got " + got);
+  }
+  if (::fdatasync(fd_.get()) != 0) return ErrnoError("fdatasync ingest " + hex_, errno);
+  if (::fchmod(fd_.get(), 0444) != 0) return ErrnoError("chmod ingest " + hex_, errno);
+  fs::path blob = store_->BlobPath(digest_);
+  if (::rename(store_->IngestPath(digest_).c_str(), blob.c_str()) != 0) {
+    return ErrnoError("rename ingest " + hex_, errno);
+  }
+  RETURN_IF_ERROR(FsyncDir(blob.parent_path()));
+  done_ = true;
+  // Waiters for this lock notice the unlinked inode and then find the blob (OpenIngest).
+  std::error_code ec;
+  fs::remove(store_->dir_ / "ingest" / (hex_ + ".lock"), ec);
+  return store_->DropRecord(hex_);
+}
+
+// ---- ContentStore ----
+
+ContentStore::ContentStore(fs::path dir, internal::Index* index)
+    : dir_(std::move(dir)), index_(index) {}
+
+fs::path ContentStore::BlobPath(std::string_view digest) const {
+  if (!IsValidDigest(digest)) return {};
+  return dir_ / "blobs" / "sha256" / HexOf(digest);
+}
+
+fs::path ContentStore::IngestPath(std::string_view digest) const {
+  if (!IsValidDigest(digest)) return {};
+  return dir_ / "ingest" / HexOf(digest);
+}
+
+bool ContentStore::Has(std::string_view digest) const {
+  if (!IsValidDigest(digest)) return false;
+  struct stat st;
+  return ::stat(BlobPath(digest).c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+Status ContentStore::EnsureDirs() const {
+  std::error_code ec;
+  fs::create_directories(dir_ / "blobs" / "sha256", ec);
+  if (ec)
+    return MakeError(Code::kInternal, "create " + (dir_ / "blobs").string() + ": " + ec.message());
+  fs::create_directories(dir_ / "ingest", ec);
+  if (ec)
+    return MakeError(Code::kInternal, "create " + (dir_ / "ingest").string() + ": " + ec.message());
+  return Ok();
+}
+
+Status ContentStore::Record(std::string_view hex, uint64_t size, uint64_t offset) {
+  if (index_ == nullptr) return Ok();
+  json j = {{"size", size}, {"offset", offset}};
+  return index_->Put("ingest/" + std::string(hex), j.dump());
+}
+
+Status ContentStore::DropRecord(std::string_view hex) {
+  if (index_ == nullptr) return Ok();
+  return index_->Delete("ingest/" + std::string(hex));
+}
+
+Status ContentStore::Add(const fs::path& file, std::string_view digest, uint64_t size, bool move) {
+  if (!IsValidDigest(digest)) return BadDigest(digest);
+  RETURN_IF_ERROR(EnsureDirs());
+  UniqueFd in(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!in) return ErrnoError("open " + file.string(), errno);
+  struct stat st;
+  if (::fstat(in.get(), &st) != 0) return ErrnoError("stat " + file.string(), errno);
+  if (!S_ISREG(st.st_mode))
+    return MakeError(Code::kInvalid, file.string() + " is not a regular file");
+  if (static_cast<uint64_t>(st.st_size) != size) {
+    return MakeError(Code::kInvalid, file.string() + ": size " + std::to_string(st.st_size) +
+                                         ", expected " + std::to_string(size));
+  }
+  EVP_MD_CTX* md = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(md, EVP_sha256(), nullptr);
+  uint64_t got = 0;
+  Status hashed = HashFile(in.get(), md, size, &got, file.string());
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(md, out, &len);
+  EVP_MD_CTX_free(md);
+  RETURN_IF_ERROR(hashed);
+  std::string actual = HexString(out, len);
+  if (got != size || actual != digest) {
+    return MakeError(Code::kInvalid,
+                     file.string() + ": digest " + actual + ", expected " + std::string(digest));
+  }
+  if (Has(digest)) return Ok();
+  fs::path blob = BlobPath(digest);
+  if (move && ::rename(file.c_str(), blob.c_str()) == 0) {
+    ::chmod(blob.c_str(), 0444);
+    return FsyncDir(blob.parent_path());
+  }
+  // Copy through a temporary name in the same directory, then rename.
+  fs::path tmp = dir_ / "ingest" / (HexOf(digest) + ".add." + std::to_string(::getpid()));
+  UniqueFd out_fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!out_fd) return ErrnoError("create " + tmp.string(), errno);
+  std::vector<char> buf(kHashBuffer);
+  uint64_t copied = 0;
+  while (copied < size) {
+    ssize_t r = ::pread(in.get(), buf.data(), buf.size(), static_cast<off_t>(copied));
+    if (r <= 0) {
+      if (r < 0 && errno == EINTR) continue;
+      int err = r < 0 ? errno : EIO;
+      ::unlink(tmp.c_str());
+      return ErrnoError("read " + file.string(), err);
+    }
+    Status w = WriteAll(out_fd.get(), buf.data(), static_cast<size_t>(r), tmp.string());
+    if (!w) {
+      ::unlink(tmp.c_str());
+      return w;
+    }
+    copied += static_cast<uint64_t>(r);
+  }
+  if (::fdatasync(out_fd.get()) != 0 || ::fchmod(out_fd.get(), 0444) != 0 ||
+      ::rename(tmp.c_str(), blob.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    return ErrnoError("place blob " + std::string(digest), err);
+  }
+  return FsyncDir(blob.parent_path());
+}
+
+Status ContentStore::Remove(std::string_view digest) {
+  if (!IsValidDigest(digest)) return BadDigest(digest);
+  std::error_code ec;
+  fs::remove(BlobPath(digest), ec);
+  if (ec)
+    return MakeError(Code::kInternal, "remove blob " + std::string(digest) + ": " + ec.message());
+  fs::remove(IngestPath(digest), ec);
+  return DropRecord(HexOf(digest));
+}
+
+Result<std::vector<std::string>> ContentStore::List() const {
+  std::vector<std::string> out;
+  std::error_code ec;
+  fs::path dir = dir_ / "blobs" / "sha256";
+  if (!fs::exists(dir, ec)) return out;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string digest = "sha256:" + it->path().filename().string();
+    if (IsValidDigest(digest) && it->is_regular_file(ec)) out.push_back(digest);
+  }
+  if (ec) return MakeError(Code::kInternal, "list " + dir.string() + ": " + ec.message());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+Result<uint64_t> ContentStore::CommittedOffset(std::string_view digest) const {
+  if (!IsValidDigest(digest)) return BadDigest(digest);
+  if (index_ == nullptr) return uint64_t{0};
+  ASSIGN_OR_RETURN(auto value, index_->Get("ingest/" + HexOf(digest)));
+  if (!value) return uint64_t{0};
+  json j = json::parse(*value, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("offset") ||
+      !j["offset"].is_number_unsigned()) {
+    return uint64_t{0};
+  }
+  return j["offset"].get<uint64_t>();
+}
+
+Result<std::unique_ptr<Ingest>> ContentStore::OpenIngest(std::string_view digest, uint64_t size,
+                                                         const std::atomic<bool>* cancel) {
+  if (!IsValidDigest(digest)) return BadDigest(digest);
+  RETURN_IF_ERROR(EnsureDirs());
+  std::string hex = HexOf(digest);
+  fs::path lock_path = dir_ / "ingest" / (hex + ".lock");
+  UniqueFd lock_fd;
+  while (true) {
+    lock_fd.reset(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    if (!lock_fd) return ErrnoError("open " + lock_path.string(), errno);
+    if (::flock(lock_fd.get(), LOCK_EX | LOCK_NB) == 0) {
+      // The lock file may have been replaced between open and flock; hold the current one.
+      struct stat held, now;
+      if (::fstat(lock_fd.get(), &held) == 0 && ::stat(lock_path.c_str(), &now) == 0 &&
+          held.st_ino == now.st_ino && held.st_dev == now.st_dev) {
+        break;
+      }
+      continue;
+    }
+    if (errno != EWOULDBLOCK) return ErrnoError("lock " + lock_path.string(), errno);
+    if (cancel != nullptr && cancel->load()) return MakeError(Code::kUnavailable, "cancelled");
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (Has(digest)) return std::unique_ptr<Ingest>();
+
+  auto ingest = std::unique_ptr<Ingest>(new Ingest());
+  ingest->store_ = this;
+  ingest->digest_ = std::string(digest);
+  ingest->hex_ = hex;
+  ingest->size_ = size;
+  ingest->lock_fd_ = std::move(lock_fd);
+  ingest->md_ = EVP_MD_CTX_new();
+  if (ingest->md_ == nullptr) return MakeError(Code::kInternal, "EVP_MD_CTX_new failed");
+
+  uint64_t committed = 0;
+  if (index_ != nullptr) {
+    ASSIGN_OR_RETURN(auto value, index_->Get("ingest/" + hex));
+    if (value) {
+      json j = json::parse(*value, nullptr, false);
+      if (!j.is_discarded() && j.is_object() && j.value("size", uint64_t{0}) == size &&
+          j.contains("offset") && j["offset"].is_number_unsigned()) {
+        committed = std::min<uint64_t>(j["offset"].get<uint64_t>(), size);
+      }
+    }
+  }
+  fs::path path = IngestPath(digest);
+  ingest->fd_.reset(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!ingest->fd_) return ErrnoError("open " + path.string(), errno);
+  // Bytes after the last checkpoint may be garbage after a crash: drop them.
+  if (::ftruncate(ingest->fd_.get(), static_cast<off_t>(committed)) != 0) {
+    return ErrnoError("truncate " + path.string(), errno);
+  }
+  ingest->offset_ = ingest->committed_ = committed;
+  RETURN_IF_ERROR(ingest->Rehash());
+  if (::lseek(ingest->fd_.get(), static_cast<off_t>(ingest->offset_), SEEK_SET) < 0) {
+    return ErrnoError("seek " + path.string(), errno);
+  }
+  if (ingest->committed_ != committed || committed == 0) {
+    RETURN_IF_ERROR(Record(hex, size, ingest->committed_));
+  }
+  return ingest;
+}
+
+}  // namespace edgevirt::image

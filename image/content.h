@@ -1,0 +1,104 @@
+// The content store under Options::dir: verified, immutable blobs (blobs/sha256/HEX, mode 0444)
+// and resumable partial downloads (ingest/HEX). Private to image/.
+//
+// Ingest protocol (crash-safe, several processes may share the directory):
+//   - one writer per blob: ingest/HEX.lock is flock()ed for as long as an Ingest lives;
+//   - Checkpoint() fdatasync()s ingest/HEX, then records {"size","offset"} under ingest/HEX in
+//     the index: the bytes before `offset` are durable;
+//   - Open after a crash truncates ingest/HEX to the recorded offset (anything after the last
+//     checkpoint is untrusted) and re-hashes that prefix (one sequential read) to rebuild the
+//     SHA-256 state;
+//   - Commit() checks size and digest, renames ingest/HEX to blobs/sha256/HEX, fsyncs the
+//     directory and drops the record. A mismatch removes the partial file and the record.
+#pragma once
+
+#include <openssl/evp.h>
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/fd.h"
+#include "common/result.h"
+#include "image/index.h"
+
+namespace edgevirt::image {
+
+class ContentStore;
+
+// One partial download, owned by one writer (see the protocol above). Not thread-safe.
+class Ingest {
+ public:
+  ~Ingest();
+  Ingest(const Ingest&) = delete;
+  Ingest& operator=(const Ingest&) = delete;
+
+  uint64_t offset() const { return offset_; }        // bytes written and hashed
+  uint64_t committed() const { return committed_; }  // bytes known durable
+  uint64_t size() const { return size_; }
+  const std::string& digest() const { return digest_; }
+
+  // Writes and hashes `n` bytes at offset(). Bytes past size() are refused (kInvalid) and
+  // nothing is written.
+  Status Append(const char* data, size_t n);
+  // fdatasync, then records offset() as committed in the index.
+  Status Checkpoint();
+  // Back to zero bytes (a server ignored Range or answered a wrong one).
+  Status Reset();
+  // Verifies size and digest and makes the blob; on a mismatch the partial and its record are
+  // removed and the error is kInvalid.
+  Status Commit();
+  // Removes the partial file and its record (the data is known bad).
+  void Discard();
+
+ private:
+  friend class ContentStore;
+  Ingest() = default;
+  Status Rehash();
+
+  ContentStore* store_ = nullptr;
+  std::string digest_, hex_;
+  uint64_t size_ = 0, offset_ = 0, committed_ = 0;
+  UniqueFd fd_, lock_fd_;
+  EVP_MD_CTX* md_ = nullptr;
+  bool done_ = false;
+};
+
+class ContentStore {
+ public:
+  // `index` may be null: then nothing is recorded and every ingest starts from zero.
+  ContentStore(std::filesystem::path dir, internal::Index* index);
+
+  // dir/blobs/sha256/HEX; `digest` must be valid (IsValidDigest), else an empty path.
+  std::filesystem::path BlobPath(std::string_view digest) const;
+  std::filesystem::path IngestPath(std::string_view digest) const;
+  bool Has(std::string_view digest) const;
+  // Verifies size and sha256 of a local file, then places it (copy, or rename when `move`) as
+  // the blob. kInvalid on a mismatch (the file is left alone).
+  Status Add(const std::filesystem::path& file, std::string_view digest, uint64_t size,
+             bool move = false);
+  Status Remove(std::string_view digest);         // not found is fine; also drops a partial
+  Result<std::vector<std::string>> List() const;  // digests present
+  // Of an ingest, 0 if none.
+  Result<uint64_t> CommittedOffset(std::string_view digest) const;
+  // Opens (or resumes) the ingest of `digest` of `size` bytes, waiting for another writer of the
+  // same blob to finish (checking `cancel`, kUnavailable "cancelled"). Returns null when the
+  // blob is already present (another writer made it meanwhile).
+  Result<std::unique_ptr<Ingest>> OpenIngest(std::string_view digest, uint64_t size,
+                                             const std::atomic<bool>* cancel = nullptr);
+
+ private:
+  friend class Ingest;
+  Status EnsureDirs() const;
+  Status Record(std::string_view hex, uint64_t size, uint64_t offset);
+  Status DropRecord(std::string_view hex);
+
+  std::filesystem::path dir_;
+  internal::Index* index_;
+};
+
+}  // namespace edgevirt::image
