@@ -248,7 +248,7 @@ class CacheImpl final : public Cache {
     std::vector<Record> removed;
     // Decide and unlink from the index in one transaction, so a concurrent Use (another
     // process) either sees the image and keeps it, or does not find it.
-    RETURN_IF_ERROR(index_->Update([&](internal::IndexTxn& txn) -> Status {
+    Status decided = index_->Update([&](internal::IndexTxn& txn) -> Status {
       removed.clear();
       report = PruneReport{};
       ASSIGN_OR_RETURN(auto uses, txn.List("use/"));
@@ -288,7 +288,8 @@ class CacheImpl final : public Cache {
       }
       report.kept_bytes = total;
       return Ok();
-    }));
+    });
+    if (!decided) return std::move(decided).error();
     for (const auto& r : removed) {
       report.removed.push_back(r.image.manifest_digest);
       report.freed_bytes += r.image.disk_bytes;
@@ -444,7 +445,7 @@ class CacheImpl final : public Cache {
     }
     r.image.disk_bytes = AllocatedBytes(final_path) + blob_bytes;
     r.image.created = NowSeconds();
-    RETURN_IF_ERROR(index_->Update([&](internal::IndexTxn& txn) -> Status {
+    Status merged = index_->Update([&](internal::IndexTxn& txn) -> Status {
       // Another process may have recorded it meanwhile: keep its names.
       ASSIGN_OR_RETURN(auto prior, txn.Get("image/" + id));
       if (prior) {
@@ -455,7 +456,8 @@ class CacheImpl final : public Cache {
         }
       }
       return Ok();
-    }));
+    });
+    if (!merged) return std::move(merged).error();
     RETURN_IF_ERROR(RecordNames(r, reference, index_digest));
     ASSIGN_OR_RETURN(auto users, UsersOf(id));
     r.image.users = std::move(users);
