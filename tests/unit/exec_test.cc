@@ -1,5 +1,7 @@
 // common/exec: real programs from the base system (true, false, sh, sleep, cat).
 #include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/exec.h"
 #include "tests/support/catch.h"
@@ -146,10 +148,49 @@ TEST_CASE("Exec applies resource limits in the child only") {
   CHECK_FALSE(spin->timed_out);
   CHECK((spin->signal == SIGXCPU || spin->signal == SIGKILL));
 
-  // Signals and stdin as with posix_spawn.
+  // Signals, process group and stdin as with posix_spawn.
   auto cat = Exec({"cat"}, o);
   REQUIRE(cat.has_value());
   CHECK(cat->ok());
+  sigset_t block, old;
+  sigemptyset(&block);
+  sigaddset(&block, SIGTERM);
+  REQUIRE(pthread_sigmask(SIG_BLOCK, &block, &old) == 0);
+  ::signal(SIGPIPE, SIG_IGN);
+  o.timeout = milliseconds(3000);
+  auto term = Exec({"sh", "-c", "kill -TERM $$; sleep 5"}, o);
+  auto pg = Exec({"sh", "-c", "ps -o pgid= -p $$; echo $$"}, o);
+  ::signal(SIGPIPE, SIG_DFL);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  REQUIRE(term.has_value());
+  CHECK(term->signal == SIGTERM);
+  REQUIRE(pg.has_value());
+  if (pg->ok()) {  // ps may be missing
+    std::string out = pg->stdout_text;
+    auto nl = out.find('\n');
+    REQUIRE(nl != std::string::npos);
+    auto trim = [](std::string v) {
+      v.erase(0, v.find_first_not_of(' '));
+      v.erase(v.find_last_not_of(" \n") + 1);
+      return v;
+    };
+    CHECK(trim(out.substr(0, nl)) == trim(out.substr(nl + 1)));
+  }
+  CHECK(Exec({"/no/such/program"}, o).error().code == Code::kNotFound);
+
+  // An exec failure in the forked child is an error, as posix_spawn reports it.
+  char tmpl[] = "/tmp/ev-exec-noexec-XXXXXX";
+  int fd = ::mkstemp(tmpl);
+  REQUIRE(fd >= 0);
+  REQUIRE(::write(fd,
+                  "\x7f"
+                  "ELF garbage",
+                  12) == 12);
+  ::fchmod(fd, 0755);
+  ::close(fd);
+  CHECK_FALSE(Exec({tmpl}, o).has_value());
+  CHECK_FALSE(Exec({tmpl}).has_value());
+  ::unlink(tmpl);
 }
 
 }  // namespace
