@@ -39,7 +39,7 @@ struct Node {
   size_t layer = 0;      // the layer that wrote it (whiteouts only remove lower layers' nodes)
   uint64_t ordinal = 0;  // kFile: the entry in `data_layer` holding the data
   size_t data_layer = 0;
-  std::string link;  // kSymlink: the target as written
+  std::string link;  // kSymlink: the target as written; kFile: a hardlink's target
   std::string what;  // kOther: "character device", "fifo", ...
 };
 
@@ -298,6 +298,7 @@ class Model {
                              ": target is not an earlier regular file of the image");
       }
       node.kind = Kind::kFile;
+      node.link = hard;
       node.data_layer = it->second.data_layer;
       node.ordinal = it->second.ordinal;
     } else {
@@ -456,6 +457,11 @@ Result<std::pair<std::string, const Node*>> FindDisk(const Model& model,
   const std::string from = " (" + LayerName(layers[node->layer], node->layer) + ")";
   switch (node->kind) {
     case Kind::kFile:
+      if (!node->link.empty()) {
+        return MakeError(Code::kInvalid, "disk /" + path + " is a hardlink (to " +
+                                             Quoted(node->link) + ")" + from +
+                                             ": a link cannot be the disk");
+      }
       return std::make_pair(path, node);
     case Kind::kSymlink:
       return MakeError(Code::kInvalid, "disk /" + path + " is a symlink (-> " + Quoted(node->link) +

@@ -50,7 +50,7 @@ struct DiskInfo {
 // tar in it; absolute entry names or ".." components; a relative symlink climbing out of the
 // root; an entry below a symlink (a `disk -> /etc` then `disk/passwd` escape); a hardlink whose
 // target is absolute, climbs out or is not an earlier file of the image; a disk that is (or whose
-// path crosses) a symlink, a device node, a fifo or a directory; no file under disk/ ("no file
+// path crosses) a symlink, or is a hardlink, a device node, a fifo or a directory; no file under disk/ ("no file
 // found under /disk") or several ("more than one file found under /disk: only one disk is
 // allowed"). Absolute symlinks elsewhere in the image are kept in the model (base images such as
 // alpine carry them; a container resolves them inside its root) but never followed.
