@@ -111,7 +111,7 @@ Status Ingest::Append(const char* data, size_t n) {
 }
 
 Status Ingest::Checkpoint() {
-  if (offset_ == committed_) return Ok();
+  if (done_ || offset_ == committed_) return Ok();
   if (::fdatasync(fd_.get()) != 0) return ErrnoError("fdatasync ingest " + hex_, errno);
   RETURN_IF_ERROR(store_->Record(hex_, size_, offset_));
   committed_ = offset_;
@@ -119,6 +119,7 @@ Status Ingest::Checkpoint() {
 }
 
 Status Ingest::Reset() {
+  if (done_) return MakeError(Code::kInternal, "ingest " + hex_ + " already finished");
   if (::ftruncate(fd_.get(), 0) != 0) return ErrnoError("truncate ingest " + hex_, errno);
   if (::lseek(fd_.get(), 0, SEEK_SET) < 0) return ErrnoError("seek ingest " + hex_, errno);
   EVP_DigestInit_ex(md_, EVP_sha256(), nullptr);

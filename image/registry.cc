@@ -461,8 +461,12 @@ struct RegistryClient::Impl {
       return MakeError(Code::kPermission, "Bearer realm is not an http(s) URL");
     }
     std::string service = params.count("service") ? params.at("service") : "";
-    std::string user = cred != nullptr ? cred->username : "";
-    std::string key = realm + "|" + service + "|" + scope + "|" + user;
+    // Tokens are per identity: a hash of the whole credential, never the secret itself.
+    std::string who =
+        cred == nullptr
+            ? "anonymous"
+            : Sha256Digest(cred->username + '\0' + cred->password + '\0' + cred->identity_token);
+    std::string key = realm + "|" + service + "|" + scope + "|" + who;
     {
       std::lock_guard<std::mutex> lock(mu);
       auto it = tokens.find(key);
@@ -653,7 +657,7 @@ struct RegistryClient::Impl {
   }
 
   // Classifies a finished exchange that did not succeed.
-  Attempt Failed(const Result<HttpResponse>& r, const std::string& what) {
+  Attempt Failed(const Result<HttpResponse>& r, const std::string& /*what*/) {
     Attempt a;
     if (!r) {
       a.status = r.error();
@@ -670,7 +674,7 @@ struct RegistryClient::Impl {
       return a;
     }
     if (r->transport_failed()) {
-      a.status = MakeError(Code::kUnavailable, what + ": " + TransportError(*r, Stall()));
+      a.status = MakeError(Code::kUnavailable, TransportError(*r, Stall()));
       a.retryable = true;
       return a;
     }
@@ -968,7 +972,7 @@ Status RegistryClient::FetchBlob(const Reference& ref, const Descriptor& blob, C
           }
           (void)ingest->Checkpoint();
           Attempt a;
-          a.status = MakeError(Code::kUnavailable, what + ": body ended at byte " +
+          a.status = MakeError(Code::kUnavailable, "body ended at byte " +
                                                        std::to_string(ingest->offset()) + " of " +
                                                        std::to_string(blob.size));
           a.retryable = true;
