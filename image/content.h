@@ -63,6 +63,7 @@ class Ingest {
   ContentStore* store_ = nullptr;
   std::string digest_, hex_;
   uint64_t size_ = 0, offset_ = 0, committed_ = 0;
+  uint64_t kicked_ = 0;  // writeback started up to here (sync_file_range)
   UniqueFd fd_, lock_fd_;
   EVP_MD_CTX* md_ = nullptr;
   bool done_ = false;
