@@ -304,6 +304,13 @@ TEST_CASE("ExtractContainerDisk refuses hostile and invalid layers and writes no
           "(sha256:hardlink-in)): a link cannot be the disk");
     CHECK(fs::is_empty(t / "out"));
   }
+  SECTION("non-ASCII names elsewhere in the image are fine (pax UTF-8 and raw bytes)") {
+    Layer layer = Hostile(t, "unicode", raw);
+    auto size = ExtractContainerDisk({layer}, "", t / "out" / "disk");
+    INFO((size ? "" : size.error().message));
+    REQUIRE(size.has_value());
+    CHECK(ReadAll(t / "out" / "disk") == ReadAll(raw));
+  }
   SECTION("an unknown media type") {
     Layer layer = Hostile(t, "empty");
     layer.media_type = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
