@@ -115,6 +115,9 @@ pid_t ForkExecWithLimits(const std::string& program, char* const argv[], char* c
     (void)!::write(status_w.get(), &e, sizeof e);
     ::_exit(127);
   }
+  // Also from this side, so the group exists whichever runs first (a kill of -pid on timeout
+  // must reach it); EACCES once the child has exec'd is fine.
+  ::setpgid(pid, pid);
   status_w.reset();
   int child_err = 0;
   ssize_t n;
