@@ -50,12 +50,12 @@ struct DiskInfo {
 // tar in it; absolute entry names or ".." components; a relative symlink climbing out of the
 // root; an entry below a symlink (a `disk -> /etc` then `disk/passwd` escape); a hardlink whose
 // target is absolute, climbs out or is not an earlier file of the image; a disk that is (or whose
-// path crosses) a symlink, or is a hardlink, a device node, a fifo or a directory; no file under disk/ ("no file
-// found under /disk") or several ("more than one file found under /disk: only one disk is
-// allowed"). Absolute symlinks elsewhere in the image are kept in the model (base images such as
-// alpine carry them; a container resolves them inside its root) but never followed.
-// A tar without its end-of-archive footer (umoci 0.4.7 `insert`) is accepted when it ends after
-// a complete entry. On any error nothing is left at out_file or out_file + ".tmp".
+// path crosses) a symlink, or is a hardlink, a device node, a fifo or a directory; no file under
+// disk/ ("no file found under /disk") or several ("more than one file found under /disk: only one
+// disk is allowed"). Absolute symlinks elsewhere in the image are kept in the model (base images
+// such as alpine carry them; a container resolves them inside its root) but never followed. A tar
+// without its end-of-archive footer (umoci 0.4.7 `insert`) is accepted when it ends after a
+// complete entry. On any error nothing is left at out_file or out_file + ".tmp".
 Result<uint64_t> ExtractContainerDisk(const std::vector<Layer>& layers,
                                       std::string_view path_in_image,
                                       const std::filesystem::path& out_file);
