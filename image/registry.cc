@@ -888,7 +888,10 @@ Status RegistryClient::FetchBlob(const Reference& ref, const Descriptor& blob, C
   ASSIGN_OR_RETURN(std::unique_ptr<Ingest> ingest,
                    store.OpenIngest(blob.digest, blob.size, cancel));
   if (ingest == nullptr) return Ok();  // another writer finished it
-  if (progress && ingest->offset() > 0) progress(ingest->offset());
+  // Progress is reported as the high-water mark of the offset, so a restart from byte 0 (Range
+  // ignored, bad Content-Range) never reports bytes twice and the sum never exceeds the size.
+  uint64_t reported = ingest->offset();
+  if (progress && reported > 0) progress(reported);
   const uint64_t checkpoint = impl_->opt.checkpoint_bytes;
   std::string what = "GET blob " + ref.registry + "/" + ref.repository + "@" + blob.digest;
 
@@ -903,7 +906,6 @@ Status RegistryClient::FetchBlob(const Reference& ref, const Descriptor& blob, C
           cr.total != static_cast<int64_t>(blob.size)) {
         // Restart from zero rather than risk a silently corrupt blob.
         RETURN_IF_ERROR(ingest->Reset());
-        if (progress && attempt_start > 0) progress(0);
         return MakeError(Code::kUnavailable,
                          "bad Content-Range \"" + header.substr(0, 100) +
                              "\" for Range: bytes=" + std::to_string(attempt_start) + "- of " +
@@ -933,7 +935,10 @@ Status RegistryClient::FetchBlob(const Reference& ref, const Descriptor& blob, C
       fatal = s.error().code == Code::kInvalid;
       return s;
     }
-    if (progress) progress(n);
+    if (progress && ingest->offset() > reported) {
+      progress(ingest->offset() - reported);
+      reported = ingest->offset();
+    }
     if (ingest->offset() - ingest->committed() >= checkpoint) RETURN_IF_ERROR(ingest->Checkpoint());
     return Ok();
   };

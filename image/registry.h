@@ -63,7 +63,9 @@ class RegistryClient {
                            std::string* index_digest = nullptr);
   // Downloads one blob of ref.repository into `store` (no-op if present): resumable (Range from
   // the committed offset, also across process restarts), sha256 verified while writing,
-  // progress(delta_bytes) called as bytes arrive. A server ignoring Range or answering a wrong
+  // progress(delta_bytes) called as bytes arrive (deltas of the high-water mark: after a
+  // restart from 0 nothing is reported twice; the deltas sum to blob.size on success, the
+  // resumed prefix first). A server ignoring Range or answering a wrong
   // Content-Range restarts the blob from 0. kInvalid for a digest/size mismatch (the partial
   // is dropped, nothing enters blobs/); kUnavailable "cancelled" on cancel.
   Status FetchBlob(const Reference& ref, const Descriptor& blob, ContentStore& store,

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -429,14 +430,17 @@ TEST_CASE("htpasswd Basic auth", "[registry]") {
 }
 
 // Fetches the 2 MiB layer of kv/disk:v1 through the plain proxy with `rules` armed.
-Status FetchDisk(Env& env, Store& s, const json& rules, ClientOptions o) {
+Status FetchDisk(Env& env, Store& s, const json& rules, ClientOptions o,
+                 uint64_t* progressed = nullptr) {
   env.ResetProxy(env.proxy);
   RegistryClient client(std::move(o));
   Reference ref = Ref(env.Host(env.proxy) + "/kv/disk:v1");
   auto m = client.Resolve(ref, {});
   REQUIRE(m);
   env.Rules(env.proxy, rules);
-  return client.FetchBlob(ref, m->layers[0], *s.store, {}, nullptr, nullptr);
+  std::function<void(uint64_t)> progress;
+  if (progressed != nullptr) progress = [progressed](uint64_t d) { *progressed += d; };
+  return client.FetchBlob(ref, m->layers[0], *s.store, {}, progress, nullptr);
 }
 
 TEST_CASE("fault proxy: a connection cut mid-blob is resumed with Range", "[registry]") {
@@ -455,8 +459,10 @@ TEST_CASE("fault proxy: a connection cut mid-blob is resumed with Range", "[regi
 TEST_CASE("fault proxy: Range ignored -> restart from byte 0", "[registry]") {
   Env& env = TheEnv();
   Store s;
+  uint64_t progressed = 0;
   REQUIRE(FetchDisk(env, s, {{{"action", "cut"}, {"after", 500000}}, {{"action", "ignore_range"}}},
-                    env.Client()));
+                    env.Client(), &progressed));
+  CHECK(progressed == env.disk.layer_size);  // the restarted prefix is not counted twice
   CheckBlob(*s.store, env.disk.layer_digest);
   json log = env.BlobLog(env.proxy);
   REQUIRE(log.size() == 2);
@@ -517,6 +523,34 @@ TEST_CASE("fault proxy: redirect to another origin gets no Authorization", "[reg
   }
   CHECK(saw_redirect);
   CHECK(saw_target);
+}
+
+TEST_CASE("a 401 on a resume (token revoked/expired) re-authenticates and resumes", "[registry]") {
+  Env& env = TheEnv();
+  env.ResetProxy(env.token_proxy);
+  RegistryClient client(env.Client());
+  Store s;
+  Reference ref = Ref(env.Host(env.token_proxy) + "/kv/disk:v1");
+  auto m = client.Resolve(ref, {});
+  REQUIRE(m);
+  size_t tokens_before = env.TokenLog().size();
+  // Cut mid-blob; the resume is refused by the registry itself (401 + its Bearer challenge).
+  // distribution allows 60 s of leeway on token expiry, so a really expired token would make
+  // this test a minute long.
+  env.Rules(env.token_proxy,
+            {{{"action", "cut"}, {"after", 400000}}, {{"action", "unauthorized"}}});
+  REQUIRE(client.FetchBlob(ref, m->layers[0], *s.store, {}, nullptr, nullptr));
+  CheckBlob(*s.store, env.token_disk.layer_digest);
+  json log = env.BlobLog(env.token_proxy);
+  REQUIRE(log.size() == 3);
+  CHECK(log[0]["status"] == 200);
+  CHECK(log[1]["status"] == 401);
+  CHECK(log[1]["range"] == "bytes=400000-");
+  CHECK(log[2]["status"] == 206);
+  CHECK(log[2]["range"] == "bytes=400000-");
+  CHECK(log[2]["auth"] == true);
+  // The cached token was not reused blindly: a fresh one was fetched.
+  CHECK(env.TokenLog().size() == tokens_before + 1);
 }
 
 TEST_CASE("fault proxy: a stall fires the stall timeout, the retry resumes", "[registry]") {
