@@ -138,10 +138,10 @@ struct Pushed {
 // The registries, the token server and the proxies, started once for the whole binary.
 struct Env {
   testing::TempDir dir{"ev-regtest"};
-  int plain = 0, htpasswd = 0, token = 0, token_server = 0;
+  int plain = 0, htpasswd = 0, token = 0, token_server = 0, tls = 0;
   int proxy = 0, proxy_redirect = 0, token_proxy = 0, token_proxy_redirect = 0;
   std::vector<std::unique_ptr<Child>> children;
-  Pushed disk, big, token_disk, htpasswd_disk, multi;
+  Pushed disk, big, token_disk, htpasswd_disk, multi, tls_disk;
 
   std::unique_ptr<Child> Start(const std::vector<std::string>& argv, const std::string& name) {
     return std::make_unique<Child>(argv, dir / (name + ".log"));
@@ -193,6 +193,8 @@ struct Env {
     StartRegistry(&token, "token",
                   {"token", "http://127.0.0.1:" + std::to_string(token_server) + "/token",
                    dir.Path("cert.pem")});
+    Run({kFixtures + "/make-tls-cert.sh", dir.Path("tls-key.pem"), dir.Path("tls-cert.pem")});
+    StartRegistry(&tls, "tls", {"tls", dir.Path("tls-cert.pem"), dir.Path("tls-key.pem")});
     StartProxy(plain, &proxy, &proxy_redirect, "proxy");
     StartProxy(token, &token_proxy, &token_proxy_redirect, "token-proxy");
 
@@ -208,6 +210,7 @@ struct Env {
                       {"--creds", "alice:secret"});
     htpasswd_disk = Push(small, "127.0.0.1:" + std::to_string(htpasswd) + "/kv/disk:v1",
                          {"--creds", "alice:secret"});
+    tls_disk = Push(small, "127.0.0.1:" + std::to_string(tls) + "/kv/disk:v1", {});
   }
 
   std::string Host(int port) const { return "127.0.0.1:" + std::to_string(port); }
@@ -427,6 +430,44 @@ TEST_CASE("htpasswd Basic auth", "[registry]") {
   REQUIRE_FALSE(wrong);
   CHECK(wrong.error().code == Code::kPermission);
   CHECK(wrong.error().message.find("401 Unauthorized") == 0);
+}
+
+TEST_CASE("HTTPS: system CAs only, a per-registry ca_file, skip_verify", "[registry]") {
+  Env& env = TheEnv();
+  std::string ref = env.Host(env.tls) + "/kv/disk:v1";
+  auto with = [&](RegistryHost host) {
+    ClientOptions o = env.Client();
+    o.registries.push_back(std::move(host));
+    o.max_attempts = 2;
+    return o;
+  };
+  {
+    // No entry: HTTPS verified against the system CAs only, which do not know this cert.
+    ClientOptions o = env.Client();
+    o.max_attempts = 2;
+    RegistryClient client(o);
+    auto r = client.Resolve(Ref(ref), {});
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == Code::kUnavailable);
+    CHECK(r.error().message.find("certificate") != std::string::npos);
+  }
+  {
+    RegistryClient client(with({env.Host(env.tls), false, false, env.dir.Path("tls-cert.pem")}));
+    Store s;
+    REQUIRE(Pull(client, ref, *s.store));
+    CheckBlob(*s.store, env.tls_disk.layer_digest);
+  }
+  {
+    RegistryClient client(with({env.Host(env.tls), false, true, ""}));
+    Store s;
+    REQUIRE(Pull(client, ref, *s.store));
+    CheckBlob(*s.store, env.tls_disk.layer_digest);
+  }
+  {
+    // A CA file that does not exist is an error, not a silent fallback to no verification.
+    RegistryClient client(with({env.Host(env.tls), false, false, env.dir.Path("missing.pem")}));
+    CHECK_FALSE(client.Resolve(Ref(ref), {}));
+  }
 }
 
 // Fetches the 2 MiB layer of kv/disk:v1 through the plain proxy with `rules` armed.
