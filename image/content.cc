@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <ctime>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -121,7 +122,7 @@ Status Ingest::Append(const char* data, size_t n) {
 Status Ingest::Checkpoint() {
   if (done_ || offset_ == committed_) return Ok();
   if (::fdatasync(fd_.get()) != 0) return ErrnoError("fdatasync ingest " + hex_, errno);
-  RETURN_IF_ERROR(store_->Record(hex_, size_, offset_));
+  RETURN_IF_ERROR(store_->Record(hex_, size_, offset_, started_));
   committed_ = offset_;
   return Ok();
 }
@@ -133,7 +134,7 @@ Status Ingest::Reset() {
   EVP_DigestInit_ex(md_, EVP_sha256(), nullptr);
   offset_ = kicked_ = 0;
   if (committed_ != 0) {
-    RETURN_IF_ERROR(store_->Record(hex_, size_, 0));
+    RETURN_IF_ERROR(store_->Record(hex_, size_, 0, started_));
     committed_ = 0;
   }
   return Ok();
@@ -206,9 +207,9 @@ Status ContentStore::EnsureDirs() const {
   return Ok();
 }
 
-Status ContentStore::Record(std::string_view hex, uint64_t size, uint64_t offset) {
+Status ContentStore::Record(std::string_view hex, uint64_t size, uint64_t offset, int64_t started) {
   if (index_ == nullptr) return Ok();
-  json j = {{"size", size}, {"offset", offset}};
+  json j = {{"size", size}, {"offset", offset}, {"started", started}};
   return index_->Put("ingest/" + std::string(hex), j.dump());
 }
 
@@ -317,6 +318,42 @@ Result<uint64_t> ContentStore::CommittedOffset(std::string_view digest) const {
   return j["offset"].get<uint64_t>();
 }
 
+Result<std::vector<IngestInfo>> ContentStore::Ingests() const {
+  std::vector<IngestInfo> out;
+  if (index_ == nullptr) return out;
+  ASSIGN_OR_RETURN(auto records, index_->List("ingest/"));
+  for (const auto& [key, value] : records) {
+    IngestInfo info;
+    info.digest = "sha256:" + key.substr(std::string_view("ingest/").size());
+    if (!IsValidDigest(info.digest)) continue;
+    json j = json::parse(value, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) continue;
+    info.size = j.value("size", uint64_t{0});
+    info.offset = j.value("offset", uint64_t{0});
+    info.started = j.value("started", int64_t{0});
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+Status ContentStore::RemoveIngest(std::string_view digest) {
+  if (!IsValidDigest(digest)) return BadDigest(digest);
+  std::string hex = HexOf(digest);
+  fs::path lock_path = dir_ / "ingest" / (hex + ".lock");
+  UniqueFd lock_fd(::open(lock_path.c_str(), O_RDWR | O_CLOEXEC));
+  if (lock_fd) {
+    if (::flock(lock_fd.get(), LOCK_EX | LOCK_NB) != 0) {
+      return MakeError(Code::kConflict, "ingest " + std::string(digest) + " is being written");
+    }
+  }
+  std::error_code ec;
+  fs::remove(IngestPath(digest), ec);
+  if (ec) return MakeError(Code::kInternal, "remove ingest " + hex + ": " + ec.message());
+  RETURN_IF_ERROR(DropRecord(hex));
+  if (lock_fd) fs::remove(lock_path, ec);
+  return Ok();
+}
+
 Result<std::unique_ptr<Ingest>> ContentStore::OpenIngest(std::string_view digest, uint64_t size,
                                                          const std::atomic<bool>* cancel) {
   if (!IsValidDigest(digest)) return BadDigest(digest);
@@ -359,6 +396,9 @@ Result<std::unique_ptr<Ingest>> ContentStore::OpenIngest(std::string_view digest
       if (!j.is_discarded() && j.is_object() && j.value("size", uint64_t{0}) == size &&
           j.contains("offset") && j["offset"].is_number_unsigned()) {
         committed = std::min<uint64_t>(j["offset"].get<uint64_t>(), size);
+        if (j.contains("started") && j["started"].is_number_integer()) {
+          ingest->started_ = j["started"].get<int64_t>();
+        }
       }
     }
   }
@@ -375,8 +415,9 @@ Result<std::unique_ptr<Ingest>> ContentStore::OpenIngest(std::string_view digest
   if (::lseek(ingest->fd_.get(), static_cast<off_t>(ingest->offset_), SEEK_SET) < 0) {
     return ErrnoError("seek " + path.string(), errno);
   }
+  if (ingest->started_ == 0) ingest->started_ = static_cast<int64_t>(::time(nullptr));
   if (ingest->committed_ != committed || committed == 0) {
-    RETURN_IF_ERROR(Record(hex, size, ingest->committed_));
+    RETURN_IF_ERROR(Record(hex, size, ingest->committed_, ingest->started_));
   }
   return ingest;
 }

@@ -3,7 +3,8 @@
 //
 // Ingest protocol (crash-safe, several processes may share the directory):
 //   - one writer per blob: ingest/HEX.lock is flock()ed for as long as an Ingest lives;
-//   - Checkpoint() fdatasync()s ingest/HEX, then records {"size","offset"} under ingest/HEX in
+//   - Checkpoint() fdatasync()s ingest/HEX, then records {"size","offset","started"} under
+//   ingest/HEX in
 //     the index: the bytes before `offset` are durable;
 //   - Open after a crash truncates ingest/HEX to the recorded offset (anything after the last
 //     checkpoint is untrusted) and re-hashes that prefix (one sequential read) to rebuild the
@@ -64,9 +65,18 @@ class Ingest {
   std::string digest_, hex_;
   uint64_t size_ = 0, offset_ = 0, committed_ = 0;
   uint64_t kicked_ = 0;  // writeback started up to here (sync_file_range)
+  int64_t started_ = 0;  // unix seconds, kept across resumes
   UniqueFd fd_, lock_fd_;
   EVP_MD_CTX* md_ = nullptr;
   bool done_ = false;
+};
+
+// A partial download as recorded in the index (for Prune).
+struct IngestInfo {
+  std::string digest;
+  uint64_t size = 0;
+  uint64_t offset = 0;  // committed bytes
+  int64_t started = 0;  // unix seconds the download first began
 };
 
 class ContentStore {
@@ -86,6 +96,11 @@ class ContentStore {
   Result<std::vector<std::string>> List() const;  // digests present
   // Of an ingest, 0 if none.
   Result<uint64_t> CommittedOffset(std::string_view digest) const;
+  // Every recorded partial download.
+  Result<std::vector<IngestInfo>> Ingests() const;
+  // Removes a partial download (file, record, lock) unless a writer holds it right now, in which
+  // case it is kept and kConflict is returned. For Prune's stale partials.
+  Status RemoveIngest(std::string_view digest);
   // Opens (or resumes) the ingest of `digest` of `size` bytes, waiting for another writer of the
   // same blob to finish (checking `cancel`, kUnavailable "cancelled"). Returns null when the
   // blob is already present (another writer made it meanwhile).
@@ -95,7 +110,7 @@ class ContentStore {
  private:
   friend class Ingest;
   Status EnsureDirs() const;
-  Status Record(std::string_view hex, uint64_t size, uint64_t offset);
+  Status Record(std::string_view hex, uint64_t size, uint64_t offset, int64_t started);
   Status DropRecord(std::string_view hex);
 
   std::filesystem::path dir_;

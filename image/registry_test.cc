@@ -2,6 +2,7 @@
 // network, temp dirs only).
 #include <sys/stat.h>
 
+#include <ctime>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -395,6 +396,47 @@ TEST_CASE("ContentStore: a corrupt ingest is discarded, a reset restarts from ze
   CHECK_FALSE(store.Has(digest));
   CHECK_FALSE(std::filesystem::exists(store.IngestPath(digest)));
   CHECK(store.List()->empty());
+}
+
+TEST_CASE("ContentStore: Ingests lists partials; RemoveIngest spares a live writer") {
+  testing::TempDir dir("ev-content");
+  auto index = internal::Index::Open(dir / "index");
+  REQUIRE(index);
+  ContentStore store(dir / "store", index->get());
+  std::string data(1000, 'x');
+  std::string digest = Sha256Digest(data);
+  int64_t now = static_cast<int64_t>(::time(nullptr));
+  {
+    auto ingest = store.OpenIngest(digest, data.size());
+    REQUIRE(ingest);
+    REQUIRE((*ingest)->Append(data.data(), 400));
+    REQUIRE((*ingest)->Checkpoint());
+    auto list = store.Ingests();
+    REQUIRE(list);
+    REQUIRE(list->size() == 1);
+    CHECK((*list)[0].digest == digest);
+    CHECK((*list)[0].size == 1000);
+    CHECK((*list)[0].offset == 400);
+    CHECK((*list)[0].started >= now - 1);
+    auto busy = store.RemoveIngest(digest);
+    REQUIRE_FALSE(busy);
+    CHECK(busy.error().code == Code::kConflict);
+    CHECK(std::filesystem::exists(store.IngestPath(digest)));
+  }
+  // "started" survives a resume.
+  int64_t started = (*store.Ingests())[0].started;
+  {
+    auto ingest = store.OpenIngest(digest, data.size());
+    REQUIRE(ingest);
+    CHECK((*ingest)->offset() == 400);
+    REQUIRE((*ingest)->Append(data.data(), 100));
+    REQUIRE((*ingest)->Checkpoint());
+  }
+  CHECK((*store.Ingests())[0].started == started);
+  REQUIRE(store.RemoveIngest(digest));
+  CHECK(store.Ingests()->empty());
+  CHECK_FALSE(std::filesystem::exists(store.IngestPath(digest)));
+  CHECK(store.RemoveIngest(digest));  // nothing left: fine
 }
 
 TEST_CASE("ContentStore: an ingest record of another size is ignored") {
