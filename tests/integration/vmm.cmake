@@ -50,3 +50,14 @@ target_compile_definitions(vm_devices_test PRIVATE EDGEVIRTD_PATH="$<TARGET_FILE
   EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
 add_dependencies(vm_devices_test edgevirtd)
 set_tests_properties(vm_devices_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
+
+# containerDisks end to end: images pushed to a real registry (docker-registry on loopback) with
+# skopeo, pulled, validated and booted; pull errors and pull secrets; import on an air-gapped
+# host; a daemon killed in the middle of a 2 GiB blob.
+edgevirt_add_test(NAME vm_containerdisk_test SOURCES vm_containerdisk_test.cc
+  LIBS edgevirt_common nlohmann_json::nlohmann_json Threads::Threads
+  LABELS integration TIMEOUT 1200 RUN_SERIAL)
+target_compile_definitions(vm_containerdisk_test PRIVATE EDGEVIRTD_PATH="$<TARGET_FILE:edgevirtd>"
+  EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
+add_dependencies(vm_containerdisk_test edgevirtd)
+set_tests_properties(vm_containerdisk_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
