@@ -246,9 +246,21 @@ void ImagePuller::Work() {
     }
     image::PullOptions pull = job->options;
     pull.cancel = &cancel_;
-    pull.progress = [this, job](const image::Progress& p) {
-      std::lock_guard lock(mu_);
-      job->progress = p;
+    pull.progress = [this, job, decile = uint64_t{0}](const image::Progress& p) mutable {
+      {
+        std::lock_guard lock(mu_);
+        job->progress = p;
+      }
+      // The journal gets every tenth of a large pull (status shows it continuously).
+      if (p.total_bytes >= (uint64_t{64} << 20)) {
+        const uint64_t now = p.done_bytes * 10 / p.total_bytes;
+        if (now > decile) {
+          decile = now;
+          EV_LOG(kInfo).Field("IMAGE", job->reference)
+              << "pulling image " << job->reference << ": " << p.done_bytes << " of "
+              << p.total_bytes << " bytes";
+        }
+      }
     };
     const auto started = Clock::now();
     EV_LOG(kInfo).Field("IMAGE", job->reference) << "pulling image " << job->reference;

@@ -34,6 +34,10 @@ namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
 constexpr uint64_t kMaxManifestBytes = 4 << 20;
+// Unreferenced blobs and disk directories younger than this belong to a pull in progress.
+constexpr auto kOrphanGrace = std::chrono::hours(1);
+// Partial downloads older than this are dropped by Prune.
+constexpr int64_t kStaleIngestSeconds = 24 * 3600;
 
 bool IsHex64(std::string_view s) {
   if (s.size() != 64) return false;
@@ -297,13 +301,44 @@ class CacheImpl final : public Cache {
       fs::remove_all(options_.dir / "disks" / r.id, ec);
       if (ec) EV_LOG(kWarning) << "image cache: remove " << r.id << ": " << ec.message();
     }
-    // Blobs no remaining image needs.
+    // Blobs no remaining image needs: those of the images removed now at once; others only
+    // once they are old, because a pull running meanwhile (here or in another process) has
+    // its layers in the store before it records its image.
     ASSIGN_OR_RETURN(auto records, LoadAll());
-    std::set<std::string> needed;
-    for (const auto& r : records) needed.insert(r.layers.begin(), r.layers.end());
+    std::set<std::string> needed, released, live_ids;
+    for (const auto& r : records) {
+      needed.insert(r.layers.begin(), r.layers.end());
+      live_ids.insert(r.id);
+    }
+    for (const auto& r : removed) released.insert(r.layers.begin(), r.layers.end());
+    const auto now = fs::file_time_type::clock::now();
+    auto old = [&](const fs::path& p) {
+      std::error_code ec;
+      auto t = fs::last_write_time(p, ec);
+      return !ec && now - t > kOrphanGrace;
+    };
     ASSIGN_OR_RETURN(auto blobs, content_->List());
     for (const auto& digest : blobs) {
-      if (needed.count(digest) == 0) RETURN_IF_ERROR(content_->Remove(digest));
+      if (needed.count(digest) != 0) continue;
+      if (released.count(digest) != 0 || old(content_->BlobPath(digest))) {
+        RETURN_IF_ERROR(content_->Remove(digest));
+      }
+    }
+    // Disk directories without a record (a crash between extraction and the record).
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(options_.dir / "disks", ec)) {
+      if (live_ids.count(entry.path().filename().string()) != 0 || !old(entry.path())) continue;
+      EV_LOG(kNotice) << "image cache: removing " << entry.path().string() << ": no image owns it";
+      fs::remove_all(entry.path(), ec);
+    }
+    // Partial downloads nobody resumed for a day.
+    ASSIGN_OR_RETURN(auto ingests, content_->Ingests());
+    for (const auto& in : ingests) {
+      if (NowSeconds() - in.started < kStaleIngestSeconds) continue;
+      if (Status st = content_->RemoveIngest(in.digest);
+          !st && st.error().code != Code::kConflict) {
+        return std::move(st).error();
+      }
     }
     return report;
   }
@@ -412,6 +447,7 @@ class CacheImpl final : public Cache {
     auto cleanup = [&] {
       std::error_code ec;
       fs::remove(tmp, ec);
+      fs::remove(dir, ec);  // only if empty: another process may have completed it meanwhile
     };
     auto extracted = ExtractContainerDisk(layers, path_in_image, tmp);
     if (!extracted) {
