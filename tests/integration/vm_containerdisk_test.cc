@@ -346,21 +346,27 @@ TEST_CASE("an air-gapped host imports an OCI archive beside the running daemon")
   const fs::path archive = work / "guest.tar";
   // As an operator would carry it over: the full reference in the archive's ref.name.
   Run({"/usr/bin/skopeo", "copy", "-q", "oci:" + layout.string() + ":v1",
-       "oci-archive:" + archive.string() + ":edge.example/kv/guest:v1"},
+       "oci-archive:" + archive.string() + ":edge.local/kubevirt/test-guest:v1"},
       work.path());
   auto [code, out] = ImageCli(env, {"import", archive.string()});
   INFO(out);
   REQUIRE(code == 0);
-  CHECK(out.find("edge.example/kv/guest:v1") != std::string::npos);
-  // edge.example does not resolve: the VM can only start from the imported image.
-  env.Create(ContainerDiskVm("offline", "edge.example/kv/guest:v1", "", "IfNotPresent"));
-  REQUIRE(env.WaitPhase("offline", "Running", 120s));
+  CHECK(out.find("edge.local/kubevirt/test-guest:v1") != std::string::npos);
+  // The README's example, applied with kubectl. edge.local does not resolve: the VM can only
+  // start from the imported image.
+  MustRun(env.kubectl, {"apply", "-f",
+                        (fs::path(EDGEVIRT_SOURCE_DIR) / "examples" / "vm-containerdisk.yaml")
+                            .string()});
+  REQUIRE(env.WaitPhase("edge-cd", "Running", 120s));
+  const std::string uid = env.Vmi("edge-cd")["metadata"]["uid"];
+  CHECK(env.WaitSerial(uid, "EDGE-GUEST-BOOTED"));
   CHECK(EventMessages(env, "Pulling").empty());
   // An image still in use survives a prune.
   CHECK(ImageCli(env, {"prune"}).first == 0);
-  CHECK(ImageCli(env, {"list"}).second.find("edge.example/kv/guest:v1") != std::string::npos);
-  DeleteVm(env, "offline");
-  REQUIRE(env.WaitUntilGone("offline"));
+  CHECK(ImageCli(env, {"list"}).second.find("edge.local/kubevirt/test-guest:v1") !=
+        std::string::npos);
+  DeleteVm(env, "edge-cd");
+  REQUIRE(env.WaitUntilGone("edge-cd"));
 }
 
 // tests/fixtures/registry/fault-proxy.py in front of a registry: it relays, throttles on request
