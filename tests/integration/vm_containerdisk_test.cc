@@ -338,6 +338,48 @@ TEST_CASE(
   }
 }
 
+TEST_CASE("a token-auth registry: credentials from images.authFile, re-read for every pull") {
+  TempDir work("ev-cd-token");
+  REQUIRE(::chmod(work.path().c_str(), 0711) == 0);
+  const fs::path key = work / "key.pem", cert = work / "cert.pem";
+  Run({"/bin/bash", (Fixtures() / "registry" / "make-token-key.sh").string(), key.string(),
+       cert.string()},
+      work.path());
+  const fs::path token_port = work / "token.port";
+  Child tokens({"/usr/bin/python3", (Fixtures() / "registry" / "token-server.py").string(),
+                key.string(), cert.string(), token_port.string()},
+               {}, work.path(), "token-server");
+  REQUIRE(WaitUntil([&] { return !ReadFile(token_port).empty(); }, 10s));
+  const std::string realm = "http://127.0.0.1:" + ReadFile(token_port) + "/token";
+  Registry reg(work / "registry", {"token", realm, cert.string()});
+  Push(work.path(), Pack(work.path(), GuestDir() / "guest.qcow2", "guest", "gzip"),
+       reg.host() + "/kv/guest:v1", {"--dest-creds", "alice:secret"});
+
+  const fs::path auth_file = work / "auth.json";
+  auto write_auth = [&](const std::string& pass) {
+    WriteFile(auth_file,
+              Json{{"auths", {{reg.host(), {{"auth", Base64("alice:" + pass)}}}}}}.dump());
+  };
+  write_auth("guess");
+  VmEnv env("ev-cd", Registries({reg.host()}) + "  authFile: " + auth_file.string() + "\n");
+  env.Create(ContainerDiskVm("tok-wrong", reg.host() + "/kv/guest:v1"));
+  REQUIRE(WaitUntil(
+      [&] { return SyncCondition(env, "tok-wrong").second.find("401") != std::string::npos; },
+      60s));
+  CHECK(env.PrintableStatus("tok-wrong") != "Running");
+  // Corrected on disk, without a restart: the next pull uses it.
+  write_auth("secret");
+  env.Create(ContainerDiskVm("tok-right", reg.host() + "/kv/guest:v1"));
+  REQUIRE(env.WaitPhase("tok-right", "Running", 120s));
+  auto log = Http("http://127.0.0.1:" + ReadFile(token_port), "GET", "/__log");
+  REQUIRE(log.status == 200);
+  bool with_credentials = false;
+  for (const auto& e : ParseJson(log.body)) with_credentials |= e.value("basic", false);
+  CHECK(with_credentials);
+  for (const std::string name : {"tok-wrong", "tok-right"}) DeleteVm(env, name);
+  for (const std::string name : {"tok-wrong", "tok-right"}) CHECK(env.WaitUntilGone(name));
+}
+
 TEST_CASE("an air-gapped host imports an OCI archive beside the running daemon") {
   TempDir work("ev-cd-import");
   REQUIRE(::chmod(work.path().c_str(), 0711) == 0);
@@ -354,9 +396,9 @@ TEST_CASE("an air-gapped host imports an OCI archive beside the running daemon")
   CHECK(out.find("edge.local/kubevirt/test-guest:v1") != std::string::npos);
   // The README's example, applied with kubectl. edge.local does not resolve: the VM can only
   // start from the imported image.
-  MustRun(env.kubectl, {"apply", "-f",
-                        (fs::path(EDGEVIRT_SOURCE_DIR) / "examples" / "vm-containerdisk.yaml")
-                            .string()});
+  MustRun(env.kubectl,
+          {"apply", "-f",
+           (fs::path(EDGEVIRT_SOURCE_DIR) / "examples" / "vm-containerdisk.yaml").string()});
   REQUIRE(env.WaitPhase("edge-cd", "Running", 120s));
   const std::string uid = env.Vmi("edge-cd")["metadata"]["uid"];
   CHECK(env.WaitSerial(uid, "EDGE-GUEST-BOOTED"));
