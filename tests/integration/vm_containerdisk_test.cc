@@ -296,12 +296,43 @@ TEST_CASE(
   Push(work.path(), Pack(work.path(), evil, "evil", "gzip"), reg.host() + "/kv/evil:v1",
        {"--dest-creds", "alice:secret"});
 
+  // Hostile layers (tests/fixtures/containerdisk/make-hostile-tar.py), an external data file,
+  // a virtual size above images.maxVirtualSize (default 1 TiB).
+  for (const std::string kind : {"dotdot", "symlink-disk"}) {
+    const fs::path tar = work / (kind + ".tar");
+    Run({"/usr/bin/python3", (Fixtures() / "containerdisk" / "make-hostile-tar.py").string(), kind,
+         tar.string(), (GuestDir() / "guest.qcow2").string()},
+        work.path());
+    const fs::path layout = work / ("oci-" + kind);
+    Run({"/bin/bash", (Fixtures() / "containerdisk" / "make-containerdisk.sh").string(), "--layer",
+         tar.string(), layout.string(), "v1", "gzip"},
+        work.path());
+    Push(work.path(), layout, reg.host() + "/kv/" + kind + ":v1", {"--dest-creds", "alice:secret"});
+  }
+  const fs::path datafile = work / "datafile.qcow2";
+  Run({"/usr/bin/qemu-img", "create", "-q", "-f", "qcow2", "-o",
+       "data_file=" + (work / "datafile.raw").string(), datafile.string(), "16M"},
+      work.path());
+  Push(work.path(), Pack(work.path(), datafile, "datafile", "gzip"), reg.host() + "/kv/datafile:v1",
+       {"--dest-creds", "alice:secret"});
+  const fs::path huge = work / "huge.qcow2";
+  Run({"/usr/bin/qemu-img", "create", "-q", "-f", "qcow2", huge.string(), "2T"}, work.path());
+  Push(work.path(), Pack(work.path(), huge, "huge", "gzip"), reg.host() + "/kv/huge:v1",
+       {"--dest-creds", "alice:secret"});
+  const std::map<std::string, std::string> refusals = {{"dotdot", "evil"},
+                                                       {"symlink-disk", "symlink"},
+                                                       {"datafile", "data file"},
+                                                       {"huge", "virtual size"}};
+
   CreateSecret(env, "wrong-creds", reg.host(), "alice", "guess");
   CreateSecret(env, "right-creds", reg.host(), "alice", "secret");
   env.Create(ContainerDiskVm("anonymous", reg.host() + "/kv/private:v1"));
   env.Create(ContainerDiskVm("wrong", reg.host() + "/kv/private:v1", "wrong-creds"));
   env.Create(ContainerDiskVm("right", reg.host() + "/kv/private:v1", "right-creds"));
   env.Create(ContainerDiskVm("evil", reg.host() + "/kv/evil:v1", "right-creds"));
+  for (const auto& [kind, why] : refusals) {
+    env.Create(ContainerDiskVm(kind, reg.host() + "/kv/" + kind + ":v1", "right-creds"));
+  }
 
   for (const std::string name : {"anonymous", "wrong"}) {
     INFO(name);
@@ -322,6 +353,17 @@ TEST_CASE(
       [&] { return SyncCondition(env, "evil").second.find("backing file") != std::string::npos; },
       60s));
   CHECK(env.Phase("evil") == "Scheduling");
+  for (const auto& [kind, why] : refusals) {
+    INFO(kind << ": " << SyncCondition(env, kind).second);
+    CHECK(WaitUntil(
+        [&] {
+          auto [reason, message] = SyncCondition(env, kind);
+          return (reason == "ErrImagePull" || reason == "ImagePullBackOff") &&
+                 message.find(why) != std::string::npos;
+        },
+        60s));
+    CHECK(env.Phase(kind) == "Scheduling");
+  }
   bool failed_event = false;
   for (const auto& m : EventMessages(env, "Failed")) {
     if (m.find("kv/private:v1") != std::string::npos && m.find("401") != std::string::npos) {
@@ -332,10 +374,10 @@ TEST_CASE(
   // Nothing of the refused image reached the disks directory.
   auto [code, list] = ImageCli(env, {"list"});
   CHECK(list.find("kv/evil") == std::string::npos);
-  for (const std::string name : {"anonymous", "wrong", "right", "evil"}) DeleteVm(env, name);
-  for (const std::string name : {"anonymous", "wrong", "right", "evil"}) {
-    CHECK(env.WaitUntilGone(name));
-  }
+  std::vector<std::string> all = {"anonymous", "wrong", "right", "evil"};
+  for (const auto& [kind, why] : refusals) all.push_back(kind);
+  for (const auto& name : all) DeleteVm(env, name);
+  for (const auto& name : all) CHECK(env.WaitUntilGone(name));
 }
 
 TEST_CASE("a token-auth registry: credentials from images.authFile, re-read for every pull") {
