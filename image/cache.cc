@@ -331,6 +331,10 @@ class CacheImpl final : public Cache {
       EV_LOG(kNotice) << "image cache: removing " << entry.path().string() << ": no image owns it";
       fs::remove_all(entry.path(), ec);
     }
+    // Scratch copies of archives whose import was killed.
+    for (const auto& entry : fs::directory_iterator(options_.dir / "tmp", ec)) {
+      if (old(entry.path())) fs::remove_all(entry.path(), ec);
+    }
     // Partial downloads nobody resumed for a day.
     ASSIGN_OR_RETURN(auto ingests, content_->Ingests());
     for (const auto& in : ingests) {

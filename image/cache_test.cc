@@ -189,6 +189,11 @@ TEST_CASE("prune collects what a crash left: disk directories without a record, 
   const time_t two_hours_ago = ::time(nullptr) - 7200;
   utimbuf times{two_hours_ago, two_hours_ago};
   REQUIRE(::utime((disks / orphan_old).c_str(), &times) == 0);
+  // The scratch copy of an import that was killed, and one in progress.
+  const fs::path scratch = tmp / "cache" / "tmp";
+  fs::create_directories(scratch / "import-old" / "blobs");
+  fs::create_directories(scratch / "import-now");
+  REQUIRE(::utime((scratch / "import-old").c_str(), &times) == 0);
 
   // A partial download recorded two days ago, and one from now.
   {
@@ -213,6 +218,8 @@ TEST_CASE("prune collects what a crash left: disk directories without a record, 
   REQUIRE(cache.Prune(0).has_value());
   CHECK(fs::exists(disks / orphan_young));
   CHECK_FALSE(fs::exists(disks / orphan_old));
+  CHECK_FALSE(fs::exists(scratch / "import-old"));
+  CHECK(fs::exists(scratch / "import-now"));
   auto index = internal::Index::Open(tmp / "cache" / "index");
   REQUIRE(index.has_value());
   ContentStore store(tmp / "cache", index->get());
