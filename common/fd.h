@@ -3,8 +3,13 @@
 
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdint>
 #include <memory>
+#include <string_view>
 #include <utility>
+
+#include "common/result.h"
 
 namespace edgevirt {
 
@@ -44,5 +49,21 @@ struct FnDeleter {
 };
 template <typename T, auto Deleter>
 using UniqueHandle = std::unique_ptr<T, FnDeleter<T, Deleter>>;
+
+// Writes all `n` bytes at `offset` (pwrite, retried on EINTR and short writes). Errors name
+// `what`: "write <what>: <errno text>".
+inline Status WriteAllAt(int fd, const void* data, size_t n, uint64_t offset,
+                         std::string_view what) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(offset));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return ErrnoError("write " + std::string(what), w < 0 ? errno : EIO);
+    p += w;
+    n -= static_cast<size_t>(w);
+    offset += static_cast<uint64_t>(w);
+  }
+  return Ok();
+}
 
 }  // namespace edgevirt

@@ -904,14 +904,7 @@ Status Claims::Impl::Release(const std::string& uid, const ClaimRecord& record) 
       UniqueFd fd(::open(record.path.c_str(), O_WRONLY | O_EXCL | O_CLOEXEC));
       if (!fd) return ErrnoError("open " + record.path + " to wipe it", errno);
       const std::vector<char> zeros(static_cast<size_t>(std::min(size, kWipeBytes)), 0);
-      size_t done = 0;
-      while (done < zeros.size()) {
-        ssize_t n =
-            ::pwrite(fd.get(), zeros.data() + done, zeros.size() - done, static_cast<off_t>(done));
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return ErrnoError("wipe " + record.path, n < 0 ? errno : EIO);
-        done += static_cast<size_t>(n);
-      }
+      RETURN_IF_ERROR(WriteAllAt(fd.get(), zeros.data(), zeros.size(), 0, record.path));
       if (::fsync(fd.get()) != 0) return ErrnoError("fsync " + record.path, errno);
       break;
     }

@@ -33,24 +33,14 @@ namespace {
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
-constexpr uint64_t kMaxManifestBytes = 4 << 20;
 // Unreferenced blobs and disk directories younger than this belong to a pull in progress.
 constexpr auto kOrphanGrace = std::chrono::hours(1);
 // Partial downloads older than this are dropped by Prune.
 constexpr int64_t kStaleIngestSeconds = 24 * 3600;
 
-bool IsHex64(std::string_view s) {
-  if (s.size() != 64) return false;
-  return std::all_of(s.begin(), s.end(),
-                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
-}
-
 // "sha256:HEX" -> HEX, or "" when it is not such a digest.
 std::string DigestHex(std::string_view digest) {
-  constexpr std::string_view kPrefix = "sha256:";
-  if (digest.substr(0, kPrefix.size()) != kPrefix) return "";
-  std::string_view hex = digest.substr(kPrefix.size());
-  return IsHex64(hex) ? std::string(hex) : "";
+  return IsValidDigest(digest) ? std::string(digest.substr(7)) : std::string();
 }
 
 // The index key of an image: the manifest, plus the containerDisk path when one is given (the

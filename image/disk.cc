@@ -487,20 +487,6 @@ bool AllZero(const char* p, size_t n) {
   return true;
 }
 
-Status WriteAll(int fd, const char* p, size_t n, uint64_t offset) {
-  while (n > 0) {
-    ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(offset));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError("write disk", errno);
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-    offset += static_cast<uint64_t>(w);
-  }
-  return Ok();
-}
-
 // Streams the data of the current entry into `fd` (new and empty), leaving all-zero 4 KiB
 // blocks as holes. Returns the entry's size; the file is truncated to it.
 Result<uint64_t> CopySparse(LayerReader& reader, archive_entry* entry, int fd,
@@ -531,7 +517,7 @@ Result<uint64_t> CopySparse(LayerReader& reader, archive_entry* entry, int fd,
     while (left > 0) {
       // Up to the next 4 KiB boundary of the file, so holes line up with file system blocks.
       size_t n = std::min<size_t>(left, kSparseBlock - pos % kSparseBlock);
-      if (!AllZero(p, n)) RETURN_IF_ERROR(WriteAll(fd, p, n, pos));
+      if (!AllZero(p, n)) RETURN_IF_ERROR(WriteAllAt(fd, p, n, pos, "disk"));
       p += n;
       pos += n;
       left -= n;
@@ -601,17 +587,12 @@ Status PrecheckQcow2Header(const std::filesystem::path& file) {
 
 }  // namespace
 
-bool IsSupportedLayerMediaType(std::string_view media_type) {
-  return media_type == kMediaTypeOciLayer || media_type == kMediaTypeOciLayerGzip ||
-         media_type == kMediaTypeOciLayerZstd || media_type == kMediaTypeDockerLayerGzip;
-}
-
 Result<uint64_t> ExtractContainerDisk(const std::vector<Layer>& layers,
                                       std::string_view path_in_image,
                                       const std::filesystem::path& out_file) {
   if (layers.empty()) return MakeError(Code::kInvalid, "image has no layers");
   for (size_t i = 0; i < layers.size(); ++i) {
-    if (!IsSupportedLayerMediaType(layers[i].media_type)) {
+    if (!IsLayerMediaType(layers[i].media_type)) {
       return MakeError(Code::kInvalid, LayerName(layers[i], i) + ": unsupported layer media type " +
                                            Quoted(layers[i].media_type));
     }

@@ -13,20 +13,9 @@
 #include <vector>
 
 #include "common/result.h"
+#include "image/manifest.h"  // the layer media types (kMediaTypeOciLayer, ...)
 
 namespace edgevirt::image {
-
-// Layer media types ExtractContainerDisk decodes.
-inline constexpr std::string_view kMediaTypeOciLayer = "application/vnd.oci.image.layer.v1.tar";
-inline constexpr std::string_view kMediaTypeOciLayerGzip =
-    "application/vnd.oci.image.layer.v1.tar+gzip";
-inline constexpr std::string_view kMediaTypeOciLayerZstd =
-    "application/vnd.oci.image.layer.v1.tar+zstd";
-inline constexpr std::string_view kMediaTypeDockerLayerGzip =
-    "application/vnd.docker.image.rootfs.diff.tar.gzip";
-
-// True for the media types above.
-bool IsSupportedLayerMediaType(std::string_view media_type);
 
 struct Layer {
   std::filesystem::path blob;  // the layer blob file (already digest-verified by the caller)

@@ -12,6 +12,7 @@
 #include <set>
 
 #include "common/fd.h"
+#include "image/reference.h"
 
 namespace edgevirt::image {
 namespace {
@@ -71,20 +72,6 @@ Result<UniqueFd> OpenDirs(int root_fd, const std::vector<std::string>& parts, si
     dir = std::move(next);
   }
   return dir;
-}
-
-Status WriteAll(int fd, const char* p, size_t n, uint64_t offset) {
-  while (n > 0) {
-    ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(offset));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return ErrnoError("write", errno);
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-    offset += static_cast<uint64_t>(w);
-  }
-  return Ok();
 }
 
 // Unpacks an OCI archive into `scratch`: directories and regular files only (plus hardlinks to
@@ -165,8 +152,7 @@ Status Unpack(const std::filesystem::path& file, const std::filesystem::path& sc
           if (r == ARCHIVE_EOF) break;
           if (r != ARCHIVE_OK && r != ARCHIVE_WARN) return fail("reading " + path);
           if (offset < 0) return refuse("bad data offset");
-          RETURN_IF_ERROR(WriteAll(out.get(), static_cast<const char*>(buf), len,
-                                   static_cast<uint64_t>(offset)));
+          RETURN_IF_ERROR(WriteAllAt(out.get(), buf, len, static_cast<uint64_t>(offset), path));
         }
         if (::ftruncate(out.get(), archive_entry_size(entry)) != 0) {
           return ErrnoError(ctx + ": truncate " + path, errno);
@@ -261,14 +247,6 @@ Status CheckSha256(std::string_view digest, int fd, std::string_view data, uint6
 
 }  // namespace
 
-bool IsValidSha256Digest(std::string_view digest) {
-  if (digest.size() != 7 + 64 || !digest.starts_with("sha256:")) return false;
-  for (char c : digest.substr(7)) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  }
-  return true;
-}
-
 Result<Layout> Layout::Open(const std::filesystem::path& path,
                             const std::filesystem::path& scratch_dir) {
   struct stat st {};
@@ -324,7 +302,7 @@ Result<Layout> Layout::Open(const std::filesystem::path& path,
     e.media_type = mt->get<std::string>();
     e.digest = digest->get<std::string>();
     e.size = size->get<uint64_t>();
-    if (!IsValidSha256Digest(e.digest)) {
+    if (!IsValidDigest(e.digest)) {
       return MakeError(Code::kInvalid, ctx + ": bad digest " + Quoted(e.digest));
     }
     if (auto ann = d.find("annotations"); ann != d.end() && ann->is_object()) {
@@ -337,12 +315,12 @@ Result<Layout> Layout::Open(const std::filesystem::path& path,
 }
 
 std::filesystem::path Layout::BlobPath(std::string_view digest) const {
-  if (!IsValidSha256Digest(digest)) return {};
+  if (!IsValidDigest(digest)) return {};
   return root_ / "blobs" / "sha256" / std::string(digest.substr(7));
 }
 
 Result<std::string> Layout::ReadBlob(std::string_view digest, uint64_t max_bytes) const {
-  if (!IsValidSha256Digest(digest)) {
+  if (!IsValidDigest(digest)) {
     return MakeError(Code::kInvalid, "bad digest " + Quoted(digest));
   }
   ASSIGN_OR_RETURN(std::string data, ReadSmallFile(BlobPath(digest), max_bytes));
@@ -351,7 +329,7 @@ Result<std::string> Layout::ReadBlob(std::string_view digest, uint64_t max_bytes
 }
 
 Result<uint64_t> Layout::VerifyBlob(std::string_view digest) const {
-  if (!IsValidSha256Digest(digest)) {
+  if (!IsValidDigest(digest)) {
     return MakeError(Code::kInvalid, "bad digest " + Quoted(digest));
   }
   auto path = BlobPath(digest);

@@ -13,9 +13,6 @@
 
 namespace edgevirt::image {
 
-// Whether `digest` is "sha256:" followed by 64 lowercase hex digits (the only algorithm read).
-bool IsValidSha256Digest(std::string_view digest);
-
 // One descriptor of index.json's "manifests".
 struct LayoutEntry {
   std::string ref_name;  // org.opencontainers.image.ref.name annotation, may be empty

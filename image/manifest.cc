@@ -114,10 +114,8 @@ bool IsManifestMediaType(std::string_view mt) {
   return mt == kOciManifest || mt == kDockerManifest;
 }
 bool IsLayerMediaType(std::string_view mt) {
-  return mt == "application/vnd.oci.image.layer.v1.tar" ||
-         mt == "application/vnd.oci.image.layer.v1.tar+gzip" ||
-         mt == "application/vnd.oci.image.layer.v1.tar+zstd" ||
-         mt == "application/vnd.docker.image.rootfs.diff.tar.gzip";
+  return mt == kMediaTypeOciLayer || mt == kMediaTypeOciLayerGzip || mt == kMediaTypeOciLayerZstd ||
+         mt == kMediaTypeDockerLayerGzip;
 }
 
 std::string HostPlatform() {

@@ -25,6 +25,15 @@ inline constexpr std::string_view kManifestAccept =
 // Manifests (and indexes) bigger than this are refused before parsing.
 inline constexpr uint64_t kMaxManifestBytes = uint64_t{4} << 20;
 
+// Layer media types: OCI tar, tar+gzip, tar+zstd, and Docker's gzip (interchangeable with OCI's).
+inline constexpr std::string_view kMediaTypeOciLayer = "application/vnd.oci.image.layer.v1.tar";
+inline constexpr std::string_view kMediaTypeOciLayerGzip =
+    "application/vnd.oci.image.layer.v1.tar+gzip";
+inline constexpr std::string_view kMediaTypeOciLayerZstd =
+    "application/vnd.oci.image.layer.v1.tar+zstd";
+inline constexpr std::string_view kMediaTypeDockerLayerGzip =
+    "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
 struct Descriptor {
   std::string media_type, digest;
   uint64_t size = 0;
