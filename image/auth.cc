@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdint>
 #include <ctime>
 #include <nlohmann/json.hpp>
 
@@ -196,7 +197,7 @@ bool ParseContentRange(std::string_view h, ContentRange* out) {
     r.total = -1;
   } else {
     uint64_t t = 0;
-    if (!number(total, &t) || t <= r.end) return false;
+    if (!number(total, &t) || t <= r.end || t > static_cast<uint64_t>(INT64_MAX)) return false;
     r.total = static_cast<int64_t>(t);
   }
   *out = r;
@@ -208,7 +209,7 @@ int64_t ParseRetryAfter(std::string_view v, int64_t now_unix) {
   while (!v.empty() && (v.back() == ' ' || v.back() == '\r' || v.back() == '\n'))
     v.remove_suffix(1);
   if (v.empty()) return -1;
-  if (std::all_of(v.begin(), v.end(), ::isdigit)) {
+  if (std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
     if (v.size() > 9) return -1;
     return std::stoll(std::string(v));
   }

@@ -9,6 +9,7 @@ namespace {
 constexpr std::string_view kDockerHub = "registry-1.docker.io";
 
 bool IsLowerAlnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
+bool IsDigit(char c) { return c >= '0' && c <= '9'; }
 
 // One path component: [a-z0-9]+ joined by ".", "_", "__" or any run of "-".
 bool ValidComponent(std::string_view c) {
@@ -47,12 +48,12 @@ bool ValidHost(std::string_view h) {
     if (name.empty()) return true;
     if (name.front() != ':') return false;
     name = name.substr(1);
-    return !name.empty() && std::all_of(name.begin(), name.end(), ::isdigit);
+    return !name.empty() && std::all_of(name.begin(), name.end(), IsDigit);
   }
   auto colon = name.find(':');
   if (colon != std::string_view::npos) {
     std::string_view port = name.substr(colon + 1);
-    if (port.empty() || port.size() > 5 || !std::all_of(port.begin(), port.end(), ::isdigit)) {
+    if (port.empty() || port.size() > 5 || !std::all_of(port.begin(), port.end(), IsDigit)) {
       return false;
     }
     name = name.substr(0, colon);
@@ -119,7 +120,7 @@ Result<Reference> ParseReference(std::string_view text) {
   if (first != std::string_view::npos) {
     std::string_view head = rest.substr(0, first);
     if (head.find('.') != std::string_view::npos || head.find(':') != std::string_view::npos ||
-        head == "localhost" || head.front() == '[') {
+        head == "localhost" || (!head.empty() && head.front() == '[')) {
       if (!ValidHost(head)) return Bad(text, "invalid registry host");
       ref.registry = NormaliseRegistry(head);
       name = rest.substr(first + 1);

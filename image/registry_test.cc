@@ -130,6 +130,30 @@ TEST_CASE("ParseContentRange and ParseRetryAfter") {
   CHECK(ParseRetryAfter("soon", 0) == -1);
 }
 
+// Found by image_parse_fuzz: a reference starting with '/' made ParseReference call front() on
+// an empty host component (UB; abort under _GLIBCXX_ASSERTIONS).
+TEST_CASE("ParseReference: leading slash and non-ASCII ports (fuzz regressions)") {
+  for (std::string bad :
+       std::vector<std::string>{"/\x12"
+                                "0",
+                                "/x", "/", "//a", "a:\xb9/x", "[::1]:\xb9/x", "host:5\xff/x"}) {
+    INFO(bad);
+    auto r = ParseReference(bad);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == Code::kInvalid);
+  }
+}
+
+// A Content-Range total above INT64_MAX would wrap to a negative ContentRange::total.
+TEST_CASE("ParseContentRange: totals beyond int64 are refused (fuzz regression)") {
+  ContentRange cr;
+  CHECK_FALSE(ParseContentRange("bytes 0-1/9999999999999999999", &cr));
+  CHECK_FALSE(ParseContentRange("bytes 0-1/9223372036854775808", &cr));
+  REQUIRE(ParseContentRange("bytes 0-1/9223372036854775807", &cr));
+  CHECK(cr.total == INT64_MAX);
+  CHECK(ParseRetryAfter("\xb9\xb9", 0) == -1);
+}
+
 TEST_CASE("ParseDockerConfig") {
   std::string cfg = json{{"auths",
                           {{"https://index.docker.io/v1/", {{"auth", Base64Encode("bob:pw:x")}}},
