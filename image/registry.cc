@@ -235,6 +235,17 @@ std::string Escape(std::string_view s) {
   return out;
 }
 
+// True when a Bearer challenge carries error="insufficient_scope" (RFC 6750 3.1).
+bool InsufficientScope(const std::vector<Challenge>& challenges) {
+  for (const auto& c : challenges) {
+    auto e = c.params.find("error");
+    if (c.scheme == "bearer" && e != c.params.end() && e->second == "insufficient_scope") {
+      return true;
+    }
+  }
+  return false;
+}
+
 // "<status line>: <errors[].message>" of a failed response.
 std::string DescribeFailure(const HttpResponse& r) {
   std::string detail;
@@ -261,7 +272,22 @@ std::string DescribeFailure(const HttpResponse& r) {
     if (printable) detail = text;
   }
   std::string line = r.status_line.empty() ? std::to_string(r.status) : r.status_line;
-  return detail.empty() ? line : line + ": " + detail;
+  std::string out = detail.empty() ? line : line + ": " + detail;
+  if (r.status == 401 || r.status == 403) {
+    // Say which rights were missing: the registry's errors[] rarely does.
+    std::vector<Challenge> chs = ParseWwwAuthenticate(r.Header("www-authenticate"));
+    if (InsufficientScope(chs)) {
+      for (const auto& c : chs) {
+        auto scope = c.params.find("scope");
+        if (c.scheme != "bearer") continue;
+        out += " (insufficient_scope";
+        if (scope != c.params.end()) out += ": the token lacks " + scope->second.substr(0, 200);
+        out += ")";
+        break;
+      }
+    }
+  }
+  return out;
 }
 
 Code CodeForStatus(long status) {
@@ -562,7 +588,7 @@ struct RegistryClient::Impl {
     ASSIGN_OR_RETURN(std::string authz,
                      AuthHeader(ref.registry, ref.repository, extra, cancel, false, nullptr));
     std::string url = base + path;
-    bool reauthed = false;
+    bool reauthed = false, fresh_redirect = false;
     for (int hop = 0; hop <= kMaxRedirects;) {
       Request req;
       req.url = url;
@@ -575,9 +601,14 @@ struct RegistryClient::Impl {
       }
       HttpResponse r = Perform(req, sink);
       if (r.transport_failed()) return r;
-      if (r.status == 401 && own && !reauthed) {
+      // A 401, or a 403 whose Bearer challenge says insufficient_scope (a token without the
+      // rights for this repository): one fresh token for the challenge's scope, then retry.
+      std::vector<Challenge> chs;
+      if ((r.status == 401 || r.status == 403) && own && !reauthed) {
+        chs = ParseWwwAuthenticate(r.Header("www-authenticate"));
+      }
+      if (!chs.empty() && (r.status == 401 || InsufficientScope(chs))) {
         reauthed = true;
-        std::vector<Challenge> chs = ParseWwwAuthenticate(r.Header("www-authenticate"));
         const Challenge* ch = nullptr;
         for (const auto& c : chs) {
           if (c.scheme == "bearer" || c.scheme == "basic") {
@@ -588,6 +619,15 @@ struct RegistryClient::Impl {
         if (ch == nullptr) return r;
         ASSIGN_OR_RETURN(authz, AuthHeader(ref.registry, ref.repository, extra, cancel, true, ch));
         if (authz.empty()) return r;
+        continue;
+      }
+      if (!own && r.status == 403 && !fresh_redirect) {
+        // A redirect target (presigned URL) that expired or was already spent: the registry
+        // hands out a fresh one.
+        EV_LOG(kInfo) << "GET " << OriginOf(url) << ": " << r.status_line
+                      << " from the redirect target; asking the registry again";
+        fresh_redirect = true;
+        url = base + path;
         continue;
       }
       if (r.status == 301 || r.status == 302 || r.status == 303 || r.status == 307 ||

@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -15,8 +16,10 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -255,6 +258,12 @@ struct Env {
       }
     }
     return out;
+  }
+  // The next `count` tokens minted for `repo` grant nothing on it.
+  void Deny(const std::string& repo, int count) {
+    Run({"curl", "-fsS", "-X", "POST", "--data-binary",
+         json{{"name", repo}, {"count", count}}.dump(),
+         "http://127.0.0.1:" + std::to_string(token_server) + "/__deny"});
   }
   json TokenLog() {
     return json::parse(
@@ -717,6 +726,231 @@ TEST_CASE("cancel stops a download with kUnavailable \"cancelled\"", "[registry]
   CHECK(st.error().code == Code::kUnavailable);
   CHECK(st.error().message == "cancelled");
   CHECK_FALSE(s.store->Has(m->layers[0].digest));
+}
+
+TEST_CASE("insufficient_scope: one re-auth, then kPermission with the registry's message",
+          "[registry]") {
+  Env& env = TheEnv();
+  std::string ref = env.Host(env.token_proxy) + "/kv/disk:v1";
+  env.ResetProxy(env.token_proxy);
+  auto manifest_gets = [&] {
+    size_t n = 0;
+    for (const auto& e : env.ProxyLog(env.token_proxy)) {
+      if (e["path"].get<std::string>().find("/manifests/") != std::string::npos) ++n;
+    }
+    return n;
+  };
+  {
+    // The first token lacks pull on kv/disk: the registry answers 401 insufficient_scope, the
+    // client fetches a fresh token (which has pull) and the pull succeeds.
+    RegistryClient client(env.Client());
+    Store s;
+    size_t before = env.TokenLog().size();
+    env.Deny("kv/disk", 1);
+    REQUIRE(Pull(client, ref, *s.store));
+    CheckBlob(*s.store, env.token_disk.layer_digest);
+    json log = env.TokenLog();
+    REQUIRE(log.size() == before + 2);
+    CHECK(log[before]["denied"] == true);
+    CHECK(log[before + 1]["denied"] == false);
+    CHECK(log[before + 1]["scope"][0] == "repository:kv/disk:pull");
+    std::vector<json> gets;
+    for (const auto& e : env.ProxyLog(env.token_proxy)) {
+      if (e["path"].get<std::string>().find("/manifests/") != std::string::npos) gets.push_back(e);
+    }
+    REQUIRE(gets.size() == 2);
+    CHECK(gets[0]["status"] == 401);  // with the token that lacks pull
+    CHECK(gets[0]["auth"] == true);
+    CHECK(gets[1]["status"] == 200);
+  }
+  {
+    // Every token lacks pull: exactly one re-auth, then kPermission with the registry's message.
+    env.ResetProxy(env.token_proxy);
+    RegistryClient client(env.Client());
+    size_t before = env.TokenLog().size();
+    env.Deny("kv/disk", 100);
+    auto r = client.Resolve(Ref(ref), {});
+    env.Deny("kv/disk", 0);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == Code::kPermission);
+    INFO(r.error().message);
+    CHECK(r.error().message.find("401 Unauthorized: authentication required") == 0);
+    CHECK(r.error().message.find("insufficient_scope: the token lacks repository:kv/disk:pull") !=
+          std::string::npos);
+    CHECK(env.TokenLog().size() == before + 2);
+    CHECK(manifest_gets() == 2);
+  }
+}
+
+TEST_CASE("identity token: OAuth2 refresh_token grant at the realm", "[registry]") {
+  Env& env = TheEnv();
+  std::string ref = env.Host(env.token) + "/kv/disk:v1";
+  auto cfg = ParseDockerConfig(
+      json{{"auths", {{env.Host(env.token), {{"identitytoken", "alice-refresh-token"}}}}}}.dump());
+  REQUIRE(cfg);
+  {
+    ClientOptions o = env.Client();
+    o.keychain = *cfg;
+    RegistryClient client(o);
+    Store s;
+    size_t before = env.TokenLog().size();
+    REQUIRE(Pull(client, ref, *s.store));
+    CheckBlob(*s.store, env.token_disk.layer_digest);
+    json log = env.TokenLog();
+    REQUIRE(log.size() == before + 1);
+    CHECK(log.back()["method"] == "POST");
+    CHECK(log.back()["grant"] == "refresh_token");
+    CHECK(log.back()["basic"] == false);
+    CHECK(log.back()["scope"][0] == "repository:kv/disk:pull");
+  }
+  {
+    RegistryClient client(env.Client());
+    auto r = client.Resolve(Ref(ref), {{env.Host(env.token), {"", "", "not-a-refresh-token"}}});
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == Code::kPermission);
+    CHECK(r.error().message.find("400 Bad Request") == 0);
+    CHECK(r.error().message.find("not-a-refresh-token") == std::string::npos);
+    CHECK(env.TokenLog().back()["grant"] == "refresh_token");
+  }
+}
+
+TEST_CASE("fault proxy: a trickle is cut by the low-speed limit, the retry resumes", "[registry]") {
+  Env& env = TheEnv();
+  Store s;
+  ClientOptions o = env.Client();
+  o.low_speed_limit = 1024;
+  o.low_speed_time = 1s;
+  o.stall_timeout_for_test = 6s;  // bytes keep coming: only the low-speed limit can fire
+  auto start = std::chrono::steady_clock::now();
+  REQUIRE(FetchDisk(env, s, {{{"action", "trickle"}, {"after", 1000}, {"bps", 2}}}, o));
+  auto took = std::chrono::steady_clock::now() - start;
+  CheckBlob(*s.store, env.disk.layer_digest);
+  CHECK(took >= 1s);
+  CHECK(took < 5s);
+  json log = env.BlobLog(env.proxy);
+  REQUIRE(log.size() == 2);
+  CHECK(log[0]["rule"]["action"] == "trickle");
+  CHECK(log[1]["path"] == log[0]["path"]);
+  CHECK(log[1]["path"].get<std::string>().find(env.disk.layer_digest) != std::string::npos);
+  REQUIRE(log[1]["range"].is_string());
+  std::string range = log[1]["range"];
+  REQUIRE(range.rfind("bytes=", 0) == 0);
+  uint64_t from = std::stoull(range.substr(6));
+  CHECK(from >= 1000);
+  CHECK(from < 1000 + 30);  // a few trickled bytes at most
+  CHECK(log[1]["status"] == 206);
+}
+
+TEST_CASE("fault proxy: one-time presigned URLs: a resume asks the registry again", "[registry]") {
+  Env& env = TheEnv();
+  Store s;
+  REQUIRE(FetchDisk(env, s,
+                    {{{"action", "redirect"}, {"once", true}, {"cut_after", 600000}},
+                     {{"action", "redirect"}, {"expired", true}},
+                     {{"action", "redirect"}, {"once", true}}},
+                    env.Client()));
+  CheckBlob(*s.store, env.disk.layer_digest);
+  json log = env.ProxyLog(env.proxy);
+  std::vector<json> main, target;
+  for (const auto& e : log) {
+    if (e["port"] == "main" && e["path"].get<std::string>().find("/blobs/") != std::string::npos)
+      main.push_back(e);
+    if (e["port"] == "redirect") target.push_back(e);
+  }
+  // registry 307 -> target 200 (cut at 600000); registry 307 -> target 403 (spent) -> registry
+  // again 307 -> target 206 from 600000.
+  REQUIRE(main.size() == 3);
+  REQUIRE(target.size() == 3);
+  for (const auto& e : main) CHECK(e["status"] == 307);
+  CHECK(main[0]["range"].is_null());
+  CHECK(main[1]["range"] == "bytes=600000-");
+  CHECK(main[2]["range"] == "bytes=600000-");
+  CHECK(target[0]["status"] == 200);
+  CHECK(target[1]["status"] == 403);
+  CHECK(target[2]["status"] == 206);
+  CHECK(target[2]["range"] == "bytes=600000-");
+  // Every presigned URL was used once: the client never went back to an old one.
+  CHECK(target[0]["path"] != target[1]["path"]);
+  CHECK(target[0]["path"] != target[2]["path"]);
+  CHECK(target[1]["path"] != target[2]["path"]);
+  for (const auto& e : target) CHECK(e["auth"] == false);
+  // The fixture really refuses a second use.
+  std::string again = Run({"curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                           "http://127.0.0.1:" + std::to_string(env.proxy_redirect) +
+                               target[0]["path"].get<std::string>()});
+  CHECK(again == "403");
+}
+
+// Sets environment variables for one scope and restores the previous values afterwards.
+class ScopedEnv {
+ public:
+  explicit ScopedEnv(const std::map<std::string, std::string>& vars) {
+    for (const char* name : {"http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                             "ALL_PROXY", "no_proxy", "NO_PROXY"}) {
+      const char* v = ::getenv(name);
+      saved_[name] = v != nullptr ? std::optional<std::string>(v) : std::nullopt;
+      ::unsetenv(name);
+    }
+    for (const auto& [k, v] : vars) ::setenv(k.c_str(), v.c_str(), 1);
+  }
+  ~ScopedEnv() {
+    for (const auto& [k, v] : saved_) {
+      if (v)
+        ::setenv(k.c_str(), v->c_str(), 1);
+      else
+        ::unsetenv(k.c_str());
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::map<std::string, std::optional<std::string>> saved_;
+};
+
+TEST_CASE("http_proxy / NO_PROXY from the environment", "[registry]") {
+  Env& env = TheEnv();
+  std::string ref = env.Host(env.plain) + "/kv/disk:v1";  // the registry itself, not the proxy
+  std::string proxy_url = "http://127.0.0.1:" + std::to_string(env.proxy);
+  auto forwarded = [&] {
+    std::vector<std::string> paths;
+    for (const auto& e : env.ProxyLog(env.proxy)) {
+      if (e["port"] == "forward") paths.push_back(e["path"]);
+    }
+    return paths;
+  };
+  {
+    env.ResetProxy(env.proxy);
+    ScopedEnv scoped({{"http_proxy", proxy_url}});
+    RegistryClient client(env.Client());
+    Store s;
+    REQUIRE(Pull(client, ref, *s.store));
+    CheckBlob(*s.store, env.disk.layer_digest);
+    std::vector<std::string> paths = forwarded();
+    REQUIRE(paths.size() >= 4);  // /v2/, manifest, config, layer
+    std::string origin = "http://" + env.Host(env.plain) + "/v2/";
+    for (const auto& p : paths) CHECK(p.rfind(origin, 0) == 0);
+    CHECK(paths.back() == origin + "kv/disk/blobs/" + env.disk.layer_digest);
+  }
+  for (const auto& no_proxy : {"NO_PROXY", "no_proxy"}) {
+    INFO(no_proxy);
+    env.ResetProxy(env.proxy);
+    ScopedEnv scoped({{"http_proxy", proxy_url}, {no_proxy, "127.0.0.1"}});
+    RegistryClient client(env.Client());
+    Store s;
+    REQUIRE(Pull(client, ref, *s.store));
+    CHECK(forwarded().empty());
+  }
+  {
+    // libcurl ignores upper-case HTTP_PROXY (httpoxy: CGI puts the Proxy request header there).
+    env.ResetProxy(env.proxy);
+    ScopedEnv scoped({{"HTTP_PROXY", proxy_url}});
+    RegistryClient client(env.Client());
+    Store s;
+    REQUIRE(Pull(client, ref, *s.store));
+    CHECK(forwarded().empty());
+  }
+  CHECK(::getenv("http_proxy") == nullptr);
 }
 
 }  // namespace
