@@ -2,14 +2,18 @@
 //
 // Auth: a /v2/ ping per registry learns the scheme; Bearer tokens are fetched from the realm
 // (anonymously, with Basic credentials, or with an identity token) and cached per
-// realm/service/scope/user until shortly before they expire; a 401 re-authenticates once and
-// retries. Basic (htpasswd) registries get the credential on every request.
+// realm/service/scope/user until shortly before they expire; a 401, or a 403 with a Bearer
+// error="insufficient_scope", fetches one fresh token for the challenge's scope and retries once.
+// Basic (htpasswd) registries get the credential on every request.
 // Redirects are followed by hand (at most 5 hops); Authorization goes only to the registry's
 // own scheme+host+port, never to a redirect target elsewhere (presigned S3 URLs refuse it).
+// Every attempt starts at the registry URL (a fresh presigned URL on resume); a 403 from a
+// redirect target (spent or expired URL) goes back to the registry once.
 // Transfers: no total deadline, a stall timeout (no byte for stall_timeout) and libcurl's
 // low-speed limit; retryable failures (transport, 429, 5xx) are retried with exponential
-// backoff and jitter, honouring Retry-After. HTTP(S)_PROXY / NO_PROXY apply (libcurl's
-// defaults are kept). Credentials and tokens are never logged.
+// backoff and jitter, honouring Retry-After. Proxies come from the environment as libcurl reads
+// them (http_proxy lower case only; https_proxy/HTTPS_PROXY; no_proxy/NO_PROXY; see README.md).
+// Credentials and tokens are never logged.
 #pragma once
 
 #include <atomic>
