@@ -782,6 +782,39 @@ TEST_CASE("insufficient_scope: one re-auth, then kPermission with the registry's
   }
 }
 
+TEST_CASE("a 403 insufficient_scope on a blob re-authenticates once", "[registry]") {
+  Env& env = TheEnv();
+  env.ResetProxy(env.token_proxy);
+  RegistryClient client(env.Client());
+  Reference ref = Ref(env.Host(env.token_proxy) + "/kv/disk:v1");
+  auto m = client.Resolve(ref, {});
+  REQUIRE(m);
+  {
+    Store s;
+    size_t before = env.TokenLog().size();
+    env.Rules(env.token_proxy, {{{"action", "denied"}}});
+    REQUIRE(client.FetchBlob(ref, m->layers[0], *s.store, {}, nullptr, nullptr));
+    CheckBlob(*s.store, env.token_disk.layer_digest);
+    json log = env.BlobLog(env.token_proxy);
+    REQUIRE(log.size() == 2);
+    CHECK(log[0]["status"] == 403);
+    CHECK(log[1]["status"] == 200);
+    CHECK(env.TokenLog().size() == before + 1);  // a fresh token, not the cached one
+  }
+  {
+    env.ResetProxy(env.token_proxy);
+    Store s;
+    env.Rules(env.token_proxy, {{{"action", "denied"}}, {{"action", "denied"}}});
+    auto st = client.FetchBlob(ref, m->layers[0], *s.store, {}, nullptr, nullptr);
+    REQUIRE_FALSE(st);
+    CHECK(st.error().code == Code::kPermission);
+    CHECK(st.error().message.find("403 Forbidden: requested access to the resource is denied") ==
+          0);
+    CHECK(st.error().message.find("insufficient_scope") != std::string::npos);
+    CHECK(env.BlobLog(env.token_proxy).size() == 2);  // one re-auth, no retry loop
+  }
+}
+
 TEST_CASE("identity token: OAuth2 refresh_token grant at the realm", "[registry]") {
   Env& env = TheEnv();
   std::string ref = env.Host(env.token) + "/kv/disk:v1";
