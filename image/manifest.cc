@@ -223,12 +223,21 @@ Result<Descriptor> SelectPlatform(const std::vector<Descriptor>& entries,
   std::string wanted_text = platform.empty() ? HostPlatform() : std::string(platform);
   ASSIGN_OR_RETURN(Platform want, ParsePlatform(wanted_text));
   const Descriptor* fallback = nullptr;
+  // The platforms for the kNotFound message, bounded: the index comes from the registry and the
+  // message ends up in object status.
+  constexpr size_t kMaxSeen = 16, kMaxPlatformChars = 64;
   std::string seen;
+  size_t seen_count = 0;
   for (const Descriptor& d : entries) {
     if (!IsManifestMediaType(d.media_type)) continue;
     std::string arch = NormaliseArch(d.architecture);
-    if (!seen.empty()) seen += ", ";
-    seen += d.os + "/" + arch + (d.variant.empty() ? "" : "/" + d.variant);
+    if (++seen_count <= kMaxSeen) {
+      if (!seen.empty()) seen += ", ";
+      seen += (d.os + "/" + arch + (d.variant.empty() ? "" : "/" + d.variant))
+                  .substr(0, kMaxPlatformChars);
+    } else if (seen_count == kMaxSeen + 1) {
+      seen += ", ...";
+    }
     if (d.os != want.os || arch != want.arch) continue;
     bool default_variant = d.variant.empty() || (arch == "arm64" && d.variant == "v8");
     if (!want.variant.empty()) {

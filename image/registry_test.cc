@@ -297,6 +297,13 @@ TEST_CASE("ParseIndex and SelectPlatform") {
   CHECK(none.error().code == Code::kNotFound);
   CHECK(none.error().message.find("linux/arm64/v8") != std::string::npos);
   CHECK(SelectPlatform(*entries, "linux").error().code == Code::kInvalid);
+  // The kNotFound message of a huge index stays short (it ends up in object status).
+  std::vector<Descriptor> many(10000, (*entries)[0]);
+  for (auto& d : many) d.architecture = std::string(5000, 'x');
+  auto bounded = SelectPlatform(many, "linux/s390x");
+  REQUIRE_FALSE(bounded);
+  CHECK(bounded.error().message.size() < 2000);
+  CHECK(bounded.error().message.find(", ...)") != std::string::npos);
   // Empty = the host's platform.
   auto host = SelectPlatform(*entries, "");
   REQUIRE(host);
