@@ -113,11 +113,6 @@ bool IsIndexMediaType(std::string_view mt) { return mt == kOciIndex || mt == kDo
 bool IsManifestMediaType(std::string_view mt) {
   return mt == kOciManifest || mt == kDockerManifest;
 }
-bool IsLayerMediaType(std::string_view mt) {
-  return mt == kMediaTypeOciLayer || mt == kMediaTypeOciLayerGzip || mt == kMediaTypeOciLayerZstd ||
-         mt == kMediaTypeDockerLayerGzip;
-}
-
 std::string HostPlatform() {
 #if defined(__x86_64__)
   return "linux/amd64";

@@ -67,7 +67,10 @@ Result<Descriptor> SelectPlatform(const std::vector<Descriptor>& entries,
 bool IsIndexMediaType(std::string_view media_type);
 bool IsManifestMediaType(std::string_view media_type);
 // Layer media types a containerDisk may use (tar, tar+gzip, tar+zstd, Docker gzip).
-bool IsLayerMediaType(std::string_view media_type);
+inline bool IsLayerMediaType(std::string_view mt) {
+  return mt == kMediaTypeOciLayer || mt == kMediaTypeOciLayerGzip || mt == kMediaTypeOciLayerZstd ||
+         mt == kMediaTypeDockerLayerGzip;
+}
 // "sha256:HEX" of `bytes`.
 std::string Sha256Digest(std::string_view bytes);
 // "type/subtype" of a Content-Type, parameters and blanks dropped, lower-cased.
