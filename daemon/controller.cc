@@ -335,6 +335,8 @@ class Controller::Impl {
                             std::vector<std::string>& digests);
   Status StartDomain(const Json& vmi, const ContainerDisks& container_disks,
                      const std::vector<std::string>& image_digests);
+  // The core/v1 Secret ns/name as stored (kNotFound when missing).
+  Result<Json> GetSecret(const std::string& ns, const std::string& name);
   // The credentials of a Secret of type kubernetes.io/dockerconfigjson (or dockercfg).
   Result<image::Keychain> PullSecretKeychain(const std::string& ns, const std::string& name);
   Status FinishVmi(const Json& vmi, const std::string& phase, const std::string& reason);
@@ -1120,6 +1122,7 @@ Result<bool> Controller::Impl::EnsureImages(const Json& vmi, ContainerDisks& out
     ImageState state;
   };
   std::vector<Waiting> waiting;
+  std::vector<std::string> ready_images;
   for (const auto& volume : *volumes) {
     const Json* cd = At(volume, {"containerDisk"});
     if (cd == nullptr || !cd->is_object()) continue;
@@ -1150,22 +1153,15 @@ Result<bool> Controller::Impl::EnsureImages(const Json& vmi, ContainerDisks& out
                                                                ? vmm::DiskFormat::kRaw
                                                                : vmm::DiskFormat::kQcow2};
       digests.push_back(st.image.manifest_digest);
+      ready_images.push_back(image);
       continue;
     }
     waiting.push_back({image, std::move(st)});
   }
   if (waiting.empty()) {
     if (pull_announced_.erase(requester) != 0) {
-      for (const auto& [vname, src] : out) {
-        (void)src;
-        const Json* v = nullptr;
-        for (const auto& vol : *volumes) {
-          if (vol.value("name", "") == vname) v = &vol;
-        }
-        if (v != nullptr) {
-          Event(vmi, EventType::kNormal, "Pulled",
-                "Successfully pulled image \"" + Str(*v, {"containerDisk", "image"}) + "\"");
-        }
+      for (const auto& image : ready_images) {
+        Event(vmi, EventType::kNormal, "Pulled", "Successfully pulled image \"" + image + "\"");
       }
     }
     return true;
@@ -1231,13 +1227,18 @@ Result<bool> Controller::Impl::EnsureImages(const Json& vmi, ContainerDisks& out
   return false;
 }
 
-Result<image::Keychain> Controller::Impl::PullSecretKeychain(const std::string& ns,
-                                                             const std::string& name) {
+Result<Json> Controller::Impl::GetSecret(const std::string& ns, const std::string& name) {
   const api::ResourceType* rt = registry_.ByKind("", "Secret");
   if (!rt) return Error(Code::kUnsupported, "core/v1 Secrets are not served");
-  ASSIGN_OR_RETURN(auto secret, GetObject(rt, ns, name));
-  if (!secret) return Error(Code::kNotFound, "secret \"" + name + "\" not found");
-  const std::string type = Str(*secret, {"type"});
+  ASSIGN_OR_RETURN(auto s, GetObject(rt, ns, name));
+  if (!s) return Error(Code::kNotFound, "secret \"" + name + "\" not found");
+  return std::move(*s);
+}
+
+Result<image::Keychain> Controller::Impl::PullSecretKeychain(const std::string& ns,
+                                                             const std::string& name) {
+  ASSIGN_OR_RETURN(Json secret, GetSecret(ns, name));
+  const std::string type = Str(secret, {"type"});
   std::string field;
   if (type == "kubernetes.io/dockerconfigjson") {
     field = ".dockerconfigjson";
@@ -1247,7 +1248,7 @@ Result<image::Keychain> Controller::Impl::PullSecretKeychain(const std::string& 
     return Error(Code::kInvalid, "secret \"" + name + "\" is of type \"" + type +
                                      "\", not kubernetes.io/dockerconfigjson");
   }
-  const Json* data = At(*secret, {"data", field.c_str()});
+  const Json* data = At(secret, {"data", field.c_str()});
   if (data == nullptr || !data->is_string()) {
     return Error(Code::kInvalid, "secret \"" + name + "\" has no " + field);
   }
@@ -1265,12 +1266,8 @@ Status Controller::Impl::StartDomain(const Json& vmi, const ContainerDisks& cont
                                      const std::vector<std::string>& image_digests) {
   const std::string ns = Str(vmi, {"metadata", "namespace"});
   const std::string name = Str(vmi, {"metadata", "name"});
-  auto secrets = [this](const std::string& sns, const std::string& sname) -> Result<Json> {
-    const api::ResourceType* rt = registry_.ByKind("", "Secret");
-    if (!rt) return Error(Code::kUnsupported, "core/v1 Secrets are not served");
-    ASSIGN_OR_RETURN(auto s, GetObject(rt, sns, sname));
-    if (!s) return Error(Code::kNotFound, "secret \"" + sname + "\" not found");
-    return std::move(*s);
+  auto secrets = [this](const std::string& sns, const std::string& sname) {
+    return GetSecret(sns, sname);
   };
   ASSIGN_OR_RETURN(VmiPlan plan,
                    PlanVmi(vmi, options_.host, secrets, options_.claims, container_disks));

@@ -350,19 +350,24 @@ class CacheImpl final : public Cache {
     return std::optional<Record>(std::move(r));
   }
 
-  Result<std::vector<std::string>> UsersOf(const std::string& id) {
+  // Image id -> the owners holding it (from the use/ records).
+  Result<std::map<std::string, std::vector<std::string>>> Users() {
     ASSIGN_OR_RETURN(auto uses, index_->List("use/"));
-    std::vector<std::string> users;
+    std::map<std::string, std::vector<std::string>> users;
     for (const auto& [key, value] : uses) {
-      auto ids = ParseUses(value);
-      if (std::find(ids.begin(), ids.end(), id) != ids.end()) users.push_back(key.substr(4));
+      for (auto& id : ParseUses(value)) users[std::move(id)].push_back(key.substr(4));
     }
     return users;
   }
 
+  Result<std::vector<std::string>> UsersOf(const std::string& id) {
+    ASSIGN_OR_RETURN(auto users, Users());
+    return std::move(users[id]);
+  }
+
   Result<std::vector<Record>> LoadAll() {
     ASSIGN_OR_RETURN(auto raw, index_->List("image/"));
-    ASSIGN_OR_RETURN(auto uses, index_->List("use/"));
+    ASSIGN_OR_RETURN(auto users, Users());
     std::vector<Record> out;
     for (const auto& [key, value] : raw) {
       auto r = FromJson(key.substr(6), value);
@@ -370,12 +375,7 @@ class CacheImpl final : public Cache {
         EV_LOG(kWarning) << r.error().message;
         continue;
       }
-      for (const auto& [ukey, uvalue] : uses) {
-        auto ids = ParseUses(uvalue);
-        if (std::find(ids.begin(), ids.end(), r->id) != ids.end()) {
-          r->image.users.push_back(ukey.substr(4));
-        }
-      }
+      r->image.users = users[r->id];
       out.push_back(std::move(*r));
     }
     return out;
