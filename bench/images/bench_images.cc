@@ -39,6 +39,7 @@
 #include "image/manifest.h"
 #include "image/reference.h"
 #include "image/registry.h"
+#include "tests/support/net.h"
 
 extern char** environ;
 
@@ -94,29 +95,6 @@ Flags ParseFlags(int argc, char** argv) {
       Die("usage: bench_images [--size BYTES|NM|NG] [--dir DIR] [--keep]");
   }
   return f;
-}
-
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) Die("bind");
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-bool PortOpen(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-  ::close(fd);
-  return ok;
 }
 
 ExecResult MustRun(const std::vector<std::string>& argv, std::chrono::seconds timeout) {
@@ -205,7 +183,8 @@ int Main(int argc, char** argv) {
   const std::string fixtures = std::string(EDGEVIRT_SOURCE_DIR) + "/tests/fixtures/registry";
 
   // Registry.
-  int port = FreePort();
+  int port = testing::FreeLoopbackPort();
+  if (port < 0) Die("no free port");
   std::string host = "127.0.0.1:" + std::to_string(port);
   pid_t registry = -1;
   {
@@ -219,9 +198,9 @@ int Main(int argc, char** argv) {
     if (posix_spawn(&registry, script.c_str(), &fa, nullptr, args, environ) != 0)
       Die("spawn registry");
     posix_spawn_file_actions_destroy(&fa);
-    for (int i = 0; i < 200 && !PortOpen(port); ++i)
+    for (int i = 0; i < 200 && !testing::LoopbackPortOpen(port); ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(25));
-    if (!PortOpen(port)) Die("registry did not start");
+    if (!testing::LoopbackPortOpen(port)) Die("registry did not start");
   }
   auto cleanup = [&] {
     ::kill(registry, SIGTERM);

@@ -32,6 +32,7 @@
 #include "image/reference.h"
 #include "image/registry.h"
 #include "tests/support/catch.h"
+#include "tests/support/net.h"
 #include "tests/support/temp_dir.h"
 
 extern char** environ;
@@ -44,30 +45,6 @@ using nlohmann::json;
 using namespace std::chrono_literals;
 
 const std::string kFixtures = std::string(EDGEVIRT_SOURCE_DIR) + "/tests/fixtures/registry";
-
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  socklen_t len = sizeof a;
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
-bool PortOpen(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-  ::close(fd);
-  return ok;
-}
 
 // A background helper process (no shell), output to a log file; killed at destruction.
 class Child {
@@ -120,7 +97,7 @@ std::string WaitForFile(const fs::path& p) {
 
 void WaitForPort(int port, const Child& child, const fs::path& log) {
   for (int i = 0; i < 200; ++i) {
-    if (PortOpen(port)) return;
+    if (testing::LoopbackPortOpen(port)) return;
     if (!child.Alive()) FAIL("server exited: " << ReadFile(log));
     std::this_thread::sleep_for(25ms);
   }
@@ -151,7 +128,8 @@ struct Env {
   }
 
   void StartRegistry(int* port, const std::string& name, std::vector<std::string> mode) {
-    *port = FreePort();
+    *port = testing::FreeLoopbackPort();
+    REQUIRE(*port > 0);
     std::vector<std::string> argv = {kFixtures + "/start-registry.sh", dir.Path(name),
                                      std::to_string(*port)};
     argv.insert(argv.end(), mode.begin(), mode.end());

@@ -12,6 +12,7 @@
 
 #include "tests/integration/daemon_test_util.h"
 #include "tests/integration/vm_test_util.h"
+#include "tests/support/net.h"
 
 namespace edgevirt::testing {
 namespace {
@@ -22,14 +23,9 @@ using namespace std::chrono_literals;
 fs::path Fixtures() { return fs::path(EDGEVIRT_SOURCE_DIR) / "tests" / "fixtures"; }
 
 uint16_t FreePort() {
-  UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  socklen_t len = sizeof a;
-  REQUIRE(::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &len) == 0);
-  return ntohs(a.sin_port);
+  const int port = FreeLoopbackPort();
+  REQUIRE(port > 0);
+  return static_cast<uint16_t>(port);
 }
 
 // Runs `argv` (argv[0] absolute) to completion and requires exit 0; returns its stdout.
