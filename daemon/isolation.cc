@@ -241,7 +241,12 @@ Result<std::vector<GrantRecord>> Isolation::Grants(const std::string& uid) const
 Result<std::vector<cgroup::DeviceRule>> Isolation::DesiredRules(const std::string& uid) const {
   std::vector<cgroup::DeviceRule> rules = cgroup::BaseRules();
   ASSIGN_OR_RETURN(auto grants, Grants(uid));
-  for (const auto& g : grants) rules.push_back(g.rule);
+  for (const auto& g : grants) {
+    // A revoke in progress is never re-granted: QEMU keeps the descriptor it already has (the
+    // filter checks opens only), and a crash after FinishRevoke's map delete must not bring
+    // the rule back when the next Reconcile syncs the map from these records.
+    if (g.state != GrantState::kPendingRemove) rules.push_back(g.rule);
+  }
   return Merge(std::move(rules));
 }
 

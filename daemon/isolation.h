@@ -9,8 +9,9 @@
 //              <uid>/meta           {"cgroup": path, "cgroupId": inode, "bootId": ...}
 //              <uid>/grant/<volume> {"path", "rule": "b:7:3", "access": 6, "state": ...}
 //
-// The kernel map of a VM always equals base rules ∪ its grant records (any state). Protocols
-// (every step idempotent; a crash between any two steps is repaired by Reconcile):
+// The kernel map of a VM is always a subset of base rules ∪ its grant records, and Reconcile
+// makes it equal base ∪ the records not pending removal. Protocols (every step idempotent; a
+// crash between any two steps is repaired by Reconcile):
 //   grant (hotplug):  record pending-add (durable) → map update → [caller attaches] → active
 //   revoke (unplug):  record pending-remove → [caller detaches, QEMU closes] → map delete →
 //                     record deleted
@@ -87,7 +88,8 @@ class Isolation {
   Status FinishRevoke(const std::string& uid, const std::string& volume);
 
   Result<std::vector<GrantRecord>> Grants(const std::string& uid) const;
-  // The rules the kernel should hold for `uid`: base ∪ records (access OR-ed per rule).
+  // The rules the kernel should hold for `uid`: base ∪ records not pending removal (access
+  // OR-ed per rule).
   Result<std::vector<cgroup::DeviceRule>> DesiredRules(const std::string& uid) const;
 
   // The VM is gone (or about to be): kills what is left in its cgroup, removes the cgroup, the

@@ -135,6 +135,30 @@ TEST_CASE("a placed VM's cgroup denies a block device until it is granted") {
   CHECK(f.iso->Grants(uid)->empty());
 }
 
+TEST_CASE("a revoke in progress is not re-granted by Reconcile (restart after the map delete)") {
+  Fixture f;
+  Sleeper qemu;
+  const std::string uid = Uid(2);
+  REQUIRE(f.iso->Place(uid, qemu.pid, cgroup::Limits{}, {}).has_value());
+  const fs::path dir = f.iso->VmCgroup(uid);
+  REQUIRE(f.iso->BeginGrant(uid, {"data", f.loop.path(), true}));
+  REQUIRE(f.iso->CommitGrant(uid, "data"));
+  CHECK(OpenIn(dir, f.loop.path()) == 0);
+  REQUIRE(f.iso->BeginRevoke(uid, "data"));
+  // A restarted daemon reconciles from the records: the pending removal stays revoked.
+  f.iso.reset();
+  f.Open();
+  REQUIRE(f.iso->Reconcile(uid, qemu.pid));
+  CHECK(OpenIn(dir, f.loop.path()) == EPERM);
+  auto grants = f.iso->Grants(uid);
+  REQUIRE(grants.has_value());
+  REQUIRE(grants->size() == 1);
+  CHECK((*grants)[0].state == GrantState::kPendingRemove);
+  REQUIRE(f.iso->FinishRevoke(uid, "data"));
+  CHECK(f.iso->Grants(uid)->empty());
+  CHECK(OpenIn(dir, f.loop.path()) == EPERM);
+}
+
 TEST_CASE("the filter outlives the Isolation; a recreated cgroup gets a rebuilt filter") {
   Fixture f;
   Sleeper qemu;
