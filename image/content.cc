@@ -83,8 +83,109 @@ Error BadDigest(std::string_view digest) {
 
 // ---- Ingest ----
 
+struct Ingest::Writer {
+  struct Item {
+    std::vector<char> chunk;
+    bool checkpoint = false;
+    uint64_t offset = 0;  // offset_ after this item (for the checkpoint)
+  };
+  std::mutex mu;
+  std::condition_variable work, space;  // work: queue non-empty or stop; space: a slot freed
+  std::deque<Item> queue;
+  std::vector<std::vector<char>> spare;  // chunks to reuse
+  bool busy = false, stop = false;
+  Status error = Ok();
+  std::thread thread;
+};
+
+Ingest::Ingest() : writer_(std::make_unique<Writer>()) {}
+
 Ingest::~Ingest() {
+  StopWriter();
   if (md_ != nullptr) EVP_MD_CTX_free(md_);
+}
+
+void Ingest::StopWriter() {
+  {
+    std::lock_guard lock(writer_->mu);
+    writer_->stop = true;
+  }
+  writer_->work.notify_all();
+  if (writer_->thread.joinable()) writer_->thread.join();
+}
+
+Status Ingest::WriteChunk(const std::vector<char>& chunk) {
+  RETURN_IF_ERROR(WriteAll(fd_.get(), chunk.data(), chunk.size(), "ingest " + hex_));
+  EVP_DigestUpdate(md_, chunk.data(), chunk.size());
+  written_ += chunk.size();
+  // Start writeback of what has accumulated without waiting for it, so that the disk works
+  // while the network does and the checkpoint's fdatasync finds little left to write.
+  if (written_ - kicked_ >= kWritebackBytes) {
+    ::sync_file_range(fd_.get(), static_cast<off_t>(kicked_),
+                      static_cast<off_t>(written_ - kicked_), SYNC_FILE_RANGE_WRITE);
+    kicked_ = written_;
+  }
+  return Ok();
+}
+
+Status Ingest::SyncAndRecord(uint64_t offset) {
+  if (offset == committed_.load()) return Ok();
+  if (::fdatasync(fd_.get()) != 0) return ErrnoError("fdatasync ingest " + hex_, errno);
+  RETURN_IF_ERROR(store_->Record(hex_, size_, offset, started_));
+  committed_.store(offset);
+  return Ok();
+}
+
+Status Ingest::Submit(bool checkpoint) {
+  Writer& w = *writer_;
+  std::unique_lock lock(w.mu);
+  if (!w.thread.joinable()) {
+    w.thread = std::thread([this] {
+      Writer& wr = *writer_;
+      std::unique_lock l(wr.mu);
+      for (;;) {
+        wr.work.wait(l, [&] { return wr.stop || !wr.queue.empty(); });
+        if (wr.stop) return;  // the owner drains before it stops when the data matters
+        Writer::Item item = std::move(wr.queue.front());
+        wr.queue.pop_front();
+        wr.busy = true;
+        const bool failed = !wr.error;
+        l.unlock();
+        Status st = Ok();
+        if (!failed) {
+          if (!item.chunk.empty()) st = WriteChunk(item.chunk);
+          if (st && item.checkpoint) st = SyncAndRecord(item.offset);
+        }
+        l.lock();
+        if (!st && wr.error) wr.error = st;
+        item.chunk.clear();
+        if (wr.spare.size() < kQueueChunks) wr.spare.push_back(std::move(item.chunk));
+        wr.busy = false;
+        wr.space.notify_all();
+      }
+    });
+  }
+  w.space.wait(lock, [&] { return w.queue.size() < kQueueChunks || !w.error; });
+  if (!w.error) return w.error;
+  Writer::Item item{std::move(fill_), checkpoint, offset_};
+  w.queue.push_back(std::move(item));
+  if (!w.spare.empty()) {
+    fill_ = std::move(w.spare.back());
+    w.spare.pop_back();
+  } else {
+    fill_ = {};
+  }
+  lock.unlock();
+  w.work.notify_one();
+  return Ok();
+}
+
+Status Ingest::Drain() {
+  if (!fill_.empty()) RETURN_IF_ERROR(Submit(false));
+  Writer& w = *writer_;
+  std::unique_lock lock(w.mu);
+  w.space.wait(lock, [&] { return (w.queue.empty() && !w.busy) || !w.error; });
+  return w.error;
 }
 
 Status Ingest::Rehash() {
@@ -93,7 +194,8 @@ Status Ingest::Rehash() {
   RETURN_IF_ERROR(HashFile(fd_.get(), md_, offset_, &got, hex_));
   if (got != offset_) {
     // Shorter than the record says (the file was tampered with): start over.
-    offset_ = committed_ = 0;
+    offset_ = 0;
+    committed_.store(0);
     if (::ftruncate(fd_.get(), 0) != 0) return ErrnoError("truncate ingest " + hex_, errno);
     EVP_DigestInit_ex(md_, EVP_sha256(), nullptr);
   }
@@ -106,41 +208,47 @@ Status Ingest::Append(const char* data, size_t n) {
     return MakeError(Code::kInvalid, "blob " + digest_ + " is larger than its descriptor size " +
                                          std::to_string(size_));
   }
-  RETURN_IF_ERROR(WriteAll(fd_.get(), data, n, "ingest " + hex_));
-  EVP_DigestUpdate(md_, data, n);
-  offset_ += n;
-  // Start writeback of what has accumulated without waiting for it, so that the disk works
-  // while the network does and the checkpoint's fdatasync finds little left to write.
-  if (offset_ - kicked_ >= kWritebackBytes) {
-    ::sync_file_range(fd_.get(), static_cast<off_t>(kicked_), static_cast<off_t>(offset_ - kicked_),
-                      SYNC_FILE_RANGE_WRITE);
-    kicked_ = offset_;
+  while (n > 0) {
+    if (fill_.capacity() < kChunkBytes) fill_.reserve(kChunkBytes);
+    const size_t take = std::min(n, kChunkBytes - fill_.size());
+    fill_.insert(fill_.end(), data, data + take);
+    data += take;
+    n -= take;
+    offset_ += take;
+    if (fill_.size() == kChunkBytes) RETURN_IF_ERROR(Submit(false));
   }
   return Ok();
 }
 
+Status Ingest::CheckpointEvery(uint64_t every) {
+  if (done_ || offset_ - requested_ < every) return Ok();
+  requested_ = offset_;
+  return Submit(true);
+}
+
 Status Ingest::Checkpoint() {
-  if (done_ || offset_ == committed_) return Ok();
-  if (::fdatasync(fd_.get()) != 0) return ErrnoError("fdatasync ingest " + hex_, errno);
-  RETURN_IF_ERROR(store_->Record(hex_, size_, offset_, started_));
-  committed_ = offset_;
-  return Ok();
+  if (done_) return Ok();
+  RETURN_IF_ERROR(Drain());
+  requested_ = offset_;
+  return SyncAndRecord(offset_);
 }
 
 Status Ingest::Reset() {
   if (done_) return MakeError(Code::kInternal, "ingest " + hex_ + " already finished");
+  RETURN_IF_ERROR(Drain());
   if (::ftruncate(fd_.get(), 0) != 0) return ErrnoError("truncate ingest " + hex_, errno);
   if (::lseek(fd_.get(), 0, SEEK_SET) < 0) return ErrnoError("seek ingest " + hex_, errno);
   EVP_DigestInit_ex(md_, EVP_sha256(), nullptr);
-  offset_ = kicked_ = 0;
-  if (committed_ != 0) {
+  offset_ = written_ = kicked_ = requested_ = 0;
+  if (committed_.load() != 0) {
     RETURN_IF_ERROR(store_->Record(hex_, size_, 0, started_));
-    committed_ = 0;
+    committed_.store(0);
   }
   return Ok();
 }
 
 void Ingest::Discard() {
+  StopWriter();
   done_ = true;
   std::error_code ec;
   fs::remove(store_->IngestPath(digest_), ec);
@@ -149,6 +257,7 @@ void Ingest::Discard() {
 
 Status Ingest::Commit() {
   if (done_) return MakeError(Code::kInternal, "ingest " + hex_ + " already finished");
+  RETURN_IF_ERROR(Drain());
   if (offset_ != size_) {
     return MakeError(Code::kInvalid, "blob " + digest_ + ": got " + std::to_string(offset_) +
                                          " bytes, expected " + std::to_string(size_));
@@ -409,15 +518,16 @@ Result<std::unique_ptr<Ingest>> ContentStore::OpenIngest(std::string_view digest
   if (::ftruncate(ingest->fd_.get(), static_cast<off_t>(committed)) != 0) {
     return ErrnoError("truncate " + path.string(), errno);
   }
-  ingest->offset_ = ingest->committed_ = committed;
+  ingest->offset_ = committed;
+  ingest->committed_.store(committed);
   RETURN_IF_ERROR(ingest->Rehash());
-  ingest->kicked_ = ingest->offset_;
+  ingest->written_ = ingest->kicked_ = ingest->requested_ = ingest->offset_;
   if (::lseek(ingest->fd_.get(), static_cast<off_t>(ingest->offset_), SEEK_SET) < 0) {
     return ErrnoError("seek " + path.string(), errno);
   }
   if (ingest->started_ == 0) ingest->started_ = static_cast<int64_t>(::time(nullptr));
-  if (ingest->committed_ != committed || committed == 0) {
-    RETURN_IF_ERROR(Record(hex, size, ingest->committed_, ingest->started_));
+  if (ingest->committed_.load() != committed || committed == 0) {
+    RETURN_IF_ERROR(Record(hex, size, ingest->committed_.load(), ingest->started_));
   }
   return ingest;
 }

@@ -16,11 +16,15 @@
 #include <openssl/evp.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "common/fd.h"
@@ -31,23 +35,36 @@ namespace edgevirt::image {
 
 class ContentStore;
 
-// One partial download, owned by one writer (see the protocol above). Not thread-safe.
+// One partial download, owned by one writer (see the protocol above). Not thread-safe: one
+// thread calls it. Writing and hashing run on a private thread of the Ingest, so that the caller
+// (libcurl's receive loop) never waits for the disk or SHA-256 unless the bounded queue between
+// them (kQueueChunks chunks of kChunkBytes) is full.
 class Ingest {
  public:
   ~Ingest();
   Ingest(const Ingest&) = delete;
   Ingest& operator=(const Ingest&) = delete;
 
-  uint64_t offset() const { return offset_; }        // bytes written and hashed
-  uint64_t committed() const { return committed_; }  // bytes known durable
+  static constexpr size_t kChunkBytes = size_t{1} << 20;
+  static constexpr size_t kQueueChunks = 6;
+
+  // Bytes accepted by Append. They are written and hashed in order; a write error is returned
+  // by the next Append, Checkpoint, Reset or Commit.
+  uint64_t offset() const { return offset_; }
+  uint64_t committed() const { return committed_.load(); }  // bytes known durable
   uint64_t size() const { return size_; }
   const std::string& digest() const { return digest_; }
 
-  // Writes and hashes `n` bytes at offset(). Bytes past size() are refused (kInvalid) and
-  // nothing is written.
+  // Queues `n` bytes at offset() for writing and hashing. Bytes past size() are refused
+  // (kInvalid) and nothing is written.
   Status Append(const char* data, size_t n);
-  // fdatasync, then records offset() as committed in the index.
+  // Waits until every accepted byte is written, fdatasyncs, then records offset() as committed
+  // in the index.
   Status Checkpoint();
+  // Like Checkpoint, but done by the writing thread in order with the data: returns at once
+  // (committed() advances later). Does nothing when less than `every` bytes were accepted since
+  // the last checkpoint asked for.
+  Status CheckpointEvery(uint64_t every);
   // Back to zero bytes (a server ignored Range or answered a wrong one).
   Status Reset();
   // Verifies size and digest and makes the blob; on a mismatch the partial and its record are
@@ -58,13 +75,28 @@ class Ingest {
 
  private:
   friend class ContentStore;
-  Ingest() = default;
+  struct Writer;  // the writing thread and its queue (content.cc)
+  Ingest();
   Status Rehash();
+  // Hands the chunk being filled (possibly empty) to the writer; with `checkpoint` the writer
+  // then fdatasyncs and records offset_.
+  Status Submit(bool checkpoint);
+  // Waits until the writer has done everything queued; its first error, if any.
+  Status Drain();
+  void StopWriter();
+  // Writer side.
+  Status WriteChunk(const std::vector<char>& chunk);
+  Status SyncAndRecord(uint64_t offset);
 
   ContentStore* store_ = nullptr;
   std::string digest_, hex_;
-  uint64_t size_ = 0, offset_ = 0, committed_ = 0;
-  uint64_t kicked_ = 0;  // writeback started up to here (sync_file_range)
+  uint64_t size_ = 0, offset_ = 0;
+  std::atomic<uint64_t> committed_{0};
+  uint64_t requested_ = 0;  // offset of the last checkpoint asked for
+  uint64_t written_ = 0;    // writer: bytes written
+  uint64_t kicked_ = 0;     // writer: writeback started up to here (sync_file_range)
+  std::vector<char> fill_;  // the chunk being filled by Append
+  std::unique_ptr<Writer> writer_;
   int64_t started_ = 0;  // unix seconds, kept across resumes
   UniqueFd fd_, lock_fd_;
   EVP_MD_CTX* md_ = nullptr;

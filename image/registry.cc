@@ -979,8 +979,7 @@ Status RegistryClient::FetchBlob(const Reference& ref, const Descriptor& blob, C
       progress(ingest->offset() - reported);
       reported = ingest->offset();
     }
-    if (ingest->offset() - ingest->committed() >= checkpoint) RETURN_IF_ERROR(ingest->Checkpoint());
-    return Ok();
+    return ingest->CheckpointEvery(checkpoint);
   };
 
   Status result = impl_->Retry(
