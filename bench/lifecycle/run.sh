@@ -27,6 +27,13 @@
 # --quick: 1 run, 3 VMs, shorter settling (the CTest smoke). Needs root, virsh, python3.
 set -euo pipefail
 
+# The VMs get NICs on a bridge edgevirtd makes (with nft rules and dnsmasq): run everything in a
+# network namespace of our own, never the machine's.
+if [[ -z ${EDGEVIRT_BENCH_NETNS:-} ]]; then
+  export EDGEVIRT_BENCH_NETNS=1
+  exec unshare --net -- bash -c 'ip link set lo up && exec "$0" "$@"' "$0" "$@"
+fi
+
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 quick=0

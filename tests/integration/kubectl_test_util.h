@@ -33,6 +33,7 @@
 #include "tests/integration/daemon_test_util.h"
 #include "tests/support/catch.h"
 #include "tests/support/cgroups.h"
+#include "tests/support/net.h"
 
 namespace edgevirt::testing {
 
@@ -415,6 +416,9 @@ class EdgevirtDaemon {
   explicit EdgevirtDaemon(std::filesystem::path dir, const std::string& api_config = "",
                           const std::string& extra_config = "")
       : dir_(std::move(dir)), cgroups_(dir_) {
+    // VMs get NICs on a bridge the daemon makes, with nft rules and dnsmasq: in a network
+    // namespace of this test process, never the machine's.
+    REQUIRE(EnterPrivateNetns() == 0);
     std::filesystem::create_directories(dir_);
     config_ = dir_ / "edgevirtd.yaml";
     WriteFile(config_,

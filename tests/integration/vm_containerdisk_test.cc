@@ -55,9 +55,16 @@ std::string Base64(const std::string& in) {
   return out;
 }
 
+// A free port on the loopback of the test's private network namespace, where the daemon runs
+// too (see EdgevirtDaemon): enters that namespace first.
+int PrivatePort() {
+  REQUIRE(EnterPrivateNetns() == 0);
+  return FreePort();
+}
+
 // A registry on 127.0.0.1:<free port>: auth "none", or "htpasswd" with user:pass.
 struct Registry {
-  Registry(const fs::path& dir, std::vector<std::string> auth) : dir(dir), port(FreePort()) {
+  Registry(const fs::path& dir, std::vector<std::string> auth) : dir(dir), port(PrivatePort()) {
     fs::create_directories(dir);
     std::vector<std::string> argv = {"/bin/bash",
                                      (Fixtures() / "registry" / "start-registry.sh").string(),
@@ -377,6 +384,7 @@ TEST_CASE(
 }
 
 TEST_CASE("a token-auth registry: credentials from images.authFile, re-read for every pull") {
+  REQUIRE(EnterPrivateNetns() == 0);  // the token server must share the daemon's namespace
   TempDir work("ev-cd-token");
   REQUIRE(::chmod(work.path().c_str(), 0711) == 0);
   const fs::path key = work / "key.pem", cert = work / "cert.pem";
