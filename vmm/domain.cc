@@ -4,6 +4,7 @@
 #include "vmm/domain.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <map>
 #include <set>
 #include <string_view>
@@ -12,6 +13,7 @@
 
 #include "vmm/check.h"
 #include "vmm/disk_xml.h"
+#include "vmm/nic_xml.h"
 #include "vmm/xml_writer.h"
 
 namespace edgevirt::vmm {
@@ -113,19 +115,61 @@ Status CheckFirmware(const DomainSpec& spec) {
 
 Status CheckDisks(const std::vector<DiskSpec>& disks) {
   std::set<std::string> names;
-  std::map<uint32_t, std::string> boot_orders;
   for (const DiskSpec& d : disks) {
     RETURN_IF_ERROR(CheckDisk(d));
-    const std::string field = "disk " + Quote(d.name);
-    if (!names.insert(d.name).second) return Invalid(field + ": duplicate disk name");
-    if (d.boot_order != 0) {
-      auto [it, inserted] = boot_orders.emplace(d.boot_order, d.name);
-      if (!inserted) {
-        return Invalid(field + ": boot order " + std::to_string(d.boot_order) +
-                       " is already used by disk " + Quote(it->second));
-      }
+    if (!names.insert(d.name).second) {
+      return Invalid("disk " + Quote(d.name) + ": duplicate disk name");
     }
   }
+  return Ok();
+}
+
+std::string PciText(const PciAddress& a) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%04x:%02x:%02x.%x", a.domain, a.bus, a.slot, a.function);
+  return buf;
+}
+
+Status CheckNics(const DomainSpec& spec) {
+  std::set<std::string> names, macs, targets, pcis;
+  std::set<std::string> disk_names;
+  for (const DiskSpec& d : spec.disks) disk_names.insert(d.name);
+  for (const NicSpec& n : spec.nics) {
+    RETURN_IF_ERROR(CheckNic(n));
+    const std::string field = "nic " + Quote(n.name);
+    if (!names.insert(n.name).second) return Invalid(field + ": duplicate NIC name");
+    // Disks and NICs share libvirt's alias namespace (ua-<name>); libvirt refuses duplicates.
+    if (disk_names.count(n.name)) {
+      return Invalid(field + ": a disk has the same name (both would get the alias " +
+                     Quote("ua-" + n.name) + ")");
+    }
+    if (!macs.insert(CanonicalMac(n.mac)).second) {
+      return Invalid(field + ": MAC address " + Quote(n.mac) + " is used by another NIC");
+    }
+    if (!n.target_dev.empty() && !targets.insert(n.target_dev).second) {
+      return Invalid(field + ": target_dev " + Quote(n.target_dev) + " is used by another NIC");
+    }
+    if (n.pci && !pcis.insert(PciText(*n.pci)).second) {
+      return Invalid(field + ": PCI address " + PciText(*n.pci) + " is used by another NIC");
+    }
+  }
+  return Ok();
+}
+
+// Boot orders are per device and unique across the domain's disks and NICs.
+Status CheckBootOrders(const DomainSpec& spec) {
+  std::map<uint32_t, std::string> used;
+  auto take = [&](uint32_t order, std::string device) -> Status {
+    if (order == 0) return Ok();
+    auto [it, inserted] = used.emplace(order, device);
+    if (!inserted) {
+      return Invalid(device + ": boot order " + std::to_string(order) + " is already used by " +
+                     it->second);
+    }
+    return Ok();
+  };
+  for (const DiskSpec& d : spec.disks) RETURN_IF_ERROR(take(d.boot_order, "disk " + Quote(d.name)));
+  for (const NicSpec& n : spec.nics) RETURN_IF_ERROR(take(n.boot_order, "nic " + Quote(n.name)));
   return Ok();
 }
 
@@ -177,6 +221,8 @@ Status Validate(const DomainSpec& spec) {
   }
   RETURN_IF_ERROR(CheckFirmware(spec));
   RETURN_IF_ERROR(CheckDisks(spec.disks));
+  RETURN_IF_ERROR(CheckNics(spec));
+  RETURN_IF_ERROR(CheckBootOrders(spec));
   if (spec.spare_pcie_ports > 0 && !IsQ35(spec.machine_type)) {
     return Invalid("spare_pcie_ports: PCIe root ports need a q35 machine type, not " +
                    Quote(spec.machine_type));
@@ -297,6 +343,11 @@ void WriteDisks(XmlWriter& w, const DomainSpec& spec) {
   }
 }
 
+bool NeedsPciBridge(const DomainSpec& spec) {
+  return std::any_of(spec.nics.begin(), spec.nics.end(),
+                     [](const NicSpec& n) { return !NicTakesRootPort(n.model); });
+}
+
 // The pcie-root-ports libvirt fills with the spec's own devices when it assigns PCI addresses.
 // On q35 each PCIe device gets a root port of its own, and libvirt puts devices into the empty
 // ports the XML lists before it adds any (libvirt 9.0, checked with virsh define + dumpxml).
@@ -305,12 +356,19 @@ uint32_t RootPortsTakenByDevices(const DomainSpec& spec) {
   for (const DiskSpec& d : spec.disks) {
     if (d.bus == DiskBus::kVirtio) ++n;  // virtio-blk-pci
   }
-  if (HasScsiController(spec)) ++n;                // virtio-scsi-pci
+  if (HasScsiController(spec)) ++n;  // virtio-scsi-pci
+  for (const NicSpec& nic : spec.nics) {
+    if (NicTakesRootPort(nic.model)) ++n;  // virtio-net-pci, e1000e, ne2k_pci, pcnet
+  }
+  // libvirt puts the conventional PCI NICs (e1000, rtl8139) behind one pcie-to-pci-bridge,
+  // which takes a root port itself.
+  if (NeedsPciBridge(spec)) ++n;
   if (!spec.guest_agent_socket_path.empty()) ++n;  // virtio-serial-pci carrying the channel
   ++n;  // the USB controller libvirt adds by default (qemu-xhci)
   // Not on a root port: the AHCI controller of the sata disks (built into the root complex at
   // 00:1f.2), the VGA device (libvirt puts the primary video on pcie-root itself), tpm-crb and
-  // the isa-serial console (not PCI). Counting one too many only leaves one more spare.
+  // the isa-serial console (not PCI). A NIC with an explicit PCI address is counted although it
+  // may sit elsewhere: counting one too many only leaves one more spare.
   return n;
 }
 
@@ -323,6 +381,14 @@ void WritePciControllers(XmlWriter& w, const DomainSpec& spec) {
   for (uint32_t i = 1; i <= ports; ++i) {
     w.Empty("controller",
             {{"type", "pci"}, {"index", std::to_string(i)}, {"model", "pcie-root-port"}});
+  }
+  // The bridge for conventional PCI NICs is written too: when libvirt has to add a controller
+  // itself, it also adds one more empty root port (libvirt 9.0, checked with define + dumpxml),
+  // and the domain would get one spare more than asked.
+  if (NeedsPciBridge(spec)) {
+    w.Empty(
+        "controller",
+        {{"type", "pci"}, {"index", std::to_string(ports + 1)}, {"model", "pcie-to-pci-bridge"}});
   }
 }
 
@@ -410,7 +476,7 @@ Result<std::string> DomainXml(const DomainSpec& spec) {
   w.Start("devices");
   WriteDisks(w, spec);
   WritePciControllers(w, spec);
-  // Extension point: NICs (net/) are written here, after the disks.
+  for (const NicSpec& nic : spec.nics) WriteNic(w, nic);
   WriteConsole(w, spec.console);
   WriteGuestAgent(w, spec.guest_agent_socket_path);
   WriteVnc(w, spec.vnc_socket_path);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/result.h"
@@ -135,6 +136,62 @@ struct SmbiosSystem {
   std::string family;
 };
 
+// A PCI address as KubeVirt's interfaces[].pciAddress writes it: DDDD:BB:SS.F (hex).
+struct PciAddress {
+  uint32_t domain = 0;    // 0..0xffff
+  uint32_t bus = 0;       // 0..0xff
+  uint32_t slot = 0;      // 0..0x1f
+  uint32_t function = 0;  // 0..7
+  bool operator==(const PciAddress&) const = default;
+};
+
+// Parses "0000:81:01.0" (KubeVirt's ^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$, and
+// a slot of at most 0x1f). kInvalid naming the text otherwise.
+Result<PciAddress> ParsePciAddress(std::string_view text);
+
+// True when `name` is a name the kernel accepts for a network device (dev_valid_name): 1..15
+// bytes, not "." or "..", no '/', ':' or whitespace. edgevirt also asks for printable ASCII,
+// so that the name can stand in XML and in messages unchanged.
+bool IsNetdevName(std::string_view name);
+
+enum class NicKind {
+  kBridge,  // a tap on a host bridge; libvirt creates the tap (<interface type='bridge'>)
+  kDirect,  // macvtap on a host NIC (<interface type='direct'>)
+};
+
+// One guest NIC. The caller (the daemon, from net/'s decisions) chooses the bridge or host
+// device, the tap name and the MAC address; this module validates and renders them.
+struct NicSpec {
+  // The KubeVirt interface name, [A-Za-z0-9_-]+, unique among the NICs; becomes the user alias
+  // "ua-<name>", which must not collide with a disk's alias either.
+  std::string name;
+  NicKind kind = NicKind::kBridge;
+  // kBridge: the host bridge's name; kDirect: the host NIC macvtap sits on. IsNetdevName.
+  std::string source;
+  // kDirect only: the macvtap mode, "bridge", "vepa", "private" or "passthrough". Must stay
+  // "bridge" (or be empty) for kBridge.
+  std::string direct_mode = "bridge";
+  // The name of the tap (kBridge) or macvtap (kDirect) device libvirt creates; empty: libvirt
+  // chooses (vnetN / macvtapN). IsNetdevName, unique among the NICs, and not starting with
+  // "vnet", "macvtap" or "macvlan": libvirt silently replaces names with its own prefixes.
+  std::string target_dev;
+  // The guest's MAC address, "aa:bb:cc:dd:ee:ff" (hex, either case; written lower-case),
+  // unicast, unique among the NICs. Required: libvirt would otherwise invent a new one at each
+  // define, and DHCP leases are keyed by it.
+  std::string mac;
+  // KubeVirt's models: e1000, e1000e, ne2k_pci, pcnet, rtl8139, virtio.
+  std::string model = "virtio";
+  // Where the NIC sits on the guest's PCI bus; none: libvirt assigns one.
+  std::optional<PciAddress> pci;
+  // 0: not bootable (and no option ROM, as KubeVirt does: <rom enabled='no'/>, so the firmware
+  // does not try to PXE-boot from it). Otherwise unique among the disks' and NICs' orders.
+  uint32_t boot_order = 0;
+  // The MTU the tap gets and the guest is told (virtio-net's host_mtu); 0: the bridge's.
+  // 68..65535; kBridge with model virtio only (libvirt refuses an MTU for type 'direct', and
+  // only virtio-net can tell the guest).
+  uint32_t mtu = 0;
+};
+
 // Everything a domain definition needs, as plain values. Paths are host paths chosen by the
 // caller; this module never creates or checks them.
 struct DomainSpec {
@@ -175,27 +232,28 @@ struct DomainSpec {
   // this controller, and the guest's virtio-scsi driver sees it at once.
   bool hotplug_scsi_controller = false;
   // Empty PCIe root ports to keep free for hotplugging virtio disks (q35 only, at most 32).
-  // On q35 every PCIe device (virtio-blk, virtio-scsi, virtio-serial, the USB controller) sits
-  // behind its own pcie-root-port, and root ports cannot be hotplugged themselves: libvirt adds
-  // them only when it assigns addresses at define time, and then fills every empty port the XML
-  // lists with the domain's own devices before adding ports of its own (checked with libvirt
-  // 9.0; libvirt's docs say so too). So DomainXml writes pcie-root plus as many root ports as
-  // the spec's devices will take *and* these spares, as KubeVirt reserves ports for hotplug.
-  // 0: no explicit ports; libvirt then adds what the devices need plus (on a fresh define)
-  // one free port.
+  // On q35 every PCIe device (virtio-blk, virtio-scsi, virtio-serial, virtio-net and e1000e
+  // NICs, the USB controller) sits behind its own pcie-root-port (conventional PCI NICs share
+  // one pcie-to-pci-bridge, itself in a root port), and root ports cannot be hotplugged
+  // themselves: libvirt adds them only when it assigns addresses at define time, and then fills
+  // every empty port the XML lists with the domain's own devices before adding ports of its
+  // own (checked with libvirt 9.0; libvirt's docs say so too). So DomainXml writes pcie-root plus
+  // as many root ports as the spec's devices will take *and* these spares, as KubeVirt reserves
+  // ports for hotplug. 0: no explicit ports; libvirt then adds what the devices need plus (on a
+  // fresh define) one free port.
   uint32_t spare_pcie_ports = 0;
-  // Extension point: network interfaces belong to net/ (another issue). They will arrive as a
-  // plain `std::vector<NicSpec> nics` (model, MAC, tap/bridge name, boot order) rendered by a
-  // `WriteNics` step next to the disks, with their boot orders checked together with the
-  // disks' ones, and each virtio NIC counted as a root port the devices take (see
-  // spare_pcie_ports). Until then a domain has no NIC.
+  // Network interfaces, in guest order (the guest enumerates them in PCI address order, which
+  // libvirt assigns in this order unless `pci` is given). Each becomes one <interface> with the
+  // user alias "ua-<name>"; see NicSpec.
+  std::vector<NicSpec> nics;
 };
 
 // Renders `spec` as libvirt domain XML (type 'kvm' or, for kTcg, 'qemu'). Deterministic: the
 // same spec gives the same bytes. Every string is XML-escaped; strings that XML 1.0 cannot
 // carry (control characters, invalid UTF-8) are rejected.
 // Errors (all kInvalid, the message names the field): an invalid name/uuid/machine/path/serial,
-// a non-absolute path, zero vCPUs or memory, duplicate disk names or boot orders, and
+// a non-absolute path, zero vCPUs or memory, duplicate disk or NIC names, aliases, boot orders,
+// MACs or tap names, an invalid NIC (see NicSpec), and
 // unsupported combinations (secure boot without EFI or on a non-q35 machine, EFI without
 // loader/nvram, host-passthrough under TCG, cdrom on virtio, a read-only sata disk, lun not on
 // scsi / not a block device / not raw, a console socket without kUnix, ...).
