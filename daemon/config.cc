@@ -14,6 +14,7 @@
 #include <system_error>
 
 #include "api/http_server.h"
+#include "vmm/domain.h"
 
 namespace edgevirt::daemon {
 namespace {
@@ -133,6 +134,13 @@ Status ReadListen(const YAML::Node& node, const Ctx& ctx, std::vector<std::strin
   }
   out = std::move(result);
   return Ok();
+}
+
+bool IsDnsLabel(std::string_view s) {
+  if (s.empty() || s.size() > 63 || s.front() == '-' || s.back() == '-') return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+  });
 }
 
 bool IsDnsSubdomain(std::string_view s) {
@@ -401,6 +409,104 @@ std::string ShowStorageClasses(const std::vector<StorageClass>& classes) {
   return out + "]";
 }
 
+// One network.hostNetworks entry.
+Result<HostNetworkConfig> ReadHostNetwork(const YAML::Node& node, const Ctx& ctx) {
+  if (!node.IsMap()) return ctx.Fail(node, "expected a mapping, got " + Describe(node));
+  HostNetworkConfig h;
+  std::optional<YAML::Node> mode;
+  std::set<std::string> seen;
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    const YAML::Node key = it->first;
+    const YAML::Node value = it->second;
+    if (!key.IsScalar()) return ctx.Fail(key, "key must be a string, got " + Describe(key));
+    const std::string& k = key.Scalar();
+    Ctx child{ctx.source, ctx.path + "." + k};
+    if (!seen.insert(k).second)
+      return Invalid(ctx.source, key.Mark(), "duplicate key " + Quote(child.path));
+    if (k == "name") {
+      ASSIGN_OR_RETURN(h.name, ReadString(value, child));
+      if (!IsDnsLabel(h.name)) {
+        return child.Fail(value,
+                          "must be a lowercase DNS label (like \"lan\"), got " + Quote(h.name));
+      }
+    } else if (k == "bridge" || k == "macvtap") {
+      ASSIGN_OR_RETURN(std::string dev, ReadString(value, child));
+      if (!vmm::IsNetdevName(dev)) {
+        return child.Fail(value,
+                          "not a network interface name (1-15 printable bytes, no '/', "
+                          "':' or space, not \".\" or \"..\"): " +
+                              Quote(dev));
+      }
+      (k == "bridge" ? h.bridge : h.macvtap) = std::move(dev);
+    } else if (k == "macvtapMode") {
+      ASSIGN_OR_RETURN(h.macvtap_mode, ReadString(value, child));
+      if (h.macvtap_mode != "bridge" && h.macvtap_mode != "vepa" && h.macvtap_mode != "private" &&
+          h.macvtap_mode != "passthrough") {
+        return child.Fail(
+            value, "must be bridge, vepa, private or passthrough, got " + Quote(h.macvtap_mode));
+      }
+      mode = value;
+    } else {
+      return Invalid(ctx.source, key.Mark(), "unknown key " + Quote(child.path));
+    }
+  }
+  if (h.name.empty()) return ctx.Fail(node, "a host network needs a name");
+  if (h.bridge.empty() == h.macvtap.empty()) {
+    return ctx.Fail(node, "host network " + Quote(h.name) +
+                              " needs exactly one of bridge (a host bridge) or macvtap (a host "
+                              "NIC)");
+  }
+  if (mode && h.macvtap.empty()) {
+    return Ctx{ctx.source, ctx.path + ".macvtapMode"}.Fail(
+        *mode, "only a macvtap host network has a mode");
+  }
+  return h;
+}
+
+Status ReadHostNetworks(const YAML::Node& node, const Ctx& ctx,
+                        std::vector<HostNetworkConfig>& out) {
+  if (node.IsNull()) {
+    out.clear();
+    return Ok();
+  }
+  if (!node.IsSequence()) return ctx.Fail(node, "expected a list, got " + Describe(node));
+  std::vector<HostNetworkConfig> nets;
+  std::set<std::string> names;
+  for (size_t i = 0; i < node.size(); ++i) {
+    Ctx item_ctx{ctx.source, ctx.path + "[" + std::to_string(i) + "]"};
+    ASSIGN_OR_RETURN(HostNetworkConfig h, ReadHostNetwork(node[i], item_ctx));
+    if (!names.insert(h.name).second) {
+      return Ctx{ctx.source, item_ctx.path + ".name"}.Fail(
+          node[i]["name"], "duplicate host network " + Quote(h.name));
+    }
+    nets.push_back(std::move(h));
+  }
+  out = std::move(nets);
+  return Ok();
+}
+
+std::string ShowHostNetworks(const std::vector<HostNetworkConfig>& nets) {
+  std::string out = "[";
+  for (const auto& h : nets) {
+    out +=
+        (out.size() > 1 ? ", " : "") + h.name +
+        (h.bridge.empty() ? " macvtap " + h.macvtap + " " + h.macvtap_mode : " bridge " + h.bridge);
+  }
+  return out + "]";
+}
+
+// An IPv4 prefix with room for hosts (a network, a gateway/first address, a broadcast).
+Result<std::string> ReadIpv4Cidr(const YAML::Node& node, const Ctx& ctx) {
+  ASSIGN_OR_RETURN(std::string text, ReadString(node, ctx));
+  auto prefix = ParseIpv4Prefix(text);
+  if (!prefix) return ctx.Fail(node, prefix.error().message);
+  if (prefix->length > 30) {
+    return ctx.Fail(node, "prefix /" + std::to_string(prefix->length) +
+                              " leaves no room for hosts (at most /30)");
+  }
+  return text;
+}
+
 // One leaf key: how to read it from a node and how to show its value (for ChangedKeys).
 struct KeySpec {
   const char* path;
@@ -650,6 +756,66 @@ const std::vector<KeySpec>& Keys() {
          return Ok();
        },
        [](const Config& c) { return FormatDuration(c.images.stall_timeout); }},
+      {"network.bridge",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(std::string v, ReadString(n, ctx));
+         if (!vmm::IsNetdevName(v)) {
+           return ctx.Fail(n,
+                           "not a network interface name (1-15 printable bytes, no '/', ':' "
+                           "or space, not \".\" or \"..\"): " +
+                               Quote(v));
+         }
+         c.network.bridge = std::move(v);
+         return Ok();
+       },
+       [](const Config& c) { return c.network.bridge; }},
+      {"network.cidr",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.network.cidr, ReadIpv4Cidr(n, ctx));
+         return Ok();
+       },
+       [](const Config& c) { return c.network.cidr; }},
+      {"network.mtu",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(uint64_t v, ReadUint(n, ctx, 0, 65535));
+         if (v != 0 && v < 68) return ctx.Fail(n, "must be 0 (the kernel's default) or 68-65535");
+         c.network.mtu = static_cast<uint32_t>(v);
+         return Ok();
+       },
+       [](const Config& c) { return std::to_string(c.network.mtu); }},
+      {"network.nodePortRange",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(std::string v, ReadString(n, ctx));
+         auto number = [](std::string_view t, uint32_t& out) {
+           auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), out);
+           return !t.empty() && ec == std::errc() && end == t.data() + t.size() && t[0] != '+';
+         };
+         const size_t dash = v.find('-');
+         uint32_t first = 0, last = 0;
+         if (dash == std::string::npos || !number(std::string_view(v).substr(0, dash), first) ||
+             !number(std::string_view(v).substr(dash + 1), last) || first < 1 || first > last ||
+             last > 65535) {
+           return ctx.Fail(n, "must be \"A-B\" with 1 <= A <= B <= 65535, got " + Quote(v));
+         }
+         c.network.node_port_first = first;
+         c.network.node_port_last = last;
+         return Ok();
+       },
+       [](const Config& c) {
+         return std::to_string(c.network.node_port_first) + "-" +
+                std::to_string(c.network.node_port_last);
+       }},
+      {"network.serviceCIDR",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.network.service_cidr, ReadIpv4Cidr(n, ctx));
+         return Ok();
+       },
+       [](const Config& c) { return c.network.service_cidr; }},
+      {"network.hostNetworks",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         return ReadHostNetworks(n, ctx, c.network.host_networks);
+       },
+       [](const Config& c) { return ShowHostNetworks(c.network.host_networks); }},
       {"log.level",
        [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
          ASSIGN_OR_RETURN(std::string s, ReadString(n, ctx));
@@ -800,10 +966,63 @@ Result<Config> ParseConfig(std::string_view yaml, std::string_view source) {
   Ctx ctx{source, ""};
   try {
     RETURN_IF_ERROR(ReadMapping(root, ctx, config));
+    // Checks across keys, reported at the later key (both were checked alone already).
+    auto pods = ParseIpv4Prefix(config.network.cidr);
+    auto services = ParseIpv4Prefix(config.network.service_cidr);
+    if (pods && services && pods->Overlaps(*services)) {
+      const YAML::Node& const_root = root;
+      const YAML::Node net = const_root.IsMap() ? const_root["network"] : YAML::Node();
+      const YAML::Node at = net.IsMap() && net["serviceCIDR"] ? net["serviceCIDR"]
+                            : net.IsMap() && net["cidr"]      ? net["cidr"]
+                                                              : const_root;
+      return Invalid(source, at.Mark(),
+                     "network.serviceCIDR: " + Quote(config.network.service_cidr) +
+                         " overlaps network.cidr " + Quote(config.network.cidr));
+    }
   } catch (const YAML::Exception& e) {
     return Invalid(source, e.mark, e.msg);
   }
   return config;
+}
+
+bool Ipv4Prefix::Overlaps(const Ipv4Prefix& other) const {
+  const uint32_t shorter = std::min(length, other.length);
+  const uint32_t mask = shorter == 0 ? 0 : ~uint32_t{0} << (32 - shorter);
+  return (address & mask) == (other.address & mask);
+}
+
+Result<Ipv4Prefix> ParseIpv4Prefix(std::string_view text) {
+  auto bad = [&](std::string_view why) {
+    return MakeError(Code::kInvalid, "invalid IPv4 prefix " + Quote(text) + " (" +
+                                         std::string(why) + "; use e.g. \"10.208.0.0/24\")");
+  };
+  const size_t slash = text.find('/');
+  if (slash == std::string_view::npos) return bad("no /length");
+  std::string_view addr = text.substr(0, slash);
+  uint32_t address = 0;
+  for (int part = 0; part < 4; ++part) {
+    const size_t dot = part < 3 ? addr.find('.') : addr.size();
+    if (dot == std::string_view::npos) return bad("expected four decimal parts");
+    std::string_view digits = addr.substr(0, dot);
+    uint32_t v = 0;
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
+    if (digits.empty() || ec != std::errc() || end != digits.data() + digits.size() || v > 255 ||
+        (digits.size() > 1 && digits[0] == '0')) {
+      return bad("expected four decimal parts 0-255");
+    }
+    address = address << 8 | v;
+    addr = part < 3 ? addr.substr(dot + 1) : std::string_view();
+  }
+  std::string_view len_text = text.substr(slash + 1);
+  uint32_t length = 0;
+  auto [end, ec] = std::from_chars(len_text.data(), len_text.data() + len_text.size(), length);
+  if (len_text.empty() || ec != std::errc() || end != len_text.data() + len_text.size() ||
+      length > 32 || (len_text.size() > 1 && len_text[0] == '0')) {
+    return bad("the length must be 0-32");
+  }
+  const uint32_t mask = length == 0 ? 0 : ~uint32_t{0} << (32 - length);
+  if ((address & ~mask) != 0) return bad("host bits are set; give the network address");
+  return Ipv4Prefix{address, length};
 }
 
 Result<Config> LoadConfigFile(const std::filesystem::path& path) {

@@ -43,6 +43,29 @@ struct RegistryHostConfig {
   bool operator==(const RegistryHostConfig&) const = default;
 };
 
+// One entry of network.hostNetworks: a host network that a VMI's
+// networks[].multus.networkName may name. Exactly one of bridge and macvtap is set.
+struct HostNetworkConfig {
+  std::string name;                     // name: a DNS-1123 label, unique
+  std::string bridge;                   // bridge: an existing host bridge (NIC = tap on it)
+  std::string macvtap;                  // macvtap: a host NIC (NIC = macvtap on it)
+  std::string macvtap_mode = "bridge";  // macvtapMode: bridge | vepa | private | passthrough
+  bool operator==(const HostNetworkConfig&) const = default;
+};
+
+// An IPv4 prefix ("10.208.0.0/24"): the network address (host byte order) and its length.
+struct Ipv4Prefix {
+  uint32_t address = 0;
+  uint32_t length = 0;
+  bool operator==(const Ipv4Prefix&) const = default;
+  // True when the two prefixes share an address.
+  bool Overlaps(const Ipv4Prefix& other) const;
+};
+
+// Parses "A.B.C.D/N" (dotted decimal without leading zeros, N 0..32, no host bits set).
+// kInvalid with the reason otherwise.
+Result<Ipv4Prefix> ParseIpv4Prefix(std::string_view text);
+
 struct Config {
   std::string state_dir = "/var/lib/edgevirt";  // stateDir
   std::string run_dir = "/run/edgevirt";        // runDir
@@ -114,6 +137,23 @@ struct Config {
     std::chrono::milliseconds stall_timeout{60'000};  // images.stallTimeout: no byte for this long
     bool operator==(const Images&) const = default;
   } images;
+
+  // network: the default (pod) network and the host networks VMIs may join.
+  struct Network {
+    // network.bridge: the default network's bridge, created and owned by the daemon.
+    std::string bridge = "edgevirt0";
+    // network.cidr: its IPv4 prefix (length <= 30); the gateway is the first host address.
+    std::string cidr = "10.208.0.0/24";
+    uint32_t mtu = 0;  // network.mtu: the bridge's and the pod NICs' MTU; 0: the kernel's
+    // network.nodePortRange: "A-B", the ports NodePort Services are given.
+    uint32_t node_port_first = 30000;
+    uint32_t node_port_last = 32767;
+    // network.serviceCIDR: the ClusterIPs of core/v1 Services; must not overlap cidr.
+    std::string service_cidr = "10.96.0.0/16";
+    // network.hostNetworks: what networks[].multus.networkName may name.
+    std::vector<HostNetworkConfig> host_networks;
+    bool operator==(const Network&) const = default;
+  } network;
 
   struct Log {
     log::Level level = log::Level::kInfo;     // log.level

@@ -73,6 +73,13 @@ TEST_CASE("defaults are the documented values") {
   CHECK(c.storage.classes[0].dir.empty());
   CHECK(c.EffectiveStorageClasses()[0].dir == "/var/lib/edgevirt/volumes");
   CHECK(c.DefaultStorageClass() == "local");
+  CHECK(c.network.bridge == "edgevirt0");
+  CHECK(c.network.cidr == "10.208.0.0/24");
+  CHECK(c.network.mtu == 0u);
+  CHECK(c.network.node_port_first == 30000u);
+  CHECK(c.network.node_port_last == 32767u);
+  CHECK(c.network.service_cidr == "10.96.0.0/16");
+  CHECK(c.network.host_networks.empty());
 }
 
 TEST_CASE("empty documents and empty sections give the defaults") {
@@ -122,6 +129,15 @@ images:
   cacheBudget: 0
   pullWorkers: 4
   stallTimeout: 2m
+network:
+  bridge: evbr1
+  cidr: 192.168.77.0/24
+  mtu: 1400
+  nodePortRange: 31000-31999
+  serviceCIDR: 10.100.0.0/16
+  hostNetworks:
+    - name: lan
+      bridge: br0
 log:
   level: debug
   target: stderr
@@ -165,6 +181,14 @@ shutdown:
   CHECK(c.images.cache_budget == 0u);
   CHECK(c.images.pull_workers == 4);
   CHECK(c.images.stall_timeout == 2min);
+  CHECK(c.network.bridge == "evbr1");
+  CHECK(c.network.cidr == "192.168.77.0/24");
+  CHECK(c.network.mtu == 1400u);
+  CHECK(c.network.node_port_first == 31000u);
+  CHECK(c.network.node_port_last == 31999u);
+  CHECK(c.network.service_cidr == "10.100.0.0/16");
+  REQUIRE(c.network.host_networks.size() == 1);
+  CHECK(c.network.host_networks[0] == HostNetworkConfig{"lan", "br0", "", "bridge"});
   CHECK(c.log.level == log::Level::kDebug);
   CHECK(c.log.target == log::Target::kStderr);
   CHECK(c.store.initial_map_size == 1ull << 30);
@@ -566,6 +590,122 @@ storage:
              Catch::Contains("storage.classes: expected a list"));
   CHECK_THAT(ParseError(head + "    - local\n"),
              Catch::Contains("storage.classes[0]: expected a mapping"));
+}
+
+}  // namespace
+}  // namespace edgevirt::daemon
+
+namespace edgevirt::daemon {
+namespace {
+
+TEST_CASE("network keys") {
+  Config c = MustParse(R"(network:
+  hostNetworks:
+    - name: lan
+      bridge: br-lan.100
+    - name: uplink
+      macvtap: enp3s0f1
+      macvtapMode: vepa
+    - name: dmz
+      macvtap: eth2
+)");
+  REQUIRE(c.network.host_networks.size() == 3);
+  CHECK(c.network.host_networks[0] == HostNetworkConfig{"lan", "br-lan.100", "", "bridge"});
+  CHECK(c.network.host_networks[1] == HostNetworkConfig{"uplink", "", "enp3s0f1", "vepa"});
+  CHECK(c.network.host_networks[2] == HostNetworkConfig{"dmz", "", "eth2", "bridge"});
+  CHECK(ChangedKeys(Config{}, c) == std::vector<std::string>{"network.hostNetworks"});
+  CHECK(MustParse("network:\n  hostNetworks:\n") == Config{});
+  CHECK(MustParse("network:\n  nodePortRange: 80-80\n").network.node_port_last == 80u);
+  CHECK(MustParse("network:\n  cidr: 10.0.0.0/30\n").network.cidr == "10.0.0.0/30");
+  // Prefixes that do not overlap, either way round.
+  CHECK(MustParse("network:\n  cidr: 10.96.0.0/24\n  serviceCIDR: 10.97.0.0/16\n")
+            .network.service_cidr == "10.97.0.0/16");
+
+  const std::string n = "network:\n";
+  CHECK_THAT(ParseError(n + "  bridge: a-bridge-too-long\n"),
+             Catch::Contains("test.yaml:2:11: network.bridge: not a network interface name"));
+  CHECK_THAT(ParseError(n + "  bridge: br/0\n"), Catch::Contains("network.bridge: not a"));
+  CHECK_THAT(ParseError(n + "  bridge: \"br 0\"\n"), Catch::Contains("network.bridge: not a"));
+  CHECK_THAT(ParseError(n + "  bridge: ..\n"), Catch::Contains("network.bridge: not a"));
+  CHECK_THAT(ParseError(n + "  bridge: [a]\n"),
+             Catch::Contains("network.bridge: expected a string, got a list"));
+  CHECK_THAT(ParseError(n + "  cidr: 10.208.0.0\n"),
+             Catch::Contains("test.yaml:2:9: network.cidr: invalid IPv4 prefix \"10.208.0.0\" "
+                             "(no /length"));
+  CHECK_THAT(ParseError(n + "  cidr: 10.208.0.1/24\n"), Catch::Contains("host bits are set"));
+  CHECK_THAT(ParseError(n + "  cidr: 10.208.256.0/24\n"),
+             Catch::Contains("expected four decimal parts 0-255"));
+  CHECK_THAT(ParseError(n + "  cidr: 10.208.0.0/33\n"), Catch::Contains("length must be 0-32"));
+  CHECK_THAT(ParseError(n + "  cidr: 010.208.0.0/24\n"), Catch::Contains("invalid IPv4 prefix"));
+  CHECK_THAT(ParseError(n + "  cidr: fd00::/64\n"), Catch::Contains("invalid IPv4 prefix"));
+  CHECK_THAT(ParseError(n + "  cidr: 10.208.0.0/31\n"),
+             Catch::Contains("network.cidr: prefix /31 leaves no room for hosts (at most /30)"));
+  CHECK_THAT(ParseError(n + "  serviceCIDR: 10.0.0.0/32\n"),
+             Catch::Contains("network.serviceCIDR: prefix /32 leaves no room"));
+  CHECK_THAT(ParseError(n + "  serviceCIDR: 10.208.0.0/16\n"),
+             Catch::Contains("test.yaml:2:16: network.serviceCIDR: \"10.208.0.0/16\" overlaps "
+                             "network.cidr \"10.208.0.0/24\""));
+  CHECK_THAT(ParseError(n + "  cidr: 10.96.5.0/24\n"),
+             Catch::Contains("test.yaml:2:9: network.serviceCIDR: \"10.96.0.0/16\" overlaps"));
+  CHECK_THAT(ParseError(n + "  mtu: 67\n"),
+             Catch::Contains("network.mtu: must be 0 (the kernel's default) or 68-65535"));
+  CHECK_THAT(ParseError(n + "  mtu: 65536\n"), Catch::Contains("network.mtu: must be between"));
+  CHECK_THAT(ParseError(n + "  mtu: big\n"),
+             Catch::Contains("network.mtu: expected an integer, got \"big\""));
+  for (const char* range :
+       {"30000", "0-100", "200-100", "1-65536", "a-b", "-5-10", "1--2", "+1-2", " 1-2"}) {
+    INFO(range);
+    CHECK_THAT(ParseError(n + "  nodePortRange: \"" + range + "\"\n"),
+               Catch::Contains("network.nodePortRange: must be \"A-B\" with 1 <= A <= B <= 65535"));
+  }
+  CHECK_THAT(ParseError(n + "  nodeports: 1-2\n"),
+             Catch::Contains("test.yaml:2:3: unknown key \"network.nodeports\""));
+
+  const std::string h = n + "  hostNetworks:\n";
+  CHECK_THAT(ParseError(h + "    - name: lan\n"),
+             Catch::Contains("network.hostNetworks[0]: host network \"lan\" needs exactly one of "
+                             "bridge (a host bridge) or macvtap (a host NIC)"));
+  CHECK_THAT(ParseError(h + "    - name: lan\n      bridge: br0\n      macvtap: eth1\n"),
+             Catch::Contains("needs exactly one of bridge"));
+  CHECK_THAT(ParseError(h + "    - bridge: br0\n"),
+             Catch::Contains("network.hostNetworks[0]: a host network needs a name"));
+  CHECK_THAT(ParseError(h + "    - name: Lan_1\n      bridge: br0\n"),
+             Catch::Contains("network.hostNetworks[0].name: must be a lowercase DNS label"));
+  CHECK_THAT(ParseError(h + "    - name: lan\n      bridge: br0\n    - name: lan\n"
+                            "      macvtap: eth1\n"),
+             Catch::Contains("test.yaml:5:13: network.hostNetworks[1].name: duplicate host "
+                             "network \"lan\""));
+  CHECK_THAT(ParseError(h + "    - name: lan\n      macvtap: eth1:0\n"),
+             Catch::Contains("network.hostNetworks[0].macvtap: not a network interface name"));
+  CHECK_THAT(ParseError(h + "    - name: lan\n      macvtap: eth1\n      macvtapMode: loop\n"),
+             Catch::Contains("network.hostNetworks[0].macvtapMode: must be bridge, vepa, private "
+                             "or passthrough, got \"loop\""));
+  CHECK_THAT(ParseError(h + "    - name: lan\n      bridge: br0\n      macvtapMode: vepa\n"),
+             Catch::Contains("network.hostNetworks[0].macvtapMode: only a macvtap host network"));
+  CHECK_THAT(ParseError(h + "    - name: lan\n      bridge: br0\n      vlan: 5\n"),
+             Catch::Contains("test.yaml:5:7: unknown key \"network.hostNetworks[0].vlan\""));
+  CHECK_THAT(ParseError(h + "    - lan\n"),
+             Catch::Contains("network.hostNetworks[0]: expected a mapping, got \"lan\""));
+  CHECK_THAT(ParseError(n + "  hostNetworks: lan\n"),
+             Catch::Contains("network.hostNetworks: expected a list"));
+}
+
+TEST_CASE("IPv4 prefixes") {
+  auto p = ParseIpv4Prefix("10.208.0.0/24");
+  REQUIRE(p);
+  CHECK(*p == Ipv4Prefix{0x0ad00000, 24});
+  auto all = ParseIpv4Prefix("0.0.0.0/0");
+  REQUIRE(all);
+  CHECK(all->Overlaps(*p));
+  CHECK(p->Overlaps(*all));
+  CHECK_FALSE(p->Overlaps(*ParseIpv4Prefix("10.208.1.0/24")));
+  CHECK(p->Overlaps(*ParseIpv4Prefix("10.208.0.128/25")));
+  CHECK(ParseIpv4Prefix("192.168.1.7/32"));
+  CHECK_FALSE(ParseIpv4Prefix("192.168.1.7/31"));
+  CHECK_FALSE(ParseIpv4Prefix("1.2.3/8"));
+  CHECK_FALSE(ParseIpv4Prefix("1.2.3.4.5/8"));
+  CHECK_FALSE(ParseIpv4Prefix("1.2.3.0/"));
+  CHECK_FALSE(ParseIpv4Prefix("1.2.3.0/08"));
 }
 
 }  // namespace
