@@ -8,10 +8,14 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <climits>
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <set>
 
 #include "api/kubevirt/quantity.h"
 #include "api/machinery/secrets.h"
@@ -659,6 +663,236 @@ Result<vmm::DiskSpec> PlanDisk(const DiskContext& c, const Json& disk,
 
 }  // namespace
 
+namespace {
+
+// Go's net.ParseMAC for 6-byte addresses (what KubeVirt's admission accepts):
+// xx:xx:xx:xx:xx:xx, xx-xx-xx-xx-xx-xx and xxxx.xxxx.xxxx. Lower-case colon form, or nullopt.
+std::optional<std::string> NormalizeMac(const std::string& text) {
+  std::string hex;
+  if (text.size() == 17) {
+    const char sep = text[2];
+    if (sep != ':' && sep != '-') return std::nullopt;
+    for (size_t i = 0; i < text.size(); ++i) {
+      if (i % 3 == 2) {
+        if (text[i] != sep) return std::nullopt;
+      } else {
+        hex += text[i];
+      }
+    }
+  } else if (text.size() == 14) {
+    for (size_t i = 0; i < text.size(); ++i) {
+      if (i % 5 == 4) {
+        if (text[i] != '.') return std::nullopt;
+      } else {
+        hex += text[i];
+      }
+    }
+  } else {
+    return std::nullopt;
+  }
+  std::string out;
+  for (size_t i = 0; i < hex.size(); ++i) {
+    const char c = static_cast<char>(std::tolower(static_cast<unsigned char>(hex[i])));
+    if (!std::isxdigit(static_cast<unsigned char>(c))) return std::nullopt;
+    if (i > 0 && i % 2 == 0) out += ':';
+    out += c;
+  }
+  return out;
+}
+
+bool IsDnsLabel(const std::string& s) {
+  if (s.empty() || s.size() > 63 || s.front() == '-' || s.back() == '-') return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+  });
+}
+
+// Interface binding methods of KubeVirt v1.0 (v1.InterfaceBindingMethod) and later ("binding":
+// network binding plugins), with whether edgevirt serves them.
+constexpr std::pair<const char*, bool> kBindings[] = {
+    {"bridge", true},   {"masquerade", true}, {"slirp", false},  {"sriov", false},
+    {"macvtap", false}, {"passt", false},     {"binding", false}};
+
+Result<NetworkRequest> RequestOf(const Json& iface, const Json* networks) {
+  NetworkRequest r;
+  r.interface_name = Str(Get(&iface, "name"));
+  const std::string what = "interface " + r.interface_name;
+  if (r.interface_name.empty()) return Invalid("an interface has no name");
+  const char* binding = nullptr;
+  for (const auto& [key, served] : kBindings) {
+    if (Get(&iface, key) == nullptr) continue;
+    if (!served) {
+      return MakeError(Code::kUnsupported, what + ": the " + key +
+                                               " binding is not supported (use bridge or "
+                                               "masquerade)");
+    }
+    if (binding != nullptr) {
+      return Invalid(what + ": two binding methods (" + binding + " and " + key + ")");
+    }
+    binding = key;
+  }
+  if (binding == nullptr) return Invalid(what + ": no binding method (masquerade or bridge)");
+  r.masquerade = std::string_view(binding) == "masquerade";
+
+  const Json* net = nullptr;
+  if (networks != nullptr && networks->is_array()) {
+    for (const auto& n : *networks) {
+      if (Str(Get(&n, "name")) == r.interface_name) net = &n;  // the last wins, as in KubeVirt
+    }
+  }
+  if (net == nullptr) return Invalid(what + ": no network of that name in spec.networks");
+  const Json* multus = Get(net, "multus");
+  if (Get(net, "pod") != nullptr && multus != nullptr) {
+    return Invalid(what + ": its network has both pod and multus");
+  }
+  if (Get(net, "pod") != nullptr) {
+    r.pod = true;
+  } else if (multus != nullptr) {
+    if (Bool(Get(multus, "default"), false)) {
+      return MakeError(Code::kUnsupported,
+                       what +
+                           ": multus.default (a Multus network replacing the pod network) "
+                           "is not supported; use the pod network");
+    }
+    const std::string full = Str(Get(multus, "networkName"));
+    const size_t slash = full.find('/');
+    std::string ns = slash == std::string::npos ? "" : full.substr(0, slash);
+    r.host_network = slash == std::string::npos ? full : full.substr(slash + 1);
+    if ((slash != std::string::npos && !IsDnsLabel(ns)) || !IsDnsLabel(r.host_network)) {
+      return Invalid(what + ": multus.networkName \"" + full +
+                     "\" is not \"name\" or \"namespace/name\" (DNS labels)");
+    }
+    if (r.masquerade) {
+      return Invalid(what + ": masquerade is only implemented with the pod network");
+    }
+  } else {
+    return Invalid(what + ": its network has neither pod nor multus");
+  }
+
+  // Ports only mean something on the pod network (KubeVirt forwards them with masquerade;
+  // admission checks them only there), so they are read only there.
+  const Json* ports = r.pod ? Get(&iface, "ports") : nullptr;
+  if (ports != nullptr && ports->is_array()) {
+    for (size_t i = 0; i < ports->size(); ++i) {
+      const Json& p = (*ports)[i];
+      std::string protocol = Str(Get(&p, "protocol"));
+      if (protocol.empty()) protocol = "TCP";
+      auto port = Int(Get(&p, "port"));
+      const std::string at = what + ": ports[" + std::to_string(i) + "]";
+      if (!port || *port < 1 || *port > 65535) return Invalid(at + ": port must be 1-65535");
+      if (protocol != "TCP" && protocol != "UDP") {
+        return Invalid(at + ": protocol \"" + protocol + "\" is not TCP or UDP");
+      }
+      r.ports.emplace_back(protocol, static_cast<uint16_t>(*port));
+    }
+  }
+  const std::string mac = Str(Get(&iface, "macAddress"));
+  if (!mac.empty()) {
+    auto normal = NormalizeMac(mac);
+    if (!normal) return Invalid(what + ": macAddress \"" + mac + "\" is not a MAC address");
+    r.mac = std::move(*normal);
+  }
+  return r;
+}
+
+// The interface's NIC: the attachment's placement and the spec's model, pciAddress, bootOrder.
+Result<vmm::NicSpec> NicOf(const Json& iface, const NetworkRequest& req, const NicAttachment& at) {
+  const std::string what = "interface " + req.interface_name;
+  vmm::NicSpec n;
+  n.name = req.interface_name;
+  n.kind = at.kind;
+  n.source = at.source;
+  n.direct_mode = at.direct_mode;
+  n.target_dev = at.tap;
+  n.mtu = at.mtu;
+  if (at.mac.empty()) {
+    if (req.mac.empty()) {
+      return Invalid(what + ": neither the interface nor its attachment has a MAC address");
+    }
+    n.mac = req.mac;
+  } else {
+    auto normal = NormalizeMac(at.mac);
+    if (!normal) return Invalid(what + ": attachment MAC \"" + at.mac + "\" is not a MAC address");
+    if (!req.mac.empty() && *normal != req.mac) {
+      return Invalid(what + ": the attachment's MAC " + *normal + " is not the interface's " +
+                     "macAddress " + req.mac);
+    }
+    n.mac = std::move(*normal);
+  }
+  const std::string model = Str(Get(&iface, "model"));
+  n.model = model.empty() ? "virtio" : model;
+  const std::string pci = Str(Get(&iface, "pciAddress"));
+  if (!pci.empty()) {
+    auto addr = vmm::ParsePciAddress(pci);
+    if (!addr) return std::move(addr).error().Wrap(what + ": pciAddress");
+    n.pci = *addr;
+  }
+  if (auto order = Int(Get(&iface, "bootOrder"))) {
+    if (*order < 1 || *order > UINT32_MAX) return Invalid(what + ": bootOrder must be >= 1");
+    n.boot_order = static_cast<uint32_t>(*order);
+  }
+  return n;
+}
+
+// The interfaces NetworkRequests looks at: every interface but the `state: absent` ones.
+std::vector<const Json*> PresentInterfaces(const Json& vmi) {
+  std::vector<const Json*> out;
+  const Json* ifaces = Path(&vmi, "spec", "domain", "devices", "interfaces");
+  if (ifaces == nullptr || !ifaces->is_array()) return out;
+  for (const auto& i : *ifaces) {
+    if (Str(Get(&i, "state")) != "absent") out.push_back(&i);
+  }
+  return out;
+}
+
+Status PlanNics(const Json& vmi, const std::vector<NicAttachment>& attachments,
+                vmm::DomainSpec& d) {
+  ASSIGN_OR_RETURN(std::vector<NetworkRequest> requests, NetworkRequests(vmi));
+  const std::vector<const Json*> ifaces = PresentInterfaces(vmi);
+  std::map<std::string, const NicAttachment*> by_name;
+  for (const auto& a : attachments) {
+    if (!by_name.emplace(a.interface_name, &a).second) {
+      return Invalid("interface " + a.interface_name + " has two NIC attachments");
+    }
+  }
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const NetworkRequest& req = requests[i];
+    auto it = by_name.find(req.interface_name);
+    if (it == by_name.end()) {
+      return Invalid("interface " + req.interface_name +
+                     " has no NIC attachment (every interface must be attached)");
+    }
+    ASSIGN_OR_RETURN(vmm::NicSpec nic, NicOf(*ifaces[i], req, *it->second));
+    d.nics.push_back(std::move(nic));
+    by_name.erase(it);
+  }
+  if (!by_name.empty()) {
+    return Invalid("NIC attachment for " + by_name.begin()->first + ", which is not an interface");
+  }
+  return Ok();
+}
+
+}  // namespace
+
+Result<std::vector<NetworkRequest>> NetworkRequests(const Json& vmi) {
+  const Json* networks = Path(&vmi, "spec", "networks");
+  std::vector<NetworkRequest> out;
+  std::set<std::string> names;
+  int pods = 0;
+  for (const Json* iface : PresentInterfaces(vmi)) {
+    ASSIGN_OR_RETURN(NetworkRequest r, RequestOf(*iface, networks));
+    if (!names.insert(r.interface_name).second) {
+      return Invalid("interface " + r.interface_name + ": two interfaces have this name");
+    }
+    if (r.pod && ++pods > 1) {
+      return Invalid("interface " + r.interface_name +
+                     ": more than one interface is connected to the pod network");
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
 Result<HotplugDisk> PlanHotplugDisk(const Json& vmi, const std::string& volume,
                                     const VmiHostOptions& host, const ClaimLookup& claims) {
   const std::string ctx =
@@ -697,7 +931,8 @@ Result<HotplugDisk> PlanHotplugDisk(const Json& vmi, const std::string& volume,
 }
 
 Result<VmiPlan> PlanVmi(const Json& vmi, const VmiHostOptions& host, const SecretLookup& secrets,
-                        const ClaimLookup& claims, const ContainerDisks& container_disks) {
+                        const ClaimLookup& claims, const ContainerDisks& container_disks,
+                        const std::optional<std::vector<NicAttachment>>& nics) {
   const std::string ns = Str(Path(&vmi, "metadata", "namespace"));
   const std::string name = Str(Path(&vmi, "metadata", "name"));
   const std::string uid = Str(Path(&vmi, "metadata", "uid"));
@@ -795,6 +1030,9 @@ Result<VmiPlan> PlanVmi(const Json& vmi, const VmiHostOptions& host, const Secre
   // asks for bus scsi) and spare PCIe root ports for virtio disks.
   d.hotplug_scsi_controller = true;
   d.spare_pcie_ports = kSparePciePorts;
+  if (nics) {
+    if (auto st = PlanNics(vmi, *nics, d); !st) return fail(std::move(st).error());
+  }
   const std::string& dir = plan.dir;
 
   // Serial console, VNC, guest agent, TPM.

@@ -13,7 +13,9 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -136,6 +138,52 @@ struct VmiPlan {
 // or an error (kNotFound when it does not exist).
 using SecretLookup = std::function<Result<Json>(const std::string& ns, const std::string& name)>;
 
+// One VMI interface (spec.domain.devices.interfaces[] and the spec.networks[] entry of the same
+// name) as the controller must provide it before the domain can be planned.
+struct NetworkRequest {
+  std::string interface_name;  // interfaces[].name == networks[].name
+  bool pod = false;            // networks[].pod: the default network (edgevirt's NAT bridge)
+  // networks[].multus.networkName when !pod: the name of a host network of the daemon's
+  // config (network.hostNetworks). "ns/name" and "name" both name host network "name": host
+  // networks are global on an edgevirt host, so the namespace part (a DNS label, as in
+  // Multus) is accepted and ignored, and a manifest that names a NetworkAttachmentDefinition
+  // in another namespace on a cluster runs unchanged here.
+  std::string host_network;
+  bool masquerade = false;  // binding masquerade (pod network only); else bridge
+  // interfaces[].ports of a pod-network interface, in order: protocol ("TCP" or "UDP";
+  // KubeVirt's default TCP), port. Empty for host networks (ports mean nothing there).
+  std::vector<std::pair<std::string, uint16_t>> ports;
+  // interfaces[].macAddress as aa:bb:cc:dd:ee:ff (lower case; KubeVirt also accepts '-' and
+  // the dotted form, which are rewritten); empty: the controller chooses one.
+  std::string mac;
+  bool operator==(const NetworkRequest&) const = default;
+};
+
+// The interfaces of an admitted VMI, in interface order (the default "pod" interface that
+// admission adds for autoattachPodInterface included). Interfaces with `state: absent` are
+// left out, as KubeVirt's converter does. Pure.
+// Errors, naming the interface:
+//  - kInvalid: no network of the interface's name, no binding or two, masquerade on a
+//    non-pod network, a network with neither pod nor multus, an empty or malformed
+//    multus.networkName, a malformed macAddress or port, two interfaces of one name.
+//  - kUnsupported: a binding edgevirt does not serve (slirp, sriov, macvtap, passt, binding
+//    plugins), multus.default: true (a Multus network replacing the pod network).
+Result<std::vector<NetworkRequest>> NetworkRequests(const Json& vmi);
+
+// What the controller decided for one interface: where the NIC is plugged in, under which tap
+// name and MAC address (from net/'s IPAM).
+struct NicAttachment {
+  std::string interface_name;
+  vmm::NicKind kind = vmm::NicKind::kBridge;
+  std::string source;                  // the bridge (kBridge) or host NIC (kDirect)
+  std::string direct_mode = "bridge";  // kDirect: bridge|vepa|private|passthrough
+  std::string tap;                     // the tap/macvtap name libvirt creates; empty: libvirt's
+  // The guest MAC. Must equal the interface's macAddress when it has one (either case); empty:
+  // the interface's macAddress (then required).
+  std::string mac;
+  uint32_t mtu = 0;  // 0: the bridge's; see vmm::NicSpec::mtu
+};
+
 // Maps an admitted VMI (full object: metadata.uid/namespace/name, defaulted spec) to a plan.
 // Pure apart from calling `secrets` (for secretRef / networkDataSecretRef) and reading the
 // file system for hostDisk paths (realpath of the existing part, type of an existing file).
@@ -153,10 +201,17 @@ using SecretLookup = std::function<Result<Json>(const std::string& ns, const std
 //  - persistentVolumeClaim / ephemeral volumes: `claims` errors, wrapped with the volume name
 //    (kNotFound, kUnavailable when not Bound); a block claim on a disk adds a DeviceGrant.
 //  - kUnavailable: an EFI VMI on a host without the needed OVMF image.
+//  - NICs: with `nics` given, one vmm::NicSpec per NetworkRequests(vmi) entry, in interface
+//    order, with the interface's model (default virtio), pciAddress and bootOrder and the
+//    attachment's source, tap, MAC and MTU. NetworkRequests' errors; kInvalid when an interface
+//    has no attachment or two, an attachment names no interface, or its MAC differs from the
+//    interface's macAddress. Without `nics` (std::nullopt) the domain gets no NIC at all and
+//    the interfaces are not looked at: for callers that do not wire networking (yet).
 // The returned DomainSpec has been rendered once through vmm::DomainXml (so a plan that is
 // returned is one libvirt will be given).
 Result<VmiPlan> PlanVmi(const Json& vmi, const VmiHostOptions& host, const SecretLookup& secrets,
-                        const ClaimLookup& claims = {}, const ContainerDisks& container_disks = {});
+                        const ClaimLookup& claims = {}, const ContainerDisks& container_disks = {},
+                        const std::optional<std::vector<NicAttachment>>& nics = std::nullopt);
 
 // Maps one hotpluggable volume of a running VMI (its disk and its persistentVolumeClaim) to
 // the disk to attach. Errors as PlanVmi's; kNotFound when the VMI has no such disk+volume.

@@ -758,3 +758,346 @@ TEST_CASE("PrepareVmiFiles reports a failing helper with its stderr") {
 
 }  // namespace
 }  // namespace edgevirt::daemon
+
+// ---- networks and NICs ----
+
+namespace edgevirt::daemon {
+namespace {
+
+// A VMI with the given interfaces and networks (YAML flow sequences), admitted.
+std::string NetVmi(const std::string& interfaces, const std::string& networks,
+                   const std::string& extra_devices = "", const std::string& extra_spec = "") {
+  return "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n"
+         "metadata: {name: vm1, namespace: ns1}\n"
+         "spec:\n  domain:\n    memory: {guest: 128Mi}\n    devices:\n" +
+         extra_devices + "      interfaces: " + interfaces + "\n  networks: " + networks + "\n" +
+         extra_spec;
+}
+
+NicAttachment Tap(const std::string& name, const std::string& bridge, const std::string& tap,
+                  const std::string& mac) {
+  NicAttachment a;
+  a.interface_name = name;
+  a.source = bridge;
+  a.tap = tap;
+  a.mac = mac;
+  return a;
+}
+
+// A raw (not admitted) VMI: bindings and networks admission would refuse reach the mapping
+// only through a store written by an older or newer edgevirt, and must still be refused there.
+Json RawVmi(const Json& interfaces, const Json& networks) {
+  Json vmi = {{"metadata", {{"name", "vm1"}, {"namespace", "ns1"}, {"uid", kUid}}},
+              {"spec",
+               {{"domain",
+                 {{"memory", {{"guest", "128Mi"}}},
+                  {"firmware", {{"uuid", kFirmwareUuid}}},
+                  {"devices", {{"interfaces", interfaces}}}}},
+                {"networks", networks}}}};
+  return vmi;
+}
+
+TEST_CASE("autoattachPodInterface: an admitted VMI without interfaces asks for the pod network") {
+  auto reqs = NetworkRequests(Admitted(NetVmi("[]", "[]")));
+  REQUIRE(reqs);
+  REQUIRE(reqs->size() == 1);
+  NetworkRequest want;
+  want.interface_name = "default";
+  want.pod = true;
+  want.masquerade = false;  // KubeVirt's default binding on the pod network is bridge
+  CHECK((*reqs)[0] == want);
+
+  // autoattachPodInterface: false: no interface, no request.
+  reqs = NetworkRequests(Admitted(NetVmi("[]", "[]", "      autoattachPodInterface: false\n")));
+  REQUIRE(reqs);
+  CHECK(reqs->empty());
+}
+
+TEST_CASE("NetworkRequests: pod and host networks, ports and MACs, in interface order") {
+  auto reqs = NetworkRequests(Admitted(
+      NetVmi("[{name: lan, bridge: {}, macAddress: '52-54-00-AB-CD-EF'},"
+             " {name: default, masquerade: {}, ports: [{port: 80}, {name: dns, port: 53, "
+             "protocol: UDP}]},"
+             " {name: other, bridge: {}, macAddress: 5254.00ab.cd01}]",
+             "[{name: default, pod: {}}, {name: other, multus: {networkName: kube-system/uplink}},"
+             " {name: lan, multus: {networkName: lan}}]")));
+  REQUIRE(reqs);
+  REQUIRE(reqs->size() == 3);
+  const NetworkRequest& lan = (*reqs)[0];
+  CHECK(lan.interface_name == "lan");
+  CHECK_FALSE(lan.pod);
+  CHECK(lan.host_network == "lan");
+  CHECK_FALSE(lan.masquerade);
+  CHECK(lan.mac == "52:54:00:ab:cd:ef");
+  const NetworkRequest& pod = (*reqs)[1];
+  CHECK(pod.interface_name == "default");
+  CHECK(pod.pod);
+  CHECK(pod.host_network.empty());
+  CHECK(pod.masquerade);
+  CHECK(pod.ports == std::vector<std::pair<std::string, uint16_t>>{{"TCP", 80}, {"UDP", 53}});
+  CHECK(pod.mac.empty());
+  // "namespace/name": host networks are global, the namespace part is ignored.
+  CHECK((*reqs)[2].host_network == "uplink");
+  CHECK((*reqs)[2].mac == "52:54:00:ab:cd:01");
+}
+
+TEST_CASE("NetworkRequests refuses what edgevirt does not serve, naming the interface") {
+  struct Case {
+    const char* what;
+    Json iface;
+    Json net;
+    Code code;
+    const char* want;
+  };
+  const Json pod = {{"name", "n"}, {"pod", Json::object()}};
+  auto multus = [](Json m) { return Json{{"name", "n"}, {"multus", std::move(m)}}; };
+  const std::vector<Case> cases = {
+      {"sriov",
+       {{"name", "n"}, {"sriov", Json::object()}},
+       multus({{"networkName", "x"}}),
+       Code::kUnsupported,
+       "interface n: the sriov binding is not supported"},
+      {"slirp",
+       {{"name", "n"}, {"slirp", Json::object()}},
+       pod,
+       Code::kUnsupported,
+       "interface n: the slirp binding is not supported"},
+      {"macvtap binding",
+       {{"name", "n"}, {"macvtap", Json::object()}},
+       multus({{"networkName", "x"}}),
+       Code::kUnsupported,
+       "the macvtap binding"},
+      {"passt",
+       {{"name", "n"}, {"passt", Json::object()}},
+       pod,
+       Code::kUnsupported,
+       "the passt binding"},
+      {"binding plugin",
+       {{"name", "n"}, {"binding", {{"name", "p"}}}},
+       pod,
+       Code::kUnsupported,
+       "the binding binding"},
+      {"multus default",
+       {{"name", "n"}, {"bridge", Json::object()}},
+       multus({{"networkName", "x"}, {"default", true}}),
+       Code::kUnsupported,
+       "interface n: multus.default"},
+      {"no binding", {{"name", "n"}}, pod, Code::kInvalid, "interface n: no binding method"},
+      {"two bindings",
+       {{"name", "n"}, {"bridge", Json::object()}, {"masquerade", Json::object()}},
+       pod,
+       Code::kInvalid,
+       "two binding methods"},
+      {"masquerade on a host network",
+       {{"name", "n"}, {"masquerade", Json::object()}},
+       multus({{"networkName", "x"}}),
+       Code::kInvalid,
+       "masquerade is only implemented with the pod network"},
+      {"no network",
+       {{"name", "n"}, {"bridge", Json::object()}},
+       {{"name", "m"}, {"pod", Json::object()}},
+       Code::kInvalid,
+       "interface n: no network of that name"},
+      {"network without a type",
+       {{"name", "n"}, {"bridge", Json::object()}},
+       {{"name", "n"}},
+       Code::kInvalid,
+       "neither pod nor multus"},
+      {"empty networkName",
+       {{"name", "n"}, {"bridge", Json::object()}},
+       multus({{"networkName", ""}}),
+       Code::kInvalid,
+       "multus.networkName \"\" is not"},
+      {"networkName with two slashes",
+       {{"name", "n"}, {"bridge", Json::object()}},
+       multus({{"networkName", "a/b/c"}}),
+       Code::kInvalid,
+       "multus.networkName \"a/b/c\""},
+      {"networkName not a label",
+       {{"name", "n"}, {"bridge", Json::object()}},
+       multus({{"networkName", "ns/Lan_1"}}),
+       Code::kInvalid,
+       "(DNS labels)"},
+      {"bad MAC",
+       {{"name", "n"}, {"bridge", Json::object()}, {"macAddress", "52:54:00:00:00"}},
+       pod,
+       Code::kInvalid,
+       "interface n: macAddress \"52:54:00:00:00\" is not a MAC address"},
+      {"port 0",
+       {{"name", "n"}, {"masquerade", Json::object()}, {"ports", {{{"port", 0}}}}},
+       pod,
+       Code::kInvalid,
+       "interface n: ports[0]: port must be 1-65535"},
+      {"port protocol",
+       {{"name", "n"},
+        {"masquerade", Json::object()},
+        {"ports", {{{"port", 1}, {"protocol", "SCTP"}}}}},
+       pod,
+       Code::kInvalid,
+       "protocol \"SCTP\" is not TCP or UDP"},
+  };
+  for (const Case& c : cases) {
+    DYNAMIC_SECTION(c.what) {
+      auto r = NetworkRequests(RawVmi(Json::array({c.iface}), Json::array({c.net})));
+      REQUIRE_FALSE(r);
+      CHECK(r.error().code == c.code);
+      INFO(r.error().message);
+      CHECK(r.error().message.find(c.want) != std::string::npos);
+    }
+  }
+  SECTION("two interfaces of one name") {
+    Json iface = {{"name", "n"}, {"bridge", Json::object()}};
+    auto r = NetworkRequests(RawVmi(Json::array({iface, iface}), Json::array({pod})));
+    REQUIRE_FALSE(r);
+    CHECK(r.error().message.find("two interfaces have this name") != std::string::npos);
+  }
+  SECTION("ports of a host-network interface are not read") {
+    Json iface = {{"name", "n"}, {"bridge", Json::object()}, {"ports", {{{"port", 0}}}}};
+    auto r = NetworkRequests(
+        RawVmi(Json::array({iface}), Json::array({multus({{"networkName", "x"}})})));
+    REQUIRE(r);
+    CHECK((*r)[0].ports.empty());
+  }
+  SECTION("an absent interface is left out") {
+    Json iface = {{"name", "n"}, {"sriov", Json::object()}, {"state", "absent"}};
+    auto r = NetworkRequests(RawVmi(Json::array({iface}), Json::array({pod})));
+    REQUIRE(r);
+    CHECK(r->empty());
+  }
+}
+
+TEST_CASE("PlanVmi renders one NIC per interface from the attachments") {
+  Fixture f;
+  Json vmi =
+      Admitted(NetVmi("[{name: default, masquerade: {}},"
+                      " {name: lan, bridge: {}, model: e1000e, macAddress: '52:54:00:AB:CD:EF', "
+                      "pciAddress: '0000:00:0a.0', bootOrder: 3},"
+                      " {name: wan, bridge: {}, model: rtl8139}]",
+                      "[{name: default, pod: {}}, {name: lan, multus: {networkName: ns1/lan}},"
+                      " {name: wan, multus: {networkName: wan}}]"));
+  NicAttachment pod = Tap("default", "edgevirt0", "ev-0b2c6c9e-0", "02:ed:00:00:00:07");
+  pod.mtu = 1400;
+  NicAttachment lan = Tap("lan", "br0", "ev-0b2c6c9e-1", "");  // the interface's MAC
+  NicAttachment wan;
+  wan.interface_name = "wan";
+  wan.kind = vmm::NicKind::kDirect;
+  wan.source = "eth1";
+  wan.direct_mode = "vepa";
+  wan.mac = "52:54:00:00:00:99";
+  // Attachments in another order than the interfaces: the NICs follow the interfaces.
+  auto plan = PlanVmi(vmi, f.host, f.lookup, {}, {}, std::vector<NicAttachment>{wan, pod, lan});
+  if (!plan) FAIL(plan.error().message);
+  const auto& nics = plan->domain.nics;
+  REQUIRE(nics.size() == 3);
+  CHECK(nics[0].name == "default");
+  CHECK(nics[0].kind == vmm::NicKind::kBridge);
+  CHECK(nics[0].source == "edgevirt0");
+  CHECK(nics[0].target_dev == "ev-0b2c6c9e-0");
+  CHECK(nics[0].mac == "02:ed:00:00:00:07");
+  CHECK(nics[0].model == "virtio");
+  CHECK_FALSE(nics[0].pci);
+  CHECK(nics[0].boot_order == 0);
+  CHECK(nics[0].mtu == 1400u);
+  CHECK(nics[1].name == "lan");
+  CHECK(nics[1].source == "br0");
+  CHECK(nics[1].mac == "52:54:00:ab:cd:ef");
+  CHECK(nics[1].model == "e1000e");
+  REQUIRE(nics[1].pci);
+  CHECK(*nics[1].pci == vmm::PciAddress{0, 0, 0x0a, 0});
+  CHECK(nics[1].boot_order == 3u);
+  CHECK(nics[2].kind == vmm::NicKind::kDirect);
+  CHECK(nics[2].source == "eth1");
+  CHECK(nics[2].direct_mode == "vepa");
+  CHECK(nics[2].model == "rtl8139");
+  CHECK(nics[2].target_dev.empty());
+
+  // The domain XML has them (PlanVmi already rendered it once).
+  auto xml = vmm::DomainXml(plan->domain);
+  REQUIRE(xml);
+  CHECK(xml->find("<alias name='ua-lan'/>") != std::string::npos);
+  CHECK(xml->find("<source dev='eth1' mode='vepa'/>") != std::string::npos);
+
+  // Without attachments (std::nullopt, the existing callers) no NIC at all.
+  plan = PlanVmi(vmi, f.host, f.lookup);
+  REQUIRE(plan);
+  CHECK(plan->domain.nics.empty());
+}
+
+TEST_CASE("PlanVmi refuses missing, extra and contradicting NIC attachments") {
+  Fixture f;
+  Json vmi =
+      Admitted(NetVmi("[{name: default, bridge: {}}, {name: lan, bridge: {}, "
+                      "macAddress: '52:54:00:ab:cd:ef', bootOrder: 1}]",
+                      "[{name: default, pod: {}}, {name: lan, multus: {networkName: lan}}]",
+                      "      disks: [{name: root, disk: {bus: virtio}, bootOrder: 2}]\n",
+                      "  volumes: [{name: root, emptyDisk: {capacity: 1Gi}}]\n"));
+  const NicAttachment pod = Tap("default", "edgevirt0", "ev-a", "02:ed:00:00:00:01");
+  const NicAttachment lan = Tap("lan", "br0", "ev-b", "");
+  auto plan_with = [&](std::vector<NicAttachment> nics) {
+    return PlanVmi(vmi, f.host, f.lookup, {}, {}, std::move(nics));
+  };
+  auto fails = [&](std::vector<NicAttachment> nics, const std::string& want) {
+    auto plan = plan_with(std::move(nics));
+    REQUIRE_FALSE(plan);
+    CHECK(plan.error().code == Code::kInvalid);
+    INFO(plan.error().message);
+    CHECK(plan.error().message.find(want) != std::string::npos);
+    CHECK(plan.error().message.find("VMI ns1/vm1") == 0);
+  };
+  auto ok = plan_with({pod, lan});
+  if (!ok) FAIL(ok.error().message);
+  // NIC and disk boot orders share one sequence, in vmm too.
+  CHECK(ok->domain.nics[1].boot_order == 1u);
+  CHECK(ok->domain.disks[0].boot_order == 2u);
+
+  fails({pod}, "interface lan has no NIC attachment (every interface must be attached)");
+  fails({}, "interface default has no NIC attachment");
+  fails({pod, lan, Tap("extra", "br0", "ev-c", "02:ed:00:00:00:02")},
+        "NIC attachment for extra, which is not an interface");
+  fails({pod, lan, lan}, "interface lan has two NIC attachments");
+  NicAttachment wrong_mac = lan;
+  wrong_mac.mac = "52:54:00:00:00:01";
+  fails({pod, wrong_mac},
+        "interface lan: the attachment's MAC 52:54:00:00:00:01 is not the interface's macAddress "
+        "52:54:00:ab:cd:ef");
+  NicAttachment same_mac = lan;
+  same_mac.mac = "52:54:00:AB:CD:EF";  // the same address in upper case is fine
+  CHECK(plan_with({pod, same_mac}));
+  NicAttachment no_mac = pod;
+  no_mac.mac.clear();
+  fails({no_mac, lan}, "interface default: neither the interface nor its attachment has a MAC");
+  NicAttachment bad_bridge = pod;
+  bad_bridge.source = "no/such/bridge";
+  fails({bad_bridge, lan}, "nic \"default\" source: \"no/such/bridge\" is not a valid bridge name");
+  NicAttachment vnet = pod;
+  vnet.tap = "vnet0";
+  fails({vnet, lan}, "starts with \"vnet\"");
+}
+
+TEST_CASE("PlanVmi: a NIC boot order that a disk has is refused") {
+  Fixture f;
+  Json vmi =
+      Admitted(NetVmi("[{name: default, bridge: {}, bootOrder: 1}]", "[{name: default, pod: {}}]"));
+  // Admission checks disk and interface boot orders together; a stored object written around
+  // it must still not reach libvirt.
+  vmi["spec"]["domain"]["devices"]["disks"] =
+      Json::array({{{"name", "root"}, {"disk", {{"bus", "virtio"}}}, {"bootOrder", 1}}});
+  vmi["spec"]["volumes"] = Json::array({{{"name", "root"}, {"emptyDisk", {{"capacity", "1Gi"}}}}});
+  auto plan =
+      PlanVmi(vmi, f.host, f.lookup, {}, {},
+              std::vector<NicAttachment>{Tap("default", "edgevirt0", "", "02:ed:00:00:00:01")});
+  REQUIRE_FALSE(plan);
+  CHECK(plan.error().message.find(
+            "nic \"default\": boot order 1 is already used by disk \"root\"") != std::string::npos);
+  // A malformed pciAddress in a stored object: kInvalid naming the interface.
+  vmi["spec"]["domain"]["devices"]["disks"] = Json::array();
+  vmi["spec"]["volumes"] = Json::array();
+  vmi["spec"]["domain"]["devices"]["interfaces"][0]["pciAddress"] = "0000:00:20.0";
+  plan = PlanVmi(vmi, f.host, f.lookup, {}, {},
+                 std::vector<NicAttachment>{Tap("default", "edgevirt0", "", "02:ed:00:00:00:01")});
+  REQUIRE_FALSE(plan);
+  CHECK(plan.error().message.find("interface default: pciAddress") != std::string::npos);
+}
+
+}  // namespace
+}  // namespace edgevirt::daemon
