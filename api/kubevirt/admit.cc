@@ -1107,6 +1107,68 @@ class SpecValidator {
     return s;
   }
 
+  // Interface and network rules edgevirt adds: what KubeVirt v1.0 admits and then fails to run
+  // (libvirt refuses it when virt-launcher defines the domain), or what cannot name anything
+  // on an edgevirt host.
+  void NetworkRules() {
+    const Json& ifaces = Arr(Get(devices_, "interfaces"));
+    std::set<std::string> disk_names;
+    for (const Json& d : Arr(Get(devices_, "disks"))) disk_names.insert(Str(Get(d, "name")));
+    for (size_t i = 0; i < ifaces.size(); ++i) {
+      const Json& iface = ifaces[i];
+      const std::string at = Idx(f_ + ".domain.devices.interfaces", i);
+      const std::string name = Str(Get(iface, "name"));
+      // Disks and interfaces share libvirt's alias namespace (ua-<name>).
+      if (!name.empty() && disk_names.count(name)) {
+        Add(c_, "FieldValueInvalid",
+            at + ".name '" + name +
+                "' is also a disk name; disks and interfaces need distinct "
+                "names (both become the device alias ua-" +
+                name + ")",
+            at + ".name");
+      }
+      // libvirt refuses a PCI slot above 0x1f; KubeVirt's pattern allows two hex digits.
+      std::string pci = Str(Get(iface, "pciAddress"));
+      if (IsPciAddress(pci) && std::stoi(pci.substr(8, 2), nullptr, 16) > 0x1f) {
+        Add(c_, "FieldValueInvalid",
+            "interface " + at + ".name has PCI address (" + pci + ") with a slot above 1f.",
+            at + ".pciAddress");
+      }
+      // A multicast MAC (low bit of the first octet) is refused by libvirt.
+      std::string mac = Str(Get(iface, "macAddress"));
+      if (ParseMacLen(mac) == 6 && (std::stoi(mac.substr(0, 2), nullptr, 16) & 1)) {
+        Add(c_, "FieldValueInvalid",
+            "interface " + at + ".name has a multicast MAC address (" + mac + ").",
+            at + ".macAddress");
+      }
+    }
+    const Json& nets = Arr(Get(spec_, "networks"));
+    for (size_t i = 0; i < nets.size(); ++i) {
+      const Json* multus = Get(nets[i], "multus");
+      if (multus == nullptr) continue;
+      const std::string f = Idx(f_ + ".networks", i) + ".multus";
+      if (Bool(Get(*multus, "default"), false)) {
+        Add(c_, "FieldValueNotSupported",
+            f + ".default: edgevirt has no Multus default network (use the pod network)",
+            f + ".default");
+      }
+      // edgevirt host networks are named by DNS labels; "namespace/name" names the same one.
+      std::string full = Str(Get(*multus, "networkName"));
+      auto label = [](std::string_view v) { return v.size() <= 63 && MatchesDns1123Label(v); };
+      size_t slash = full.find('/');
+      bool ok = slash == std::string::npos
+                    ? label(full)
+                    : label(full.substr(0, slash)) && label(full.substr(slash + 1));
+      if (!full.empty() && !ok) {
+        Add(c_, "FieldValueInvalid",
+            f + ".networkName '" + full +
+                "' must be \"name\" or \"namespace/name\" of lowercase DNS labels (a host "
+                "network of edgevirtd's config)",
+            f + ".networkName");
+      }
+    }
+  }
+
   // Rules edgevirt adds for fields it accepts but KubeVirt v1.0's webhooks leave unchecked (or
   // leave to a later stage that edgevirt does not have). Documented in README.md.
   void EdgevirtRules() {
@@ -1120,6 +1182,7 @@ class SpecValidator {
             at + " must have exactly one binding method (masquerade or bridge)", at);
       }
     }
+    NetworkRules();
     if (auto grace = Int(Get(spec_, "terminationGracePeriodSeconds")); grace && *grace < 0) {
       std::string f = f_ + ".terminationGracePeriodSeconds";
       Add(c_, "FieldValueInvalid",

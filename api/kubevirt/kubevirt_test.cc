@@ -544,6 +544,54 @@ TEST_CASE("VirtualMachineInstance webhook rules") {
                "(0000:00:1).",
                v);
   }
+  SECTION("edgevirt's interface rules: aliases, PCI slot, multicast MAC") {
+    Json vmi = with(R"([{"name":"root"}])", R"([{"name":"root","bridge":{}}])",
+                    R"([{"name":"root","pod":{}}])", root_vol);
+    ExpectOnly(Create(Vmi(), &vmi), "FieldValueInvalid", "spec.domain.devices.interfaces[0].name",
+               "spec.domain.devices.interfaces[0].name 'root' is also a disk name; disks and "
+               "interfaces need distinct names (both become the device alias ua-root)",
+               v);
+    vmi = with("", R"([{"name":"default","masquerade":{},"pciAddress":"0000:00:20.0"}])", "", "");
+    ExpectOnly(Create(Vmi(), &vmi), "FieldValueInvalid",
+               "spec.domain.devices.interfaces[0].pciAddress",
+               "interface spec.domain.devices.interfaces[0].name has PCI address (0000:00:20.0) "
+               "with a slot above 1f.",
+               v);
+    vmi = with("", R"([{"name":"default","masquerade":{},"pciAddress":"0000:81:1f.7"}])", "", "");
+    CHECK(Create(Vmi(), &vmi).invalid.empty());
+    vmi = with("", R"([{"name":"default","masquerade":{},"macAddress":"03:00:00:00:00:01"}])", "",
+               "");
+    ExpectOnly(Create(Vmi(), &vmi), "FieldValueInvalid",
+               "spec.domain.devices.interfaces[0].macAddress",
+               "interface spec.domain.devices.interfaces[0].name has a multicast MAC address "
+               "(03:00:00:00:00:01).",
+               v);
+    vmi = with("", R"([{"name":"default","masquerade":{},"macAddress":"0200.0000.0001"}])", "", "");
+    CHECK(Create(Vmi(), &vmi).invalid.empty());
+  }
+  SECTION("edgevirt's network rules: no Multus default, host network names") {
+    Json vmi = with("", R"([{"name":"lan","bridge":{}}])",
+                    R"([{"name":"lan","multus":{"networkName":"lan","default":true}}])", "");
+    ExpectOnly(Create(Vmi(), &vmi), "FieldValueNotSupported", "spec.networks[0].multus.default",
+               "spec.networks[0].multus.default: edgevirt has no Multus default network (use the "
+               "pod network)",
+               v);
+    vmi = with("", R"([{"name":"lan","bridge":{}}])",
+               R"([{"name":"lan","multus":{"networkName":"a/b/c"}}])", "");
+    ExpectOnly(Create(Vmi(), &vmi), "FieldValueInvalid", "spec.networks[0].multus.networkName",
+               "spec.networks[0].multus.networkName 'a/b/c' must be \"name\" or "
+               "\"namespace/name\" of lowercase DNS labels (a host network of edgevirtd's config)",
+               v);
+    vmi = with("", R"([{"name":"lan","bridge":{}}])",
+               R"([{"name":"lan","multus":{"networkName":"Br_0"}}])", "");
+    ExpectOnly(Create(Vmi(), &vmi), "FieldValueInvalid", "spec.networks[0].multus.networkName",
+               "spec.networks[0].multus.networkName 'Br_0' must be \"name\" or "
+               "\"namespace/name\" of lowercase DNS labels (a host network of edgevirtd's config)",
+               v);
+    vmi = with("", R"([{"name":"lan","bridge":{}}])",
+               R"([{"name":"lan","multus":{"networkName":"kube-system/lan"}}])", "");
+    CHECK(Create(Vmi(), &vmi).invalid.empty());
+  }
   SECTION("network types") {
     Json vmi = with("", R"([{"name":"default","bridge":{}}])", R"([{"name":"default"}])", "");
     ExpectOnly(Create(Vmi(), &vmi), "FieldValueRequired", "spec.networks[0]",
