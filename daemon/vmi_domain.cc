@@ -801,8 +801,8 @@ Result<vmm::NicSpec> NicOf(const Json& iface, const NetworkRequest& req, const N
   vmm::NicSpec n;
   n.name = req.interface_name;
   n.kind = at.kind;
-  n.source = at.source;
-  n.direct_mode = at.direct_mode;
+  // A macvtap is opened by its name alone; its parent and mode are net/'s (vmm::NicKind).
+  if (at.kind == vmm::NicKind::kBridge) n.source = at.source;
   n.target_dev = at.tap;
   n.mtu = at.mtu;
   if (at.mac.empty()) {

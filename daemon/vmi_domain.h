@@ -175,9 +175,14 @@ Result<std::vector<NetworkRequest>> NetworkRequests(const Json& vmi);
 struct NicAttachment {
   std::string interface_name;
   vmm::NicKind kind = vmm::NicKind::kBridge;
-  std::string source;                  // the bridge (kBridge) or host NIC (kDirect)
-  std::string direct_mode = "bridge";  // kDirect: bridge|vepa|private|passthrough
-  std::string tap;                     // the tap/macvtap name libvirt creates; empty: libvirt's
+  // kBridge: the bridge. kDirect: the host NIC the macvtap sits on, and its mode
+  // (bridge|vepa|private|passthrough); for net/, which makes the macvtap: the domain XML names
+  // only the device (see vmm::NicKind::kDirect).
+  std::string source;
+  std::string direct_mode = "bridge";
+  // kBridge: the tap libvirt creates (empty: libvirt's vnetN). kDirect: the existing macvtap,
+  // required.
+  std::string tap;
   // The guest MAC. Must equal the interface's macAddress when it has one (either case); empty:
   // the interface's macAddress (then required).
   std::string mac;

@@ -983,6 +983,7 @@ TEST_CASE("PlanVmi renders one NIC per interface from the attachments") {
   wan.kind = vmm::NicKind::kDirect;
   wan.source = "eth1";
   wan.direct_mode = "vepa";
+  wan.tap = "evm-0b2c6c9e-2";
   wan.mac = "52:54:00:00:00:99";
   // Attachments in another order than the interfaces: the NICs follow the interfaces.
   auto plan = PlanVmi(vmi, f.host, f.lookup, {}, {}, std::vector<NicAttachment>{wan, pod, lan});
@@ -1006,16 +1007,15 @@ TEST_CASE("PlanVmi renders one NIC per interface from the attachments") {
   CHECK(*nics[1].pci == vmm::PciAddress{0, 0, 0x0a, 0});
   CHECK(nics[1].boot_order == 3u);
   CHECK(nics[2].kind == vmm::NicKind::kDirect);
-  CHECK(nics[2].source == "eth1");
-  CHECK(nics[2].direct_mode == "vepa");
+  CHECK(nics[2].source.empty());  // the macvtap is opened by name; eth1 and vepa are net/'s
+  CHECK(nics[2].target_dev == "evm-0b2c6c9e-2");
   CHECK(nics[2].model == "rtl8139");
-  CHECK(nics[2].target_dev.empty());
 
   // The domain XML has them (PlanVmi already rendered it once).
   auto xml = vmm::DomainXml(plan->domain);
   REQUIRE(xml);
   CHECK(xml->find("<alias name='ua-lan'/>") != std::string::npos);
-  CHECK(xml->find("<source dev='eth1' mode='vepa'/>") != std::string::npos);
+  CHECK(xml->find("<target dev='evm-0b2c6c9e-2' managed='no'/>") != std::string::npos);
 
   // Without attachments (std::nullopt, the existing callers) no NIC at all.
   plan = PlanVmi(vmi, f.host, f.lookup);
@@ -1072,6 +1072,11 @@ TEST_CASE("PlanVmi refuses missing, extra and contradicting NIC attachments") {
   NicAttachment vnet = pod;
   vnet.tap = "vnet0";
   fails({vnet, lan}, "starts with \"vnet\"");
+  NicAttachment macvtap = pod;
+  macvtap.kind = vmm::NicKind::kDirect;
+  macvtap.source = "eth1";
+  macvtap.tap.clear();
+  fails({macvtap, lan}, "needs the name of its existing macvtap device");
 }
 
 TEST_CASE("PlanVmi: a NIC boot order that a disk has is refused") {

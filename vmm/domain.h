@@ -155,25 +155,33 @@ Result<PciAddress> ParsePciAddress(std::string_view text);
 bool IsNetdevName(std::string_view name);
 
 enum class NicKind {
-  kBridge,  // a tap on a host bridge; libvirt creates the tap (<interface type='bridge'>)
-  kDirect,  // macvtap on a host NIC (<interface type='direct'>)
+  // A tap on a host bridge; libvirt creates the tap and deletes it when the domain stops
+  // (<interface type='bridge'>).
+  kBridge,
+  // An existing macvtap device (`target_dev`) that the caller (net/) made on a host NIC, with
+  // the guest's MAC, and deletes; libvirt only opens it (<interface type='ethernet'> with
+  // <target managed='no'>). Not libvirt's own macvtap (<interface type='direct'>): libvirt
+  // 9.0's embedded QEMU driver never starts its netlink event service, and deleting a macvtap
+  // it made, when the domain stops (destroy or guest power-off), dereferences that service's
+  // NULL mutex and crashes the embedding process (virNetlinkEventRemoveClient; seen in
+  // edgevirt's own test, vmm_nic_start_test).
+  kDirect,
 };
 
-// One guest NIC. The caller (the daemon, from net/'s decisions) chooses the bridge or host
-// device, the tap name and the MAC address; this module validates and renders them.
+// One guest NIC. The caller (the daemon, from net/'s decisions) chooses the bridge or macvtap,
+// the tap name and the MAC address; this module validates and renders them.
 struct NicSpec {
   // The KubeVirt interface name, [A-Za-z0-9_-]+, unique among the NICs; becomes the user alias
   // "ua-<name>", which must not collide with a disk's alias either.
   std::string name;
   NicKind kind = NicKind::kBridge;
-  // kBridge: the host bridge's name; kDirect: the host NIC macvtap sits on. IsNetdevName.
+  // kBridge: the host bridge's name (IsNetdevName). kDirect: empty (the macvtap's parent is
+  // net/'s business; libvirt never sees it).
   std::string source;
-  // kDirect only: the macvtap mode, "bridge", "vepa", "private" or "passthrough". Must stay
-  // "bridge" (or be empty) for kBridge.
-  std::string direct_mode = "bridge";
-  // The name of the tap (kBridge) or macvtap (kDirect) device libvirt creates; empty: libvirt
-  // chooses (vnetN / macvtapN). IsNetdevName, unique among the NICs, and not starting with
-  // "vnet", "macvtap" or "macvlan": libvirt silently replaces names with its own prefixes.
+  // kBridge: the name of the tap libvirt creates; empty: libvirt chooses one (vnetN).
+  // kDirect: the existing macvtap device, required. IsNetdevName, unique among the NICs, and
+  // not starting with "vnet", "macvtap" or "macvlan": libvirt replaces names with the prefixes
+  // of the names it generates by its own.
   std::string target_dev;
   // The guest's MAC address, "aa:bb:cc:dd:ee:ff" (hex, either case; written lower-case),
   // unicast, unique among the NICs. Required: libvirt would otherwise invent a new one at each
@@ -187,8 +195,10 @@ struct NicSpec {
   // does not try to PXE-boot from it). Otherwise unique among the disks' and NICs' orders.
   uint32_t boot_order = 0;
   // The MTU the tap gets and the guest is told (virtio-net's host_mtu); 0: the bridge's.
-  // 68..65535; kBridge with model virtio only (libvirt refuses an MTU for type 'direct', and
-  // only virtio-net can tell the guest).
+  // 68..65535; kBridge with model virtio only (a macvtap's MTU is set where it is made, and
+  // only virtio-net can tell the guest). A Linux bridge without an MTU of its own follows its
+  // smallest port, so an MTU below the bridge's lowers the whole bridge and every tap libvirt
+  // adds later (checked in vmm_nic_start_test): give the bridge and its NICs the same MTU.
   uint32_t mtu = 0;
 };
 

@@ -185,8 +185,7 @@ TEST_CASE("golden: NICs on bridges and macvtap, with models, PCI address and boo
                            .boot_order = 2});
   s.nics.push_back(NicSpec{.name = "uplink",
                            .kind = NicKind::kDirect,
-                           .source = "eth1",
-                           .direct_mode = "vepa",
+                           .target_dev = "evm-3f2a9c03",
                            .mac = "52:54:00:ab:cd:ef",
                            .pci = PciAddress{0, 0, 0x0a, 0}});
   s.nics.push_back(
@@ -243,19 +242,19 @@ TEST_CASE("NIC elements: bridge tap, macvtap, boot order or no ROM, escaped name
   xml = DomainXml(s);
   REQUIRE(xml);
   CHECK(Count(*xml, "<source bridge='br&apos;&amp;&quot;0'/>") == 1);
+  CHECK(Count(*xml, "<interface type='direct'>") == 0);  // never libvirt's own macvtap
   s.nics[0].source = "edgevirt0";
 
   s.nics[0].boot_order = 2;
-  s.nics[0].target_dev.clear();
+  s.nics[0].target_dev = "evm-1";
   s.nics[0].kind = NicKind::kDirect;
-  s.nics[0].source = "eth1";
-  s.nics[0].direct_mode = "passthrough";
+  s.nics[0].source.clear();
   s.nics[0].mtu = 0;
   xml = DomainXml(s);
   REQUIRE(xml);
-  CHECK(Count(*xml, "<interface type='direct'>") == 1);
-  CHECK(Count(*xml, "<source dev='eth1' mode='passthrough'/>") == 1);
-  CHECK(Count(*xml, "<target ") == 1);  // only the disk's
+  CHECK(Count(*xml, "<interface type='ethernet'>") == 1);
+  CHECK(Count(*xml, "<target dev='evm-1' managed='no'/>") == 1);
+  CHECK(Count(*xml, "<source ") == 1);  // only the disk's
   CHECK(Count(*xml, "<boot order='2'/>") == 1);
   CHECK(Count(*xml, "<rom ") == 0);
 
@@ -635,22 +634,20 @@ TEST_CASE("validation errors") {
        "is not a valid bridge name"},
       {"NIC source with a slash", [](DomainSpec& s) { s.nics.push_back(NicOf("n", "../br")); },
        "is not a valid bridge name"},
-      {"macvtap on a bad host device",
+      {"macvtap without its device",
        [](DomainSpec& s) {
-         NicSpec& n = s.nics.emplace_back(NicOf("n", "eth 1"));
+         NicSpec& n = s.nics.emplace_back(NicOf("n", ""));
          n.kind = NicKind::kDirect;
        },
-       "nic \"n\" source: \"eth 1\" is not a valid host device name"},
-      {"macvtap with an unknown mode",
+       "nic \"n\" target_dev: a macvtap NIC (NicKind::kDirect) needs the name of its existing "
+       "macvtap device"},
+      {"macvtap with a source",
        [](DomainSpec& s) {
          NicSpec& n = s.nics.emplace_back(NicOf("n", "eth1"));
          n.kind = NicKind::kDirect;
-         n.direct_mode = "loop";
+         n.target_dev = "evm-1";
        },
-       "nic \"n\" direct_mode: \"loop\" is not bridge, vepa, private or passthrough"},
-      {"bridge NIC with a macvtap mode",
-       [](DomainSpec& s) { s.nics.emplace_back(NicOf("n", "br0")).direct_mode = "vepa"; },
-       "only a macvtap NIC (NicKind::kDirect) has a mode"},
+       "nic \"n\" source: a macvtap NIC (NicKind::kDirect) names only its device"},
       {"tap name too long",
        [](DomainSpec& s) {
          s.nics.emplace_back(NicOf("n", "br0")).target_dev = "tap-0123456789ab";
@@ -685,11 +682,12 @@ TEST_CASE("validation errors") {
        "nic \"n\" mtu: 67 is not between 68 and 65535"},
       {"MTU on macvtap",
        [](DomainSpec& s) {
-         NicSpec& n = s.nics.emplace_back(NicOf("n", "eth1"));
+         NicSpec& n = s.nics.emplace_back(NicOf("n", ""));
          n.kind = NicKind::kDirect;
+         n.target_dev = "evm-1";
          n.mtu = 1500;
        },
-       "libvirt sets an MTU only on a tap"},
+       "only a tap libvirt makes (NicKind::kBridge) gets an MTU here"},
       {"MTU on an e1000",
        [](DomainSpec& s) {
          NicSpec& n = s.nics.emplace_back(NicOf("n", "br0"));

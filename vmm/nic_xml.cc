@@ -12,8 +12,6 @@ namespace {
 // KubeVirt v1.0's interface models (validateNetworksMatchInterfaces).
 constexpr std::array<std::string_view, 6> kModels = {"e1000", "e1000e",  "ne2k_pci",
                                                      "pcnet", "rtl8139", "virtio"};
-constexpr std::array<std::string_view, 4> kDirectModes = {"bridge", "vepa", "private",
-                                                          "passthrough"};
 // Prefixes libvirt keeps for the device names it generates: a <target dev> that starts with
 // one of them is ignored and replaced by a generated name (libvirt's virNetDevTapCreate /
 // virNetDevMacVLanCreateWithVPortProfile), so the caller would not get the name it chose.
@@ -96,27 +94,30 @@ Status CheckNic(const NicSpec& n) {
                    " must be non-empty and consist of letters, digits, '_' and '-'");
   }
   const std::string field = "nic " + Quote(n.name);
-  const std::string_view source_what = n.kind == NicKind::kBridge ? "bridge" : "host device";
-  if (!IsNetdevName(n.source)) {
-    if (!IsXmlSafe(n.source)) return Invalid(field + " source: contains a control character");
-    return Invalid(field + " source: " + Quote(n.source) + " is not a valid " +
-                   std::string(source_what) +
-                   " name (1-15 printable bytes, no '/', ':' or space, not '.' or '..')");
-  }
-  if (n.kind == NicKind::kDirect) {
-    if (!In(kDirectModes, n.direct_mode)) {
-      if (!IsXmlSafe(n.direct_mode))
-        return Invalid(field + " direct_mode: contains a control character");
-      return Invalid(field + " direct_mode: " + Quote(n.direct_mode) +
-                     " is not bridge, vepa, private or passthrough");
+  if (n.kind == NicKind::kBridge) {
+    if (!IsNetdevName(n.source)) {
+      if (!IsXmlSafe(n.source)) return Invalid(field + " source: contains a control character");
+      return Invalid(field + " source: " + Quote(n.source) +
+                     " is not a valid bridge name (1-15 printable bytes, no '/', ':' or space, "
+                     "not '.' or '..')");
     }
-  } else if (!n.direct_mode.empty() && n.direct_mode != "bridge") {
-    return Invalid(field + " direct_mode: only a macvtap NIC (NicKind::kDirect) has a mode");
+  } else {
+    if (!n.source.empty()) {
+      return Invalid(field +
+                     " source: a macvtap NIC (NicKind::kDirect) names only its device "
+                     "(target_dev)");
+    }
+    if (n.target_dev.empty()) {
+      return Invalid(field +
+                     " target_dev: a macvtap NIC (NicKind::kDirect) needs the name of "
+                     "its existing macvtap device");
+    }
   }
   if (!n.target_dev.empty()) {
     if (!IsNetdevName(n.target_dev)) {
-      if (!IsXmlSafe(n.target_dev))
+      if (!IsXmlSafe(n.target_dev)) {
         return Invalid(field + " target_dev: contains a control character");
+      }
       return Invalid(field + " target_dev: " + Quote(n.target_dev) +
                      " is not a valid device name (1-15 printable bytes, no '/', ':' or space)");
     }
@@ -152,8 +153,8 @@ Status CheckNic(const NicSpec& n) {
     }
     if (n.kind != NicKind::kBridge) {
       return Invalid(field +
-                     " mtu: libvirt sets an MTU only on a tap (NicKind::kBridge), not on "
-                     "macvtap (it follows the host device's)");
+                     " mtu: only a tap libvirt makes (NicKind::kBridge) gets an MTU here; a "
+                     "macvtap's is set where it is made");
     }
     if (n.model != "virtio") {
       return Invalid(field + " mtu: only a virtio NIC can tell the guest its MTU (model is " +
@@ -164,15 +165,18 @@ Status CheckNic(const NicSpec& n) {
 }
 
 void WriteNic(XmlWriter& w, const NicSpec& n) {
-  const bool direct = n.kind == NicKind::kDirect;
-  w.Start("interface", {{"type", direct ? "direct" : "bridge"}});
-  w.Empty("mac", {{"address", CanonicalMac(n.mac)}});
-  if (direct) {
-    w.Empty("source", {{"dev", n.source}, {"mode", n.direct_mode}});
+  if (n.kind == NicKind::kDirect) {
+    // An existing macvtap: libvirt opens its /dev/tapN and hands QEMU the fd; managed='no'
+    // keeps it from creating or deleting the device (see NicKind::kDirect for why).
+    w.Start("interface", {{"type", "ethernet"}});
+    w.Empty("mac", {{"address", CanonicalMac(n.mac)}});
+    w.Empty("target", {{"dev", n.target_dev}, {"managed", "no"}});
   } else {
+    w.Start("interface", {{"type", "bridge"}});
+    w.Empty("mac", {{"address", CanonicalMac(n.mac)}});
     w.Empty("source", {{"bridge", n.source}});
+    if (!n.target_dev.empty()) w.Empty("target", {{"dev", n.target_dev}});
   }
-  if (!n.target_dev.empty()) w.Empty("target", {{"dev", n.target_dev}});
   w.Empty("model", {{"type", n.model}});
   if (n.mtu != 0) w.Empty("mtu", {{"size", std::to_string(n.mtu)}});
   if (n.boot_order != 0) {
