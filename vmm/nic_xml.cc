@@ -12,9 +12,9 @@ namespace {
 // KubeVirt v1.0's interface models (validateNetworksMatchInterfaces).
 constexpr std::array<std::string_view, 6> kModels = {"e1000", "e1000e",  "ne2k_pci",
                                                      "pcnet", "rtl8139", "virtio"};
-// Prefixes libvirt keeps for the device names it generates: a <target dev> that starts with
-// one of them is ignored and replaced by a generated name (libvirt's virNetDevTapCreate /
-// virNetDevMacVLanCreateWithVPortProfile), so the caller would not get the name it chose.
+// Prefixes of the device names libvirt generates (vnetN, macvtapN, macvlanN): libvirt treats a
+// <target dev> with one of them as its own generated name and replaces it, so the caller would
+// not get the device it named. Refused for every NIC rather than per type and libvirt version.
 constexpr std::array<std::string_view, 3> kReservedTapPrefixes = {"vnet", "macvtap", "macvlan"};
 constexpr uint32_t kMinMtu = 68;  // IPv4's minimum (RFC 791), the kernel's ETH_MIN_MTU
 constexpr uint32_t kMaxMtu = 65535;
