@@ -2,7 +2,7 @@
 // resource, and the hooks through which a kind's own rules (schema, defaulting, validation,
 // printer columns, field selectors) plug in. The machinery is kind-agnostic: KubeVirt's
 // VirtualMachine/VirtualMachineInstance (api/kubevirt) and the core/v1 kinds (Event, Secret,
-// PersistentVolumeClaim, later Service) are all described by a ResourceType.
+// PersistentVolumeClaim, Service) are all described by a ResourceType.
 #pragma once
 
 #include <chrono>
@@ -53,7 +53,17 @@ struct AdmitResult {
   // "<v>" cannot be handled as a <Kind>: <decode_error>`, as the apiserver's decoder answers;
   // nothing is written and nothing else is reported.
   std::string decode_error;
+  // Extension (api/machinery): admission failed on the server's side (an exhausted allocation
+  // range, a failed read). Non-empty means 500 InternalError `Internal error occurred:
+  // <internal_error>`, as the apiserver answers when its allocators fail; nothing is written.
+  std::string internal_error;
 };
+
+// Read access to other served objects, for hooks that need it (ResourceType::delete_guard):
+// the objects of `group`/`kind` in namespace `ns` ("" = all namespaces), as clients see them
+// (server-owned metadata set). kNotFound when that kind is not served.
+using ObjectLister = std::function<Result<std::vector<Json>>(
+    std::string_view group, std::string_view kind, const std::string& ns)>;
 
 struct AdmitRequest {
   Operation op = Operation::kCreate;
@@ -63,6 +73,9 @@ struct AdmitRequest {
   // removal of unknown fields). Server-owned metadata is already set.
   Json* object = nullptr;
   bool status_subresource = false;  // the write goes through /status
+  // Extension (api/machinery): read access to the served objects, set (for creates and
+  // updates) only for kinds with ResourceType::serialize_writes; null otherwise.
+  const ObjectLister* list = nullptr;
 };
 
 struct TableColumn {
@@ -72,12 +85,6 @@ struct TableColumn {
   std::string description;  // our own text
   int priority = 0;         // 1 = only with -o wide
 };
-
-// Read access to other served objects, for hooks that need it (ResourceType::delete_guard):
-// the objects of `group`/`kind` in namespace `ns` ("" = all namespaces), as clients see them
-// (server-owned metadata set). kNotFound when that kind is not served.
-using ObjectLister = std::function<Result<std::vector<Json>>(
-    std::string_view group, std::string_view kind, const std::string& ns)>;
 
 struct ResourceType {
   std::string group;    // "kubevirt.io", "" for core
@@ -95,6 +102,13 @@ struct ResourceType {
   // Decodes against the schema, defaults and validates (webhook semantics). Must not touch the
   // store or any driver; pure function of its inputs.
   std::function<AdmitResult(const AdmitRequest&)> admit;
+  // Extension (api/machinery): true = the registry runs this kind's creates and updates one at
+  // a time (admission through the store write, one mutex for all such kinds) and gives `admit`
+  // read access to the served objects (AdmitRequest::list). For values that must be unique
+  // across objects and are allocated at admission (a Service's clusterIP and nodePorts): what
+  // admission reads stays true until its write commits. Deletes are not serialized (they only
+  // free values).
+  bool serialize_writes = false;
 
   // Printer columns after Name (Age comes first for every kind, rendered by the machinery).
   std::vector<TableColumn> columns;

@@ -114,7 +114,7 @@ std::optional<ApiError> CheckTypeMeta(const ResourceType& rt, const Json& object
 // Admission and validation of a write; fills *warnings. `old_object` null for creates.
 std::optional<ApiError> AdmitAndValidate(const ResourceType& rt, Operation op, Json& object,
                                          const Json* old_object, bool status,
-                                         const WriteOptions& options,
+                                         const WriteOptions& options, const ObjectLister* lister,
                                          std::vector<std::string>* warnings) {
   // metav1.ObjectMeta is a typed struct: unknown metadata fields are decoding errors.
   std::vector<std::string> unknown;
@@ -137,12 +137,14 @@ std::optional<ApiError> AdmitAndValidate(const ResourceType& rt, Operation op, J
     req.old_object = old_object;
     req.object = &object;
     req.status_subresource = status;
+    req.list = lister;
     ar = rt.admit(req);
   }
   if (!ar.decode_error.empty()) {
     return BadRequest(rt.kind + " in version " + Quote(rt.version) + " cannot be handled as a " +
                       rt.kind + ": " + ar.decode_error);
   }
+  if (!ar.internal_error.empty()) return Internal(ar.internal_error);
   for (auto& f : ar.unknown_fields) {
     if (std::find(unknown.begin(), unknown.end(), f) == unknown.end()) unknown.push_back(f);
   }
@@ -526,8 +528,12 @@ Outcome<WriteResult> Registry::CreateObject(const ResourceType& rt, const std::s
   }
 
   WriteResult result;
+  // Kinds that allocate unique values at admission: admission through the write, one at a time.
+  std::unique_lock<std::mutex> serialized(serialized_writes_, std::defer_lock);
+  const ObjectLister list = rt.serialize_writes ? Lister() : ObjectLister();
+  if (rt.serialize_writes) serialized.lock();
   if (auto e = AdmitAndValidate(rt, Operation::kCreate, object, nullptr, false, options,
-                                &result.warnings)) {
+                                rt.serialize_writes ? &list : nullptr, &result.warnings)) {
     return *e;
   }
   object["apiVersion"] = rt.ApiVersion();
@@ -698,8 +704,11 @@ Outcome<WriteResult> Registry::CommitUpdate(const ResourceType& rt, const store:
   }
 
   WriteResult result;
+  std::unique_lock<std::mutex> serialized(serialized_writes_, std::defer_lock);
+  const ObjectLister list = rt.serialize_writes ? Lister() : ObjectLister();
+  if (rt.serialize_writes) serialized.lock();
   if (auto e = AdmitAndValidate(rt, Operation::kUpdate, object, &old_object, ctx.status, options,
-                                &result.warnings)) {
+                                rt.serialize_writes ? &list : nullptr, &result.warnings)) {
     return *e;
   }
   object["apiVersion"] = rt.ApiVersion();

@@ -4,11 +4,14 @@
 //
 // Used by the HTTP handler and, in process, by the controller, the garbage collector and the
 // event recorder. Thread-safe and lock-free: every write is one store operation with an
-// expected resourceVersion; patches retry on a concurrent write as the apiserver does.
+// expected resourceVersion; patches retry on a concurrent write as the apiserver does. The one
+// exception: creates and updates of kinds with ResourceType::serialize_writes (Service) take
+// one mutex from admission to the store write, so values allocated at admission stay unique.
 #pragma once
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -142,6 +145,8 @@ class Registry {
   store::Store& store_;
   std::vector<ApiGroupVersion> groups_;
   std::function<WallClock::time_point()> clock_;
+  // Held from admission to the store write of kinds with ResourceType::serialize_writes.
+  std::mutex serialized_writes_;
 };
 
 // The field manager the apiserver derives when a request names none: the User-Agent up to the
