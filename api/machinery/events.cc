@@ -340,10 +340,12 @@ ApiGroupVersion CoreV1(const CoreV1Options& options) {
   ApiGroupVersion gv;
   gv.group = "";
   gv.version = "v1";
-  gv.resources = {std::move(ev), SecretResource(), PersistentVolumeClaimResource(options.claims)};
+  gv.resources = {std::move(ev), SecretResource(), PersistentVolumeClaimResource(options.claims),
+                  ServiceResource(options.services)};
   gv.schemas = EventSchemas();
   gv.schemas.update(SecretSchemas());
   gv.schemas.update(PersistentVolumeClaimSchemas());
+  gv.schemas.update(ServiceSchemas());
   return gv;
 }
 

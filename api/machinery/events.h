@@ -17,18 +17,20 @@
 
 #include "api/machinery/pvc.h"
 #include "api/machinery/registry.h"
+#include "api/machinery/services.h"
 #include "api/resource.h"
 
 namespace edgevirt::api::machinery {
 
 struct CoreV1Options {
   PersistentVolumeClaimOptions claims;  // the default storage class
+  ServiceOptions services;              // service_cidr, node_port_range
 };
 
 // The core/v1 group-version the machinery serves itself: Event (events, short name "ev",
 // field selectors involvedObject.{kind,namespace,name,uid,apiVersion,resourceVersion,fieldPath},
 // reason, reportingComponent, source, type; the apiserver's event printer columns), Secret
-// (secrets.h) and PersistentVolumeClaim (pvc.h).
+// (secrets.h), PersistentVolumeClaim (pvc.h) and Service (services.h).
 ApiGroupVersion CoreV1(const CoreV1Options& options = {});
 
 // What an event is about (core/v1 ObjectReference).
