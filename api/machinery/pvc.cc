@@ -5,6 +5,7 @@
 #include <set>
 
 #include "api/machinery/errors.h"
+#include "api/machinery/go_decode.h"
 #include "api/machinery/meta.h"
 #include "common/quantity.h"
 
@@ -13,9 +14,6 @@ namespace {
 
 // k8s.io/api/core/v1 types.go.
 constexpr char kBetaStorageClassAnnotation[] = "volume.beta.kubernetes.io/storage-class";
-constexpr char kQuantityFormatError[] =
-    "quantities must match the regular expression "
-    "'^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
 const std::vector<std::string>& AccessModes() {  // sorted, as sets.List prints them
   static const std::vector<std::string> k = {"ReadOnlyMany", "ReadWriteMany", "ReadWriteOnce",
                                              "ReadWriteOncePod"};
@@ -24,29 +22,8 @@ const std::vector<std::string>& AccessModes() {  // sorted, as sets.List prints 
 
 // ---- decoding: the Go types of core/v1 PersistentVolumeClaim ----------------------------------
 
-enum class Type {
-  kOpaque,       // metadata: validated by the machinery
-  kString,       // string, *string and string enums
-  kStringList,   // []string
-  kStringMap,    // map[string]string
-  kQuantityMap,  // v1.ResourceList
-  kStruct,
-  kStructList,
-};
-
-struct Shape;
-
-struct Field {
-  const char* name;
-  Type type;
-  const char* go_type;  // for "json: cannot unmarshal ... of type <go_type>"
-  const Shape* shape = nullptr;
-};
-
-struct Shape {
-  const char* go_name;
-  std::vector<Field> fields;
-};
+using Type = GoType;
+using Shape = GoShape;
 
 const Shape& LabelSelectorRequirementShape() {
   static const Shape k{"LabelSelectorRequirement",
@@ -147,129 +124,6 @@ const Shape& ClaimShape() {
        {"status", Type::kStruct, "v1.PersistentVolumeClaimStatus", &StatusShape()}}};
   return k;
 }
-
-// The JSON type name encoding/json's UnmarshalTypeError uses.
-std::string JsonTypeName(const Json& j) {
-  if (j.is_object()) return "object";
-  if (j.is_array()) return "array";
-  if (j.is_string()) return "string";
-  if (j.is_number()) return "number";
-  if (j.is_boolean()) return "bool";
-  return "null";
-}
-
-// Walks a decoded body against the Go types: unknown fields are reported and removed, nulls
-// removed (omitempty), quantities canonicalised; the first type error is kept in `error`.
-class Decoder {
- public:
-  explicit Decoder(std::vector<std::string>* unknown) : unknown_(unknown) {}
-  const std::string& error() const { return error_; }
-
-  // `path`: JSON path of `node` for unknown-field names ("spec.selector."); `go_path`: the
-  // same without list indexes, for type errors ("spec.selector").
-  void Struct(Json& node, const Shape& shape, const std::string& path, const std::string& go_path) {
-    for (auto it = node.begin(); it != node.end() && error_.empty();) {
-      const Field* f = nullptr;
-      for (const auto& candidate : shape.fields) {
-        if (it.key() == candidate.name) f = &candidate;
-      }
-      if (f == nullptr) {
-        unknown_->push_back(path + it.key());
-        it = node.erase(it);
-        continue;
-      }
-      if (it->is_null()) {
-        it = node.erase(it);
-        continue;
-      }
-      const std::string go_field = go_path.empty() ? it.key() : go_path + "." + it.key();
-      Value(*it, *f, shape, path + it.key(), go_field);
-      ++it;
-    }
-  }
-
- private:
-  void Mistyped(const Json& v, const Shape& shape, const std::string& go_field,
-                const std::string& go_type) {
-    if (!error_.empty()) return;
-    error_ = "json: cannot unmarshal " + JsonTypeName(v) + " into Go struct field " +
-             shape.go_name + "." + go_field + " of type " + go_type;
-  }
-
-  // The element type of a slice or map type name: "[]v1.X" → "v1.X", "map[a]b" → "b".
-  static std::string ElementType(std::string_view go_type) {
-    if (go_type.rfind("[]", 0) == 0) return std::string(go_type.substr(2));
-    if (go_type.rfind("map[", 0) == 0) return std::string(go_type.substr(go_type.find(']') + 1));
-    if (go_type == "v1.ResourceList") return "resource.Quantity";
-    return std::string(go_type);
-  }
-
-  void Value(Json& v, const Field& f, const Shape& shape, const std::string& path,
-             const std::string& go_field) {
-    switch (f.type) {
-      case Type::kOpaque:
-        return;
-      case Type::kString:
-        if (!v.is_string()) Mistyped(v, shape, go_field, f.go_type);
-        return;
-      case Type::kStringList:
-        if (!v.is_array()) return Mistyped(v, shape, go_field, f.go_type);
-        for (Json& e : v) {
-          if (e.is_null()) e = "";
-          if (!e.is_string()) return Mistyped(e, shape, go_field, ElementType(f.go_type));
-        }
-        return;
-      case Type::kStringMap:
-        if (!v.is_object()) return Mistyped(v, shape, go_field, f.go_type);
-        for (auto& [k, e] : v.items()) {
-          if (e.is_null()) e = "";
-          if (!e.is_string()) return Mistyped(e, shape, go_field, ElementType(f.go_type));
-        }
-        return;
-      case Type::kQuantityMap:
-        if (!v.is_object()) return Mistyped(v, shape, go_field, f.go_type);
-        for (auto& [k, e] : v.items()) {
-          // resource.Quantity.UnmarshalJSON: null is zero; a string or any other JSON text
-          // goes through ParseQuantity.
-          if (e.is_null()) {
-            e = "0";
-            continue;
-          }
-          std::string text = e.is_string() ? e.get<std::string>() : e.dump();
-          while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) {
-            text.pop_back();
-          }
-          size_t start = 0;
-          while (start < text.size() && std::isspace(static_cast<unsigned char>(text[start]))) {
-            ++start;
-          }
-          auto q = Quantity::Parse(std::string_view(text).substr(start));
-          if (!q) {
-            if (error_.empty()) error_ = kQuantityFormatError;
-            return;
-          }
-          e = q->String();
-        }
-        return;
-      case Type::kStruct:
-        if (!v.is_object()) return Mistyped(v, shape, go_field, f.go_type);
-        Struct(v, *f.shape, path + ".", go_field);
-        return;
-      case Type::kStructList:
-        if (!v.is_array()) return Mistyped(v, shape, go_field, f.go_type);
-        for (size_t i = 0; i < v.size() && error_.empty(); ++i) {
-          Json& e = v[i];
-          if (e.is_null()) e = Json::object();
-          if (!e.is_object()) return Mistyped(e, shape, go_field, ElementType(f.go_type));
-          Struct(e, *f.shape, path + "[" + std::to_string(i) + "].", go_field);
-        }
-        return;
-    }
-  }
-
-  std::vector<std::string>* unknown_;
-  std::string error_;
-};
 
 // ---- small accessors ----------------------------------------------------------------------
 
@@ -532,7 +386,7 @@ AdmitResult AdmitClaim(const PersistentVolumeClaimOptions& options, const AdmitR
   AdmitResult r;
   if (req.object == nullptr || req.op == Operation::kDelete) return r;
   Json& claim = *req.object;
-  Decoder decoder(&r.unknown_fields);
+  GoDecoder decoder(&r.unknown_fields);
   decoder.Struct(claim, ClaimShape(), "", "");
   if (!decoder.error().empty()) {
     r.decode_error = decoder.error();

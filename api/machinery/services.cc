@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <charconv>
-#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -12,6 +11,7 @@
 #include <vector>
 
 #include "api/machinery/errors.h"
+#include "api/machinery/go_decode.h"
 #include "api/machinery/meta.h"
 
 namespace edgevirt::api::machinery {
@@ -19,32 +19,8 @@ namespace {
 
 // ---- decoding: the Go types of core/v1 Service ----------------------------------------------
 
-enum class Type {
-  kOpaque,  // metadata: validated by the machinery
-  kString,
-  kStringList,
-  kStringMap,
-  kInt32,
-  kInt64,
-  kBool,
-  kIntOrString,
-  kStruct,
-  kStructList,
-};
-
-struct Shape;
-
-struct Field {
-  const char* name;
-  Type type;
-  const char* go_type;  // for "json: cannot unmarshal ... of type <go_type>"
-  const Shape* shape = nullptr;
-};
-
-struct Shape {
-  const char* go_name;
-  std::vector<Field> fields;
-};
+using Type = GoType;
+using Shape = GoShape;
 
 const Shape& PortShape() {
   static const Shape k{"ServicePort",
@@ -146,119 +122,6 @@ const Shape& ServiceShape() {
                         {"status", Type::kStruct, "v1.ServiceStatus", &StatusShape()}}};
   return k;
 }
-
-// The Value text of encoding/json's UnmarshalTypeError ("string", "number 1.5", ...).
-std::string JsonTypeName(const Json& j) {
-  if (j.is_object()) return "object";
-  if (j.is_array()) return "array";
-  if (j.is_string()) return "string";
-  if (j.is_number()) return "number " + j.dump();
-  if (j.is_boolean()) return "bool";
-  return "null";
-}
-
-bool FitsInt(const Json& v, int64_t min, int64_t max) {
-  if (v.is_number_unsigned()) return v.get<uint64_t>() <= static_cast<uint64_t>(max);
-  if (v.is_number_integer()) return v.get<int64_t>() >= min && v.get<int64_t>() <= max;
-  return false;
-}
-
-// Walks a body against the Go types: unknown fields reported and removed, nulls removed
-// (omitempty); the first type error is kept in `error`.
-class Decoder {
- public:
-  explicit Decoder(std::vector<std::string>* unknown) : unknown_(unknown) {}
-  const std::string& error() const { return error_; }
-
-  void Struct(Json& node, const Shape& shape, const std::string& path, const std::string& go_path) {
-    for (auto it = node.begin(); it != node.end() && error_.empty();) {
-      const Field* f = nullptr;
-      for (const auto& candidate : shape.fields) {
-        if (it.key() == candidate.name) f = &candidate;
-      }
-      if (f == nullptr) {
-        unknown_->push_back(path + it.key());
-        it = node.erase(it);
-        continue;
-      }
-      if (it->is_null()) {
-        it = node.erase(it);
-        continue;
-      }
-      const std::string go_field = go_path.empty() ? it.key() : go_path + "." + it.key();
-      Value(*it, *f, shape, path + it.key(), go_field);
-      ++it;
-    }
-  }
-
- private:
-  void Mistyped(const Json& v, const Shape& shape, const std::string& go_field,
-                const std::string& go_type) {
-    if (!error_.empty()) return;
-    error_ = "json: cannot unmarshal " + JsonTypeName(v) + " into Go struct field " +
-             shape.go_name + "." + go_field + " of type " + go_type;
-  }
-
-  void Value(Json& v, const Field& f, const Shape& shape, const std::string& path,
-             const std::string& go_field) {
-    constexpr int64_t kMin32 = std::numeric_limits<int32_t>::min();
-    constexpr int64_t kMax32 = std::numeric_limits<int32_t>::max();
-    switch (f.type) {
-      case Type::kOpaque:
-        return;
-      case Type::kString:
-        if (!v.is_string()) Mistyped(v, shape, go_field, f.go_type);
-        return;
-      case Type::kBool:
-        if (!v.is_boolean()) Mistyped(v, shape, go_field, f.go_type);
-        return;
-      case Type::kInt32:
-        if (!FitsInt(v, kMin32, kMax32)) Mistyped(v, shape, go_field, f.go_type);
-        return;
-      case Type::kInt64:
-        if (!FitsInt(v, std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max())) {
-          Mistyped(v, shape, go_field, f.go_type);
-        }
-        return;
-      case Type::kIntOrString:
-        // intstr.IntOrString.UnmarshalJSON: a JSON string, else an int32.
-        if (!v.is_string() && !FitsInt(v, kMin32, kMax32) && error_.empty()) {
-          error_ = "json: cannot unmarshal " + JsonTypeName(v) + " into Go value of type int32";
-        }
-        return;
-      case Type::kStringList:
-        if (!v.is_array()) return Mistyped(v, shape, go_field, f.go_type);
-        for (Json& e : v) {
-          if (e.is_null()) e = "";
-          if (!e.is_string()) return Mistyped(e, shape, go_field, "string");
-        }
-        return;
-      case Type::kStringMap:
-        if (!v.is_object()) return Mistyped(v, shape, go_field, f.go_type);
-        for (auto& [k, e] : v.items()) {
-          if (e.is_null()) e = "";
-          if (!e.is_string()) return Mistyped(e, shape, go_field, "string");
-        }
-        return;
-      case Type::kStruct:
-        if (!v.is_object()) return Mistyped(v, shape, go_field, f.go_type);
-        Struct(v, *f.shape, path + ".", go_field);
-        return;
-      case Type::kStructList:
-        if (!v.is_array()) return Mistyped(v, shape, go_field, f.go_type);
-        for (size_t i = 0; i < v.size() && error_.empty(); ++i) {
-          Json& e = v[i];
-          if (e.is_null()) e = Json::object();
-          if (!e.is_object()) return Mistyped(e, shape, go_field, std::string(f.go_type).substr(2));
-          Struct(e, *f.shape, path + "[" + std::to_string(i) + "].", go_field);
-        }
-        return;
-    }
-  }
-
-  std::vector<std::string>* unknown_;
-  std::string error_;
-};
 
 // ---- small accessors ----------------------------------------------------------------------
 
@@ -807,7 +670,7 @@ AdmitResult AdmitService(const Result<ServiceRanges>& ranges, const AdmitRequest
   AdmitResult r;
   if (req.object == nullptr || req.op == Operation::kDelete) return r;
   Json& svc = *req.object;
-  Decoder decoder(&r.unknown_fields);
+  GoDecoder decoder(&r.unknown_fields);
   decoder.Struct(svc, ServiceShape(), "", "");
   if (!decoder.error().empty()) {
     r.decode_error = decoder.error();

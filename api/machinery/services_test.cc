@@ -271,6 +271,16 @@ TEST_CASE("services: validation answers 422 with field causes", "[services]") {
   CHECK(mistyped.json["message"] ==
         "Service in version \"v1\" cannot be handled as a Service: json: cannot unmarshal string "
         "into Go struct field ServicePort.spec.ports.port of type int32");
+  auto fraction = env.Call("POST", kServices, Svc("web", R"("ports":[{"port":1.5}])"));
+  REQUIRE(fraction.status == 400);
+  CHECK(fraction.json["message"] ==
+        "Service in version \"v1\" cannot be handled as a Service: json: cannot unmarshal number "
+        "1.5 into Go struct field ServicePort.spec.ports.port of type int32");
+  auto number_type = env.Call("POST", kServices, Svc("web", R"("type":5,"ports":[{"port":80}])"));
+  REQUIRE(number_type.status == 400);
+  CHECK(number_type.json["message"] ==
+        "Service in version \"v1\" cannot be handled as a Service: json: cannot unmarshal number "
+        "into Go struct field ServiceSpec.spec.type of type v1.ServiceType");
   auto unknown = env.Call("POST", kServices + "?fieldValidation=Strict",
                           Svc("web", R"("ports":[{"port":80,"bogus":1}])"));
   REQUIRE(unknown.status == 400);
