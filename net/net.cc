@@ -306,8 +306,18 @@ struct Network::Impl {
   Status StartDnsmasqLocked() {
     std::error_code ec;
     fs::remove(pid_path(), ec);
-    RETURN_IF_ERROR(Run(options.dnsmasq_path, {conf_arg()}));
+    // A dnsmasq just killed can hold its sockets a moment longer than its /proc entry shows it
+    // alive (seen here as "Address already in use" right after SIGKILL): retry for a while.
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    for (;;) {
+      auto started = Run(options.dnsmasq_path, {conf_arg()});
+      if (started) break;
+      if (started.error().message.find("Address already in use") == std::string::npos ||
+          std::chrono::steady_clock::now() > deadline) {
+        return std::move(started).error();
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
     for (;;) {
       ASSIGN_OR_RETURN(int pid, PidFromFile());
       if (pid > 0 && IsOurDnsmasq(pid, conf_arg())) {
@@ -726,7 +736,7 @@ std::string Network::RenderRuleset(const Options& options, const DataPlane& plan
   r += "\t}\n\n";
   // From the host itself. Loopback is left out: DNAT of 127.0.0.0/8 to a bridge address needs
   // route_localnet, which this module does not turn on.
-  r += "\tchain output {\n\t\ttype nat hook output priority dstnat; policy accept;\n";
+  r += "\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n";
   r += "\t\tmeta l4proto { tcp, udp } ip daddr != 127.0.0.0/8 fib daddr type local dnat ip to "
        "meta l4proto . th dport map @nodeports\n";
   r += "\t\tmeta l4proto { tcp, udp } dnat ip to ip daddr . meta l4proto . th dport map "

@@ -75,6 +75,18 @@ TEST_CASE("RenderRuleset matches the golden file and ignores input order", "[net
   CHECK(script.find("flush ruleset") == std::string::npos);
 }
 
+TEST_CASE("Rendered rulesets pass nft's own check", "[net]") {
+  TempDir dir("ev-net-nft");
+  NetNs ns("evn-nftc-" + std::to_string(::getpid()));
+  REQUIRE(ns.ok());
+  Options o;
+  for (const auto& plane : {Sample(), DataPlane{}}) {
+    auto path = dir.Write("r.nft", Network::RenderRuleset(o, plane));
+    auto r = ns.Run({"nft", "-c", "-f", path.string()});
+    if (!r) FAIL(r.error().ToString());
+  }
+}
+
 TEST_CASE("RenderRuleset of an empty data plane still masquerades the subnet", "[net]") {
   Options o;
   o.bridge = "evbr1";
