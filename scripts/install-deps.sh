@@ -30,6 +30,9 @@ DEB_PACKAGES=(
   libvirt-dev libvirt-daemon-driver-qemu qemu-system-x86 ovmf swtpm swtpm-tools qemu-utils
   # daemon/: cloud-init NoCloud/ConfigDrive ISOs (xorriso -as mkisofs), as KubeVirt makes them
   xorriso
+  # net/: the default network (nft table, dnsmasq for DHCP, ip for bridges and taps); its tests
+  # also use busybox udhcpc (busybox-static, above) as the DHCP client
+  nftables dnsmasq-base iproute2
   # the test guest (tests/fixtures/guest/build-test-guest.sh): a kernel with modules,
   # busybox, extlinux + MBR, partitioning, ext2, initramfs tools
   linux-image-amd64 busybox-static extlinux syslinux-common fdisk e2fsprogs cpio kmod adduser
@@ -53,6 +56,8 @@ RPM_PACKAGES=(
   libvirt-devel libvirt-daemon-driver-qemu qemu-kvm edk2-ovmf swtpm swtpm-tools qemu-img
   # daemon/: cloud-init ISOs (xorriso -as mkisofs)
   xorriso
+  # net/: nft table, dnsmasq (DHCP), ip
+  nftables dnsmasq iproute
   kernel-core busybox syslinux syslinux-extlinux util-linux e2fsprogs cpio kmod
   clang compiler-rt
   libcurl-devel openssl-devel libarchive-devel
