@@ -51,6 +51,13 @@ std::string FormatIpv4(uint32_t ip) {
   return buf;
 }
 
+// The canonical dotted quad of a validated address (what inet_ntop prints), so that rendered
+// text never carries the caller's spelling.
+std::string CanonIp(const std::string& s) {
+  auto ip = ParseIpv4(s);
+  return ip ? FormatIpv4(*ip) : s;
+}
+
 struct Subnet {
   uint32_t network = 0;
   int prefix = 0;
@@ -234,17 +241,28 @@ std::vector<int> FindOurDnsmasqs(const std::string& conf_arg) {
   return pids;
 }
 
-// SIGTERM, then SIGKILL after `grace`; returns once the process is gone (or a zombie).
+// Whether the process still runs: /proc/PID/stat exists and is not a zombie. Not its cmdline,
+// which reads empty once an exiting process has dropped its memory but not yet closed its files
+// (its sockets still bound).
+bool Running(int pid) {
+  auto stat = ReadFile("/proc/" + std::to_string(pid) + "/stat");
+  if (!stat) return false;
+  auto paren = stat->rfind(')');
+  return paren != std::string::npos && paren + 2 < stat->size() && (*stat)[paren + 2] != 'Z';
+}
+
+// SIGTERM, SIGKILL after `grace`, then waits (bounded) until the process is gone or a zombie.
 void KillAndWait(int pid, std::chrono::milliseconds grace) {
   ::kill(pid, SIGTERM);
-  auto deadline = std::chrono::steady_clock::now() + grace;
-  while (!ProcArgv(pid).empty()) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(pid, SIGKILL);
-      deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-      grace = std::chrono::milliseconds::max();
+  for (int sig : {SIGKILL, 0}) {
+    auto deadline = std::chrono::steady_clock::now() + grace;
+    while (Running(pid)) {
+      if (std::chrono::steady_clock::now() > deadline) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!Running(pid) || sig == 0) return;
+    ::kill(pid, sig);
+    grace = std::chrono::seconds(5);
   }
 }
 
@@ -654,7 +672,7 @@ std::string Network::RenderHostsFile(const DataPlane& plane) {
   for (const auto& e : plane.endpoints) {
     auto mac = NormalizeMac(e.mac);
     if (!mac) continue;
-    std::string l = *mac + "," + e.ip;
+    std::string l = *mac + "," + CanonIp(e.ip);
     if (!e.hostname.empty()) l += "," + e.hostname;
     lines.push_back(l + "\n");
   }
@@ -673,18 +691,20 @@ std::string Network::RenderRuleset(const Options& options, const DataPlane& plan
   std::set<std::string> nodeports, clusterips, limited, allowed;
   for (const auto& f : plane.forwards) {
     std::string proto = Lower(f.protocol);
-    std::string to = f.target_ip + " . " + std::to_string(f.target_port);
+    std::string to = CanonIp(f.target_ip) + " . " + std::to_string(f.target_port);
     if (f.node_port != 0)
       nodeports.insert(proto + " . " + std::to_string(f.node_port) + " : " + to);
     if (!f.cluster_ip.empty()) {
-      clusterips.insert(f.cluster_ip + " . " + proto + " . " + std::to_string(f.port) + " : " + to);
+      clusterips.insert(CanonIp(f.cluster_ip) + " . " + proto + " . " + std::to_string(f.port) +
+                        " : " + to);
     }
   }
   for (const auto& e : plane.endpoints) {
     if (e.binding != Binding::kMasquerade || e.ports.empty()) continue;
-    limited.insert(e.ip);
+    const std::string ip = CanonIp(e.ip);
+    limited.insert(ip);
     for (const auto& p : e.ports) {
-      allowed.insert(e.ip + " . " + Lower(p.protocol) + " . " + std::to_string(p.port));
+      allowed.insert(ip + " . " + Lower(p.protocol) + " . " + std::to_string(p.port));
     }
   }
   auto elements = [](const std::set<std::string>& s) {

@@ -343,12 +343,21 @@ TEST_CASE("Open refuses bad options and missing host networks", "[net]") {
   // Nothing was created by the refused opens.
   CHECK_FALSE(f.ns.Run({"ip", "link", "show", "dev", "edgevirt0"}));
   CHECK_FALSE(std::filesystem::exists(f.dir.Path("run")));
+  o.mtu = 40;
+  fails(o, Code::kInvalid, "mtu");
+  o.mtu = 1400;
   o.host_networks = {{"lan", "", "lo", "private"}};
   auto n = Network::Open(o);
   REQUIRE(n);
   auto link = f.ns.Run({"ip", "-d", "link", "show", "dev", "edgevirt0"});
   REQUIRE(link);
   CHECK(link->stdout_text.find("bridge") != std::string::npos);
+  CHECK(link->stdout_text.find("mtu 1400") != std::string::npos);
+  // A link of the bridge's name that is not a bridge is refused, not taken over.
+  REQUIRE((*n)->StopDhcp());
+  REQUIRE(f.ns.Run({"ip", "link", "add", "evveth0", "type", "veth", "peer", "name", "evveth1"}));
+  o.bridge = "evveth0";
+  fails(o, Code::kConflict, "not a bridge");
   REQUIRE((*n)->StopDhcp());
 }
 
