@@ -109,25 +109,42 @@ Status ValidateIfName(std::string_view name, std::string_view what) {
   return Ok();
 }
 
-// The links of the calling thread's network namespace, name -> kind ("bridge", "tun", "veth",
-// "" for a plain device). Asked of ip(8) (netlink), not /sys/class/net: sysfs shows the
-// namespace it was mounted in, which is not the caller's after setns(2).
-Result<std::map<std::string, std::string>> ListLinks(const std::string& ip_path) {
+struct Link {
+  std::string kind;      // "bridge", "tun", "veth", "" for a plain device
+  std::string master;    // the bridge it is a port of, if any
+  bool hairpin = false;  // as a bridge port
+};
+
+// The links of the calling thread's network namespace by name. Asked of ip(8) (netlink), not
+// /sys/class/net: sysfs shows the namespace it was mounted in, which is not the caller's after
+// setns(2).
+Result<std::map<std::string, Link>> ListLinks(const std::string& ip_path) {
   ASSIGN_OR_RETURN(auto r, ExecChecked({ip_path, "-j", "-d", "link", "show"},
                                        ExecOptions{std::chrono::seconds(30), 16 << 20}));
   auto doc = nlohmann::json::parse(r.stdout_text, nullptr, false);
   if (!doc.is_array()) {
     return MakeError(Code::kInternal, "ip -j link show: output is not a JSON array");
   }
-  std::map<std::string, std::string> links;
+  auto str = [](const nlohmann::json& o, const char* key) {
+    return o.is_object() && o.contains(key) && o[key].is_string() ? o[key].get<std::string>()
+                                                                  : std::string();
+  };
+  std::map<std::string, Link> links;
   for (const auto& l : doc) {
-    if (!l.is_object() || !l.contains("ifname") || !l["ifname"].is_string()) continue;
-    std::string kind;
-    if (l.contains("linkinfo") && l["linkinfo"].is_object() &&
-        l["linkinfo"].contains("info_kind") && l["linkinfo"]["info_kind"].is_string()) {
-      kind = l["linkinfo"]["info_kind"].get<std::string>();
+    std::string name = str(l, "ifname");
+    if (name.empty()) continue;
+    Link link;
+    link.master = str(l, "master");
+    if (l.contains("linkinfo") && l["linkinfo"].is_object()) {
+      const auto& info = l["linkinfo"];
+      link.kind = str(info, "info_kind");
+      if (info.contains("info_slave_data") && info["info_slave_data"].is_object()) {
+        const auto& port = info["info_slave_data"];
+        link.hairpin =
+            port.contains("hairpin") && port["hairpin"].is_boolean() && port["hairpin"].get<bool>();
+      }
     }
-    links[l["ifname"].get<std::string>()] = kind;
+    links[name] = link;
   }
   return links;
 }
@@ -375,7 +392,7 @@ struct Network::Impl {
     const std::string& ip = options.ip_path;
     ASSIGN_OR_RETURN(auto links, ListLinks(ip));
     if (auto it = links.find(br); it != links.end()) {
-      if (it->second != "bridge") {
+      if (it->second.kind != "bridge") {
         return MakeError(Code::kConflict, "link " + br + " exists and is not a bridge");
       }
     } else {
@@ -431,7 +448,7 @@ Result<std::unique_ptr<Network>> Network::Open(const Options& options) {
     RETURN_IF_ERROR(ResolveProgram(prog));
   }
   std::set<std::string> names;
-  std::map<std::string, std::string> links;
+  std::map<std::string, Link> links;
   if (!options.host_networks.empty()) {
     ASSIGN_OR_RETURN(links, ListLinks(options.ip_path));
   }
@@ -451,7 +468,8 @@ Result<std::unique_ptr<Network>> Network::Open(const Options& options) {
       if (!links.count(h.bridge)) {
         return MakeError(Code::kNotFound, what + ": bridge " + h.bridge + " does not exist");
       }
-      if (links[h.bridge] != "bridge") return Invalid(what + ": " + h.bridge + " is not a bridge");
+      if (links[h.bridge].kind != "bridge")
+        return Invalid(what + ": " + h.bridge + " is not a bridge");
     } else {
       RETURN_IF_ERROR(ValidateIfName(h.macvtap_device, what + " macvtap device"));
       if (!links.count(h.macvtap_device)) {
@@ -783,6 +801,31 @@ Status Network::Apply(const DataPlane& plane) {
     auto r = ExecChecked(argv, kCmdOptions, "nft -f " + d.nft_path().string());
     if (!r) return std::move(r).error().Wrap("apply nft table");
   }
+  // Hairpin on the endpoints' bridge ports: with br_netfilter loaded (Docker loads it;
+  // bridge-nf-call-iptables=1), a VM's packet to a Service that DNATs back to the same VM is
+  // bridged out of the port it came in on, which a bridge refuses unless the port is in hairpin
+  // mode (kubelet's hairpin-veth for the same reason). Only ports of our bridge are touched.
+  std::set<std::string> taps;
+  for (const auto& e : plane.endpoints) {
+    if (!e.tap.empty()) taps.insert(e.tap);
+  }
+  if (!taps.empty()) {
+    ASSIGN_OR_RETURN(auto links, ListLinks(d.options.ip_path));
+    std::string batch;
+    for (const auto& tap : taps) {
+      auto it = links.find(tap);
+      if (it == links.end() || it->second.master != d.options.bridge || it->second.hairpin) {
+        continue;  // not there yet (libvirt makes it), not ours, or done
+      }
+      batch += "link set dev " + tap + " type bridge_slave hairpin on\n";
+    }
+    if (!batch.empty()) {
+      RETURN_IF_ERROR(WriteFileAtomic(d.run_dir / "hairpin.batch", batch));
+      auto r = ExecChecked({d.options.ip_path, "-batch", (d.run_dir / "hairpin.batch").string()},
+                           kCmdOptions, "ip -batch hairpin.batch");
+      if (!r) return std::move(r).error().Wrap("set hairpin on VM ports");
+    }
+  }
   const std::string hosts = RenderHostsFile(plane);
   auto old = ReadFile(d.hosts_path());
   if (!old || *old != hosts) {
@@ -815,8 +858,8 @@ Status Network::RemoveStaleTaps(const std::set<std::string>& live) {
   const std::string& ip = impl_->options.ip_path;
   ASSIGN_OR_RETURN(auto links, ListLinks(ip));
   Status first;
-  for (const auto& [name, kind] : links) {
-    if (name.rfind(kTapPrefix, 0) != 0 || live.count(name) || kind != "tun") continue;
+  for (const auto& [name, link] : links) {
+    if (name.rfind(kTapPrefix, 0) != 0 || live.count(name) || link.kind != "tun") continue;
     auto s = Run(ip, {"link", "del", "dev", name});
     if (!s && first) first = std::move(s).error().Wrap("remove stale tap " + name);
   }

@@ -214,6 +214,7 @@ DataPlane PlaneFor(const Address& vm) {
   e.ip = vm.ip;
   e.mac = vm.mac;
   e.hostname = "vm1";
+  e.tap = "evvm0";            // the veth standing in for the VM's tap (see Topology::Wire)
   e.ports = {{"TCP", 8080}};  // masquerade: only 8080 may come in
   p.endpoints = {e};
   p.forwards = {Forward{"TCP", 30080, "10.96.0.10", 80, vm.ip, 8080},
@@ -264,6 +265,11 @@ TEST_CASE("net: bridge, DHCP, NodePort/ClusterIP, port limits, masquerade, idemp
 
   // DHCP: the static lease for the allocated MAC.
   t.Wire(vm->mac);
+  REQUIRE(net->Apply(plane));  // the "tap" now exists: hairpin on its bridge port
+  auto port = t.h.Run({"ip", "-d", "link", "show", "dev", "evvm0"});
+  Must(port);
+  CHECK(port->stdout_text.find("hairpin on") != std::string::npos);
+  CHECK(t.ListTable() == table);
   CHECK(t.Dhcp() == vm->ip);
   auto leases = net->Leases();
   REQUIRE(leases);
@@ -291,6 +297,8 @@ TEST_CASE("net: bridge, DHCP, NodePort/ClusterIP, port limits, masquerade, idemp
   // ClusterIP from outside (prerouting) and from the host itself (output).
   CHECK(Topology::Connect(t.c, "10.96.0.10", 80) == "vm:8080 peer:192.168.77.2");
   CHECK(Topology::Connect(t.h, "10.96.0.10", 80).rfind("vm:8080 peer:", 0) == 0);
+  // A VM through a Service back to itself: hairpin-masqueraded behind the gateway.
+  CHECK(Topology::Connect(t.v, "10.96.0.10", 80) == "vm:8080 peer:10.208.0.1");
   // Outbound from the VM is masqueraded behind H's uplink address.
   CHECK(Topology::Connect(t.v, "192.168.77.2", 7000) == "vm:7000 peer:192.168.77.1");
 
