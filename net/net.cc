@@ -854,6 +854,51 @@ Result<std::vector<Lease>> Network::Leases() const {
   return out;
 }
 
+Result<size_t> Network::RemoveStaleLeases() {
+  Impl& d = *impl_;
+  std::lock_guard lock(d.mu);
+  auto text = ReadFile(d.lease_path());
+  if (!text) return size_t{0};
+  ASSIGN_OR_RETURN(std::string hosts, ReadFile(d.hosts_path()));
+  std::set<std::pair<std::string, std::string>> wanted;  // (mac, ip) of the last Apply
+  {
+    std::istringstream in(hosts);
+    std::string line;
+    while (std::getline(in, line)) {
+      auto c1 = line.find(',');
+      auto c2 = line.find(',', c1 == std::string::npos ? c1 : c1 + 1);
+      if (c1 == std::string::npos) continue;
+      wanted.emplace(
+          line.substr(0, c1),
+          line.substr(c1 + 1, c2 == std::string::npos ? std::string::npos : c2 - c1 - 1));
+    }
+  }
+  std::string kept;
+  size_t stale = 0;
+  {
+    std::istringstream in(*text);
+    std::string line;
+    while (std::getline(in, line)) {
+      std::istringstream ls(line);
+      int64_t expiry = 0;
+      std::string mac, ip;
+      if ((ls >> expiry >> mac >> ip) && !wanted.count({Lower(mac), ip})) {
+        ++stale;
+        continue;
+      }
+      kept += line + "\n";
+    }
+  }
+  if (stale == 0) return stale;
+  // dnsmasq keeps its leases in memory and rewrites the file from them: it has to be stopped
+  // while the file is edited. Clients do not notice a restart of a few milliseconds.
+  for (int pid : FindOurDnsmasqs(d.conf_arg())) KillAndWait(pid, std::chrono::seconds(2));
+  d.dnsmasq_pid = 0;
+  RETURN_IF_ERROR(WriteFileAtomic(d.lease_path(), kept));
+  RETURN_IF_ERROR(d.StartDnsmasqLocked());
+  return stale;
+}
+
 Status Network::RemoveStaleTaps(const std::set<std::string>& live) {
   const std::string& ip = impl_->options.ip_path;
   ASSIGN_OR_RETURN(auto links, ListLinks(ip));

@@ -134,6 +134,11 @@ class Network {
   // dnsmasq's lease file (missing file: no leases).
   Result<std::vector<Lease>> Leases() const;
 
+  // Deletes the leases whose (mac, ip) is not an endpoint of the last Apply (start-up GC, after
+  // the first Apply; also fine on resync). Restarts dnsmasq when there are any (it holds its
+  // leases in memory); returns how many were removed.
+  Result<size_t> RemoveStaleLeases();
+
   // Deletes tun/tap links named with kTapPrefix that are not in `live`. Returns OK when they
   // are gone; the first failure otherwise (after trying all).
   Status RemoveStaleTaps(const std::set<std::string>& live);

@@ -410,17 +410,34 @@ TEST_CASE("net: kill -9 then re-Open: one dnsmasq, same leases and rules, stale 
   CHECK(links->stdout_text.find("othertap0:") != std::string::npos);
   CHECK(links->stdout_text.find("evtveth0@") != std::string::npos);
 
+  // Lease GC: vm1's lease stays while vm1 is an endpoint, goes when it is not.
+  auto none = net->RemoveStaleLeases();
+  REQUIRE(none);
+  CHECK(*none == 0);
+  REQUIRE(t.OurDnsmasqs() == std::vector<int>{dnsmasq_before});
+  REQUIRE(net->Apply({}));
+  auto removed = net->RemoveStaleLeases();
+  if (!removed) FAIL(removed.error().ToString());
+  CHECK(*removed == 1);
+  CHECK(net->Leases()->empty());
+  REQUIRE(t.OurDnsmasqs().size() == 1);
+  const int dnsmasq_gc = t.OurDnsmasqs()[0];
+  CHECK(dnsmasq_gc != dnsmasq_before);
+  REQUIRE(net->Apply(PlaneFor(*a)));
+  CHECK(t.Dhcp() == ip);
+  CHECK(net->Leases()->size() == 1);
+
   // A dnsmasq that dies is restarted by Supervise, once; the lease survives (the lease file).
   auto first = net->Supervise();
   REQUIRE(first);
   CHECK_FALSE(*first);
-  ::kill(dnsmasq_before, SIGKILL);
+  ::kill(dnsmasq_gc, SIGKILL);
   for (int i = 0; i < 100 && !t.OurDnsmasqs().empty(); ++i) std::this_thread::sleep_for(10ms);
   auto restarted = net->Supervise();
   if (!restarted) FAIL(restarted.error().ToString());
   CHECK(*restarted);
   REQUIRE(t.OurDnsmasqs().size() == 1);
-  CHECK(t.OurDnsmasqs()[0] != dnsmasq_before);
+  CHECK(t.OurDnsmasqs()[0] != dnsmasq_gc);
   CHECK(net->Leases()->size() == 1);
   // And it serves: V renews its address.
   CHECK(t.Dhcp() == ip);
