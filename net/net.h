@@ -127,8 +127,9 @@ class Network {
 
   // Applies the whole desired data plane: validates it all first (bad input: kInvalid, nothing
   // changed), rewrites dnsmasq's dhcp-hostsfile (SIGHUP only when it changed) and replaces our
-  // nft table in ONE `nft -f` transaction (add table; delete table; table { ... }). Idempotent:
-  // the same DataPlane gives the same table.
+  // nft table in ONE `nft -f` transaction (add table; delete table; table { ... }), and puts
+  // the endpoints' taps that are ports of our bridge in hairpin mode (missing taps are
+  // skipped). Idempotent: the same DataPlane gives the same table.
   Status Apply(const DataPlane& plane);
 
   // dnsmasq's lease file (missing file: no leases).
@@ -154,7 +155,7 @@ class Network {
   int DhcpPid() const;
 
   // The tap name of a VMI's NIC: kTapPrefix + 10 hex digits of a 64-bit FNV-1a hash of the uid
-  // + the index in two base-36 digits (index < 1296) — 15 characters, IFNAMSIZ-1.
+  // + the index in two base-36 digits (index modulo 1296) — 15 characters, IFNAMSIZ-1.
   static std::string TapName(std::string_view vmi_uid, size_t index);
 
   // The `nft -f` script Apply feeds (pure; for tests and the bench). The DataPlane must be

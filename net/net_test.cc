@@ -239,6 +239,12 @@ TEST_CASE("IPAM: stable addresses across reopen, release, exhaustion, MAC rules"
     REQUIRE(again);
     CHECK(again->ip == a1.ip);
     CHECK(again->mac == a1.mac);
+    // A changed MAC request replaces the pair's MAC and keeps its address.
+    auto remac = net->Allocate("default/a", "second", "02:aa:bb:cc:dd:ef");
+    REQUIRE(remac);
+    CHECK(remac->ip == a2.ip);
+    CHECK(remac->mac == "02:aa:bb:cc:dd:ef");
+    REQUIRE(net->Allocate("default/a", "second", "02:aa:bb:cc:dd:ee"));
     // A MAC held by another pair.
     auto taken = net->Allocate("default/b", "default", "02:aa:bb:cc:dd:ee");
     REQUIRE_FALSE(taken);

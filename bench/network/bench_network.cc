@@ -12,9 +12,10 @@
 // 2. Restore at start: with --vms taps already present (as running QEMUs keep theirs) and their
 //    addresses in the store, the time a restarted daemon needs to restore networking:
 //    Network::Open + Allocate per VM (the stored addresses) + Apply (every endpoint with a
-//    declared port and one NodePort each) + RemoveStaleTaps. `warm`: the previous process's
-//    bridge, table and dnsmasq are still there (a daemon restart, dnsmasq adopted). `cold`:
-//    dnsmasq stopped, bridge and table deleted first (a host reboot with taps re-made).
+//    declared port and one NodePort each) + RemoveStaleTaps + RemoveStaleLeases. `warm`: the
+//    previous process's bridge, table and dnsmasq are still there (a daemon restart, dnsmasq
+//    adopted). `cold`: dnsmasq stopped, bridge and table deleted first (a host reboot with taps
+//    re-made).
 //
 // Needs root, ip, nft and dnsmasq.
 #include <sched.h>
@@ -244,6 +245,7 @@ int Main(int argc, char** argv) {
     }
     Must(network->Apply(VmPlane(again, taps)), "apply vms");
     Must(network->RemoveStaleTaps(live), "remove stale taps");
+    Must(network->RemoveStaleLeases(), "remove stale leases");
     double ms = Ms(Clock::now() - t0);
     for (size_t i = 0; i < again.size(); ++i) {
       if (again[i].ip != addrs[i].ip || again[i].mac != addrs[i].mac) {
