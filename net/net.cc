@@ -436,8 +436,16 @@ Result<std::unique_ptr<Network>> Network::Open(const Options& options) {
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   if (options.store == nullptr) return Invalid("net: Options.store is required");
-  if (options.run_dir.empty() || options.run_dir[0] != '/') {
-    return Invalid("net: run_dir \"" + options.run_dir + "\" must be an absolute path");
+  // The path goes into dnsmasq.conf lines: no control characters (a newline would add
+  // directives), and not "/" or a path with "." / ".." components.
+  const bool printable = std::all_of(options.run_dir.begin(), options.run_dir.end(), [](char c) {
+    return static_cast<unsigned char>(c) >= 0x20 && c != 0x7f;
+  });
+  if (options.run_dir.size() < 2 || options.run_dir[0] != '/' || !printable ||
+      fs::path(options.run_dir).lexically_normal() != fs::path(options.run_dir) ||
+      options.run_dir.back() == '/') {
+    return Invalid("net: run_dir \"" + options.run_dir +
+                   "\" must be a normalised absolute path (not /) without control characters");
   }
   RETURN_IF_ERROR(ValidateIfName(options.bridge, "bridge"));
   ASSIGN_OR_RETURN(impl->subnet, ParseCidr(options.cidr));
@@ -486,10 +494,20 @@ Result<std::unique_ptr<Network>> Network::Open(const Options& options) {
 
   impl->run_dir = options.run_dir;
   std::error_code ec;
-  fs::create_directories(impl->run_dir, ec);
-  if (ec) return ErrnoError("create " + options.run_dir, ec.value());
-  if (::chmod(impl->run_dir.c_str(), 0700) != 0) {
-    return ErrnoError("chmod " + options.run_dir, errno);
+  struct stat st {};
+  if (::lstat(impl->run_dir.c_str(), &st) == 0) {
+    // An existing directory is used as it is (never chmod-ed: a misconfigured path must not
+    // change a system directory), but only when nobody else can write into it.
+    if (!S_ISDIR(st.st_mode) || st.st_uid != ::geteuid() || (st.st_mode & 022) != 0) {
+      return Invalid("net: run_dir " + options.run_dir +
+                     " must be a directory owned by this user and writable by it alone");
+    }
+  } else {
+    fs::create_directories(impl->run_dir, ec);
+    if (ec) return ErrnoError("create " + options.run_dir, ec.value());
+    if (::chmod(impl->run_dir.c_str(), 0700) != 0) {
+      return ErrnoError("chmod " + options.run_dir, errno);
+    }
   }
 
   RETURN_IF_ERROR(impl->EnsureBridge());
