@@ -632,6 +632,23 @@ Status Network::Release(const std::string& owner) {
   return Ok();
 }
 
+Result<size_t> Network::RetainOwners(const std::set<std::string>& owners) {
+  Impl& d = *impl_;
+  std::lock_guard lock(d.mu);
+  size_t freed = 0;
+  for (auto it = d.allocs.begin(); it != d.allocs.end();) {
+    if (owners.count(it->first.first)) {
+      ++it;
+      continue;
+    }
+    RETURN_IF_ERROR(d.options.store->DeleteRaw(std::string(kIpamSpace),
+                                               AllocKey(it->first.first, it->first.second)));
+    it = d.allocs.erase(it);
+    ++freed;
+  }
+  return freed;
+}
+
 Result<std::vector<std::pair<std::string, Address>>> Network::Allocations() const {
   const Impl& d = *impl_;
   std::lock_guard lock(d.mu);

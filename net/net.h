@@ -122,6 +122,9 @@ class Network {
                            const std::string& mac);
   // Frees every address of the owner (none is success).
   Status Release(const std::string& owner);
+  // Start-up GC: releases every allocation whose owner is not in `owners` (the VMs that exist);
+  // returns how many (owner, interface) allocations were freed.
+  Result<size_t> RetainOwners(const std::set<std::string>& owners);
   // Every allocation as (owner + "/" + interface, address), sorted by owner then interface.
   Result<std::vector<std::pair<std::string, Address>>> Allocations() const;
 

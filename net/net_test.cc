@@ -297,6 +297,12 @@ TEST_CASE("IPAM: stable addresses across reopen, release, exhaustion, MAC rules"
     REQUIRE(all->size() == 2);
     CHECK((*all)[0].first == "default/b/default");
     CHECK((*all)[1].first == "default/c/default");
+    // Start-up GC keeps the owners that exist; "default/nope" has nothing to keep.
+    REQUIRE(net->Allocate("default/d", "default", ""));
+    auto freed = net->RetainOwners({"default/b", "default/c", "default/nope"});
+    REQUIRE(freed);
+    CHECK(*freed == 1);
+    CHECK(net->Allocations()->size() == 2);
     REQUIRE(net->StopDhcp());
   }
   // A /29 has 5 assignable addresses (.2-.6); b and c keep their MACs and move into it.
