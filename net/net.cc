@@ -836,6 +836,14 @@ Status Network::Apply(const DataPlane& plane) {
     auto r = ExecChecked(argv, kCmdOptions, "nft -f " + d.nft_path().string());
     if (!r) return std::move(r).error().Wrap("apply nft table");
   }
+  const std::string hosts = RenderHostsFile(plane);
+  auto old = ReadFile(d.hosts_path());
+  if (!old || *old != hosts) {
+    RETURN_IF_ERROR(WriteFileAtomic(d.hosts_path(), hosts));
+    if (d.dnsmasq_pid > 0 && IsOurDnsmasq(d.dnsmasq_pid, d.conf_arg())) {
+      ::kill(d.dnsmasq_pid, SIGHUP);
+    }
+  }
   // Hairpin on the endpoints' bridge ports: with br_netfilter loaded (Docker loads it;
   // bridge-nf-call-iptables=1), a VM's packet to a Service that DNATs back to the same VM is
   // bridged out of the port it came in on, which a bridge refuses unless the port is in hairpin
@@ -846,27 +854,32 @@ Status Network::Apply(const DataPlane& plane) {
   }
   if (!taps.empty()) {
     ASSIGN_OR_RETURN(auto links, ListLinks(d.options.ip_path));
-    std::string batch;
-    for (const auto& tap : taps) {
-      auto it = links.find(tap);
-      if (it == links.end() || it->second.master != d.options.bridge || it->second.hairpin) {
-        continue;  // not there yet (libvirt makes it), not ours, or done
+    auto pending = [&](const std::map<std::string, Link>& now) {
+      std::vector<std::string> out;
+      for (const auto& tap : taps) {
+        auto it = now.find(tap);
+        // Not there yet (libvirt makes it), not a port of ours, or done: skip.
+        if (it != now.end() && it->second.master == d.options.bridge && !it->second.hairpin) {
+          out.push_back(tap);
+        }
       }
+      return out;
+    };
+    std::string batch;
+    for (const auto& tap : pending(links)) {
       batch += "link set dev " + tap + " type bridge_slave hairpin on\n";
     }
     if (!batch.empty()) {
       RETURN_IF_ERROR(WriteFileAtomic(d.run_dir / "hairpin.batch", batch));
-      auto r = ExecChecked({d.options.ip_path, "-batch", (d.run_dir / "hairpin.batch").string()},
-                           kCmdOptions, "ip -batch hairpin.batch");
-      if (!r) return std::move(r).error().Wrap("set hairpin on VM ports");
-    }
-  }
-  const std::string hosts = RenderHostsFile(plane);
-  auto old = ReadFile(d.hosts_path());
-  if (!old || *old != hosts) {
-    RETURN_IF_ERROR(WriteFileAtomic(d.hosts_path(), hosts));
-    if (d.dnsmasq_pid > 0 && IsOurDnsmasq(d.dnsmasq_pid, d.conf_arg())) {
-      ::kill(d.dnsmasq_pid, SIGHUP);
+      auto r = ExecChecked(
+          {d.options.ip_path, "-force", "-batch", (d.run_dir / "hairpin.batch").string()},
+          kCmdOptions, "ip -batch hairpin.batch");
+      if (!r) {
+        // A tap that went away meanwhile (its VM stopped) fails its line; only a port of ours
+        // still without hairpin is an error.
+        ASSIGN_OR_RETURN(auto after, ListLinks(d.options.ip_path));
+        if (!pending(after).empty()) return std::move(r).error().Wrap("set hairpin on VM ports");
+      }
     }
   }
   return Ok();
