@@ -30,6 +30,8 @@ namespace {
 // KubeVirt's finalizers (kubevirt.io/api/core/v1 types.go).
 constexpr char kVmFinalizer[] = "kubevirt.io/virtualMachineControllerFinalize";
 constexpr char kVmiFinalizer[] = "kubevirt.io/foregroundDeleteVirtualMachine";
+// The work-queue key of the whole data plane (every VMI's NICs, every Service).
+constexpr char kNetKey[] = "net/-/-";
 // The VM generation a VMI was started from (KubeVirt's VirtualMachineGenerationAnnotation).
 constexpr char kGenerationAnnotation[] = "kubevirt.io/vm-generation";
 // Our own: a hash of the VM template a VMI was created from. KubeVirt compares the template
@@ -309,7 +311,7 @@ class Controller::Impl {
         options_(std::move(options)) {}
 
   Status Open();
-  Status ReconcileKey(const std::string& key);  // "vm/<ns>/<name>" or "vmi/<ns>/<name>"
+  Status ReconcileKey(const std::string& key);  // "vm/<ns>/<name>", "vmi/<ns>/<name>", kNetKey
   void WatchLoop();
   void Stop();
   void EnqueueAll();
@@ -341,6 +343,10 @@ class Controller::Impl {
   Result<image::Keychain> PullSecretKeychain(const std::string& ns, const std::string& name);
   Status FinishVmi(const Json& vmi, const std::string& phase, const std::string& reason);
   Status CleanupDomain(const std::string& dname, const std::string& uid);
+  // The data plane of every VMI and Service (net/ applies it only when it changed).
+  Status SyncNetwork();
+  // ns/name has neither a VM nor a VMI any more: its addresses go.
+  Status ReleaseAddresses(const std::string& ns, const std::string& name);
   // The VMI's cgroup and device filter match LMDB (once per daemon process and VMI).
   Status EnsurePlaced(const std::string& dname, const std::string& uid);
   // Hot-plug: attaches the spec's hotpluggable volumes that are not attached, detaches attached
@@ -367,7 +373,9 @@ class Controller::Impl {
   ControllerOptions options_;
   const api::ResourceType* vm_rt_ = nullptr;
   const api::ResourceType* vmi_rt_ = nullptr;
+  const api::ResourceType* svc_rt_ = nullptr;  // core/v1 Service; null when not served
   std::unique_ptr<vmm::Hypervisor> hv_;
+  std::unique_ptr<Networking> net_;
   std::unique_ptr<Isolation> iso_;
   std::set<std::string> placed_;  // VMI uids whose isolation was reconciled (worker thread)
   ReconcileLoop loop_{"controller", [this](const std::string& key) { return ReconcileKey(key); },
@@ -456,6 +464,27 @@ Status Controller::Impl::Open() {
   // Cgroups, pinned filters and device records of VMIs that no longer exist (after the
   // domains: a cgroup holding a QEMU is emptied by the Destroy above).
   if (Status s = iso_->Collect(live_uids); !s) EV_LOG(kWarning) << s.error().message;
+  // Addresses of VMs that no longer exist, taps and macvtaps no VMI owns; the default network
+  // is reopened (its table rebuilt by the first SyncNetwork) when it holds addresses.
+  svc_rt_ = registry_.ByKind("", "Service");
+  {
+    NetworkingOptions net_options;
+    net_options.net = options_.network;
+    net_options.net.store = &registry_.store();
+    net_ = std::make_unique<Networking>(std::move(net_options));
+    std::vector<Json> vmi_objects;
+    for (const auto& rec : vmis->items) {
+      if (auto obj = DecodeRecord(rec)) vmi_objects.push_back(std::move(*obj));
+    }
+    std::set<std::string> vm_owners;
+    if (auto vms = registry_.List(*vm_rt_, all)) {
+      for (const auto& rec : vms->items) vm_owners.insert(rec.key.ns + "/" + rec.key.name);
+    }
+    if (Status s = net_->Recover(vmi_objects, vm_owners); !s) {
+      EV_LOG(kWarning) << "networking: " << s.error().message;
+    }
+    queue_.Add(kNetKey);
+  }
   if (options_.images != nullptr) {
     ImagePullerOptions pulls = options_.pulls;
     pulls.notify = [this](const std::string& requester) {
@@ -504,6 +533,7 @@ void Controller::Impl::EnqueueAll() {
       queue_.Add("vm/" + rec.key.ns + "/" + rec.key.name);
     }
   }
+  queue_.Add(kNetKey);
 }
 
 void Controller::Impl::OnDomainEvent(const vmm::DomainEvent& e) {
@@ -533,12 +563,14 @@ void Controller::Impl::WatchLoop() {
     }
     if (!next->has_value()) continue;
     const store::ObjectKey& k = (*next)->object.key;
+    if (k.group.empty() && k.kind == "Service") queue_.Add(kNetKey);
     if (k.group != "kubevirt.io") continue;
     const std::string suffix = k.ns + "/" + k.name;
     if (k.kind == "VirtualMachine") {
       queue_.Add("vm/" + suffix);
     } else if (k.kind == "VirtualMachineInstance") {
       queue_.Add("vmi/" + suffix);
+      queue_.Add(kNetKey);
       queue_.Add("vm/" + suffix);  // the owner, if any, has the same name
     }
   }
@@ -550,7 +582,43 @@ Status Controller::Impl::ReconcileKey(const std::string& key) {
   const std::string kind = key.substr(0, a);
   const std::string ns = key.substr(a + 1, b - a - 1);
   const std::string name = key.substr(b + 1);
+  if (kind == "net") return SyncNetwork();
   return kind == "vm" ? ReconcileVm(ns, name) : ReconcileVmi(ns, name);
+}
+
+Status Controller::Impl::SyncNetwork() {
+  if (!net_->opened()) return Ok();
+  if (auto restarted = net_->Supervise(); !restarted) {
+    EV_LOG(kWarning) << "DHCP: " << restarted.error().message;
+  } else if (*restarted) {
+    EV_LOG(kWarning) << "dnsmasq of the default network had stopped: restarted it";
+  }
+  api::machinery::ListQuery all;
+  std::vector<Json> vmis, services;
+  auto vmi_list = registry_.List(*vmi_rt_, all);
+  if (!vmi_list) return vmi_list.error().ToError();
+  for (const auto& rec : vmi_list->items) {
+    ASSIGN_OR_RETURN(Json obj, DecodeRecord(rec));
+    vmis.push_back(std::move(obj));
+  }
+  if (svc_rt_ != nullptr) {
+    auto svc_list = registry_.List(*svc_rt_, all);
+    if (!svc_list) return svc_list.error().ToError();
+    for (const auto& rec : svc_list->items) {
+      ASSIGN_OR_RETURN(Json obj, DecodeRecord(rec));
+      services.push_back(std::move(obj));
+    }
+  }
+  return net_->Sync(vmis, services);
+}
+
+Status Controller::Impl::ReleaseAddresses(const std::string& ns, const std::string& name) {
+  ASSIGN_OR_RETURN(auto vm, GetObject(vm_rt_, ns, name));
+  ASSIGN_OR_RETURN(auto vmi, GetObject(vmi_rt_, ns, name));
+  if (vm || vmi) return Ok();
+  RETURN_IF_ERROR(net_->Release(ns + "/" + name));
+  queue_.Add(kNetKey);
+  return Ok();
 }
 
 void Controller::Impl::Stop() {
@@ -566,7 +634,7 @@ void Controller::Impl::Stop() {
 
 Status Controller::Impl::ReconcileVm(const std::string& ns, const std::string& name) {
   ASSIGN_OR_RETURN(auto vm_opt, GetObject(vm_rt_, ns, name));
-  if (!vm_opt) return Ok();
+  if (!vm_opt) return ReleaseAddresses(ns, name);
   Json vm = std::move(*vm_opt);
   ASSIGN_OR_RETURN(auto vmi_opt, GetObject(vmi_rt_, ns, name));
   const Json* vmi = nullptr;
@@ -1071,6 +1139,8 @@ Status Controller::Impl::CleanupDomain(const std::string& dname, const std::stri
   if (!uid.empty()) {
     RETURN_IF_ERROR(iso_->Release(uid));
     placed_.erase(uid);
+    RETURN_IF_ERROR(net_->Cleanup(uid));
+    queue_.Add(kNetKey);
     if (options_.images != nullptr) RETURN_IF_ERROR(options_.images->Release(uid));
     RETURN_IF_ERROR(RemoveVmiFiles(options_.host.vms_dir, uid));
   }
@@ -1269,8 +1339,12 @@ Status Controller::Impl::StartDomain(const Json& vmi, const ContainerDisks& cont
   auto secrets = [this](const std::string& sns, const std::string& sname) {
     return GetSecret(sns, sname);
   };
-  ASSIGN_OR_RETURN(VmiPlan plan,
-                   PlanVmi(vmi, options_.host, secrets, options_.claims, container_disks));
+  // NICs first: their addresses, and the DHCP host entries and rules in place before the
+  // guest asks for a lease.
+  ASSIGN_OR_RETURN(std::vector<NicAttachment> nics, net_->Attach(vmi));
+  RETURN_IF_ERROR(SyncNetwork());
+  ASSIGN_OR_RETURN(VmiPlan plan, PlanVmi(vmi, options_.host, secrets, options_.claims,
+                                         container_disks, std::optional(std::move(nics))));
   ASSIGN_OR_RETURN(cgroup::Limits limits, LimitsForVmi(vmi));
   // Recorded before the overlay exists: a prune never removes an image a VMI boots from.
   for (const auto& digest : image_digests) {
@@ -1315,7 +1389,7 @@ Status Controller::Impl::ReconcileVmi(const std::string& ns, const std::string& 
         RETURN_IF_ERROR(CleanupDomain(dname, ""));
       }
     }
-    return Ok();
+    return ReleaseAddresses(ns, name);
   }
   const Json vmi = std::move(*vmi_opt);
   const std::string uid = Str(vmi, {"metadata", "uid"});
@@ -1459,6 +1533,18 @@ Status Controller::Impl::ReconcileVmi(const std::string& ns, const std::string& 
       }
     }
   }
+  // status.interfaces: DHCP leases of the default network, and what the agent sees.
+  Json agent_nics;
+  if (agent) {
+    auto reply = hv_->AgentCommand(dname, R"({"execute":"guest-network-get-interfaces"})", 2s);
+    if (reply) {
+      if (auto r = AgentReturn(*reply)) agent_nics = std::move(*r);
+    }
+  }
+  bool nics_complete = true;
+  Json interfaces =
+      net_->InterfaceStatus(vmi, agent_nics.is_array() ? &agent_nics : nullptr, &nics_complete);
+  if (!nics_complete && !paused) queue_.AddAfter(key, 2s);  // until the guest took its lease
   return WriteVmiStatus(ns, name, [&](Json& o, const std::string& now) {
     const bool was_running = Str(o, {"status", "phase"}) == "Running";
     SetPhase(o, "Running", now);
@@ -1494,6 +1580,11 @@ Status Controller::Impl::ReconcileVmi(const std::string& ns, const std::string& 
       status.erase("volumeStatus");
     } else {
       status["volumeStatus"] = volume_status;
+    }
+    if (interfaces.empty()) {
+      status.erase("interfaces");
+    } else {
+      status["interfaces"] = interfaces;
     }
     if (os_info) status["guestOSInfo"] = *os_info;
     if (!status.contains("guestOSInfo")) status["guestOSInfo"] = Json::object();

@@ -31,6 +31,7 @@
 #include "common/result.h"
 #include "daemon/images.h"
 #include "daemon/isolation.h"
+#include "daemon/networking.h"
 #include "daemon/vmi_domain.h"
 #include "daemon/work_queue.h"
 #include "image/image.h"
@@ -64,6 +65,9 @@ struct ControllerOptions {
   ImagePullerOptions pulls;
   // images.cacheBudget: after a pull, unused images are pruned down to this (0: never).
   uint64_t image_cache_budget = 0;
+  // VM networking: the default network (opened on first use; its store is the machinery's)
+  // and the host networks VMIs may join.
+  net::Options network;
   // Wall clock for timestamps and deadlines; empty = the system clock.
   std::function<WallClock::time_point()> clock;
 };

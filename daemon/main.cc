@@ -191,6 +191,9 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   // core/v1 (Events, Secrets, PersistentVolumeClaims): new claims get the default class.
   api::machinery::CoreV1Options core_options;
   core_options.claims.default_storage_class = config.DefaultStorageClass();
+  core_options.services.service_cidr = config.network.service_cidr;
+  core_options.services.node_port_range = std::to_string(config.network.node_port_first) + "-" +
+                                          std::to_string(config.network.node_port_last);
   auto created_machinery = api::machinery::Machinery::Create(
       *store, {api::kubevirt::KubevirtV1(kubevirt_options), api::machinery::CoreV1(core_options)},
       machinery_options);
@@ -251,6 +254,7 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
     controller_options.host.host_disk_dirs = config.vms.host_disk_dirs;
     controller_options.node_name = host;
     controller_options.resync_period = config.vms.resync_period;
+    controller_options.network = NetOptions(config);
     controller_options.isolation.cgroup_root = config.cgroups.root;
     controller_options.isolation.bpf_root = config.cgroups.bpf_root;
     // Volumes of Bound claims, from the claims controller's records; the access modes from the

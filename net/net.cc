@@ -799,7 +799,18 @@ std::string Network::RenderRuleset(const Options& options, const DataPlane& plan
   r += "\t\toifname " + br + " ct state established,related accept\n";
   r += "\t\toifname " + br + " ip daddr @limited ip daddr . meta l4proto . th dport @allowed " +
        "accept\n";
-  r += "\t\toifname " + br + " ip daddr @limited drop\n";
+  r += "\t\toifname " + br + " ip daddr @limited reject\n";
+  r += "\t}\n\n";
+  // The host itself (its sockets, and Service traffic it DNATs in `output`) is held to the same
+  // limits: a masquerade VM behind KubeVirt's pod IP is reachable on its declared ports only,
+  // from the node as from anywhere. dnsmasq's DHCP replies to a VM are not "established" (the
+  // request went to the broadcast address), so they pass explicitly.
+  r += "\tchain outbound {\n\t\ttype filter hook output priority filter; policy accept;\n";
+  r += "\t\toifname " + br + " ct state established,related accept\n";
+  r += "\t\toifname " + br + " udp sport 67 accept\n";
+  r += "\t\toifname " + br + " ip daddr @limited ip daddr . meta l4proto . th dport @allowed " +
+       "accept\n";
+  r += "\t\toifname " + br + " ip daddr @limited reject\n";
   r += "\t}\n\n";
   r += "\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n";
   r += "\t\tmeta l4proto { tcp, udp } fib daddr type local dnat ip to meta l4proto . th dport "
@@ -981,6 +992,52 @@ int Network::DhcpPid() const {
   const Impl& d = *impl_;
   std::lock_guard lock(d.mu);
   return d.dnsmasq_pid > 0 && IsOurDnsmasq(d.dnsmasq_pid, d.conf_arg()) ? d.dnsmasq_pid : 0;
+}
+
+Result<bool> Network::HasAddresses(const store::Store& store) {
+  ASSIGN_OR_RETURN(auto kvs, store.ListRaw(std::string(kIpamSpace), ""));
+  return !kvs.empty();
+}
+
+Status EnsureMacvtap(const std::string& ip_path, const std::string& name, const std::string& device,
+                     const std::string& mode, const std::string& mac) {
+  RETURN_IF_ERROR(ValidateIfName(name, "macvtap"));
+  RETURN_IF_ERROR(ValidateIfName(device, "macvtap device"));
+  if (name.rfind(kMacvtapPrefix, 0) != 0) {
+    return Invalid("macvtap \"" + name + "\": the name must start with " +
+                   std::string(kMacvtapPrefix));
+  }
+  static const std::set<std::string> kModes = {"vepa", "bridge", "private", "passthrough"};
+  if (!kModes.count(mode)) return Invalid("macvtap mode \"" + mode + "\" is not known");
+  ASSIGN_OR_RETURN(std::string normal, Network::NormalizeMac(mac));
+  ASSIGN_OR_RETURN(auto links, ListLinks(ip_path));
+  auto it = links.find(name);
+  if (it != links.end() && it->second.kind != "macvtap") {
+    return MakeError(Code::kConflict, "link " + name + " exists and is not a macvtap");
+  }
+  if (it == links.end()) {
+    if (!links.count(device)) {
+      return MakeError(Code::kNotFound, "host NIC " + device + " does not exist");
+    }
+    RETURN_IF_ERROR(Run(
+        ip_path, {"link", "add", "link", device, "name", name, "type", "macvtap", "mode", mode}));
+  }
+  return Run(ip_path, {"link", "set", "dev", name, "address", normal, "up"});
+}
+
+Status RemoveMacvtaps(const std::string& ip_path, std::string_view prefix,
+                      const std::set<std::string>& keep) {
+  if (prefix.rfind(kMacvtapPrefix, 0) != 0) {
+    return Invalid("macvtap prefix \"" + std::string(prefix) + "\" is not ours");
+  }
+  ASSIGN_OR_RETURN(auto links, ListLinks(ip_path));
+  Status first;
+  for (const auto& [name, link] : links) {
+    if (name.rfind(prefix, 0) != 0 || keep.count(name) || link.kind != "macvtap") continue;
+    auto s = Run(ip_path, {"link", "del", "dev", name});
+    if (!s && first) first = std::move(s).error().Wrap("remove macvtap " + name);
+  }
+  return first;
 }
 
 std::string Network::TapName(std::string_view vmi_uid, size_t index) {

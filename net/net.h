@@ -94,6 +94,21 @@ struct Lease {
 inline constexpr std::string_view kNftTable = "edgevirt";
 // Every tap name starts with this; RemoveStaleTaps deletes only tun/tap links with it.
 inline constexpr std::string_view kTapPrefix = "evt";
+// Every macvtap of a host network's NIC starts with this (EnsureMacvtap, RemoveMacvtaps).
+inline constexpr std::string_view kMacvtapPrefix = "evm";
+
+// A VM NIC on a macvtap host network: the macvtap `name` (kMacvtapPrefix, <= 15 characters) on
+// host NIC `device` in `mode` (vepa | bridge | private | passthrough) with the guest's `mac`,
+// up. net/ makes it and libvirt only opens it (libvirt 9.0's embedded driver crashes the
+// process when it deletes a macvtap it made itself). An existing macvtap of that name is
+// reused (address and state set again). Errors: kInvalid (a name, mode or MAC), kConflict (a
+// link of that name that is not a macvtap), kInternal (ip(8) failed).
+Status EnsureMacvtap(const std::string& ip_path, const std::string& name, const std::string& device,
+                     const std::string& mode, const std::string& mac);
+// Deletes the macvtap links whose name starts with `prefix` (which must start with
+// kMacvtapPrefix) and are not in `keep`. The first failure after trying all.
+Status RemoveMacvtaps(const std::string& ip_path, std::string_view prefix,
+                      const std::set<std::string>& keep = {});
 
 class Network {
  public:
@@ -156,6 +171,9 @@ class Network {
 
   // The pid of the dnsmasq serving us, 0 if none runs.
   int DhcpPid() const;
+
+  // Whether `store` holds any address (a network that must be reopened at start).
+  static Result<bool> HasAddresses(const store::Store& store);
 
   // The tap name of a VMI's NIC: kTapPrefix + 10 hex digits of a 64-bit FNV-1a hash of the uid
   // + the index in two base-36 digits (index modulo 1296) — 15 characters, IFNAMSIZ-1.

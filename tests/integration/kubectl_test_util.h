@@ -494,6 +494,7 @@ class EdgevirtDaemon {
   const std::string& url() const { return url_; }
   std::string Stderr() const { return child_ ? child_->Stderr() : std::string(); }
   std::filesystem::path state_dir() const { return dir_ / "state-root"; }
+  std::filesystem::path run_dir() const { return dir_ / "run"; }
   const TestCgroups& cgroups() const { return cgroups_; }
 
  private:

@@ -290,10 +290,13 @@ TEST_CASE("net: bridge, DHCP, NodePort/ClusterIP, port limits, masquerade, idemp
 
   // NodePort from outside, to a declared port: forwarded, client address preserved.
   CHECK(Topology::Connect(t.c, "192.168.77.1", 30080) == "vm:8080 peer:192.168.77.2");
-  // NodePort to an undeclared port, and the undeclared port routed directly: dropped.
+  // NodePort to an undeclared port, and the undeclared port routed directly: refused.
   CHECK(Topology::Connect(t.c, "192.168.77.1", 30090, "1") == "");
   CHECK(Topology::Connect(t.c, vm->ip, 9090, "1") == "");
   CHECK(Topology::Connect(t.c, vm->ip, 8080) == "vm:8080 peer:192.168.77.2");
+  // From the host itself the same limits hold (refused at once: reject, not drop).
+  CHECK(Topology::Connect(t.h, vm->ip, 9090, "1") == "");
+  CHECK(Topology::Connect(t.h, vm->ip, 8080).rfind("vm:8080 peer:", 0) == 0);
   // ClusterIP from outside (prerouting) and from the host itself (output).
   CHECK(Topology::Connect(t.c, "10.96.0.10", 80) == "vm:8080 peer:192.168.77.2");
   CHECK(Topology::Connect(t.h, "10.96.0.10", 80).rfind("vm:8080 peer:", 0) == 0);

@@ -61,3 +61,14 @@ target_compile_definitions(vm_containerdisk_test PRIVATE EDGEVIRTD_PATH="$<TARGE
   EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
 add_dependencies(vm_containerdisk_test edgevirtd)
 set_tests_properties(vm_containerdisk_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
+
+# Networking end to end, in the test's own network namespaces: DHCP on the default network,
+# masquerade and bridge bindings, VM to VM, a second NIC on a host bridge with its own DHCP,
+# NodePort and ClusterIP Services, kill -9 + restart, deletion.
+edgevirt_add_test(NAME vm_network_test SOURCES vm_network_test.cc
+  LIBS edgevirt_common nlohmann_json::nlohmann_json Threads::Threads
+  LABELS integration TIMEOUT 900 RUN_SERIAL)
+target_compile_definitions(vm_network_test PRIVATE EDGEVIRTD_PATH="$<TARGET_FILE:edgevirtd>"
+  EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
+add_dependencies(vm_network_test edgevirtd)
+set_tests_properties(vm_network_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
