@@ -93,7 +93,7 @@ struct HostLan {
         std::vector<std::string>{"/usr/sbin/dnsmasq", "--keep-in-foreground",
                                  "--conf-file=/dev/null", "--port=0", "--bind-interfaces",
                                  "--interface=br-lan", "--except-interface=lo",
-                                 "--dhcp-range=10.99.0.50,10.99.0.99,1h",
+                                 "--dhcp-range=10.99.0.50,10.99.0.99,1h", "--dhcp-option=3",
                                  "--dhcp-leasefile=" + (dir / "lan.leases").string(),
                                  "--pid-file=" + (dir / "lan.pid").string()},
         std::map<std::string, std::optional<std::string>>{}, dir, "lan-dnsmasq");
@@ -121,7 +121,30 @@ struct Outside {
     // the output hook rewrites them).
     Run({"/usr/sbin/ip", "route", "add", "default", "via", "10.98.0.2"}, dir);
   }
-  ~Outside() { RunCommand({"/usr/sbin/ip", "netns", "del", name}, dir); }
+  ~Outside() {
+    dhcp.reset();
+    RunCommand({"/usr/sbin/ip", "netns", "del", name}, dir);
+  }
+
+  // A second link to the outside, ev-wan0 on the host (no address: a host NIC a macvtap
+  // network uses) and ev-wan1 there (10.97.0.2/24) with a DHCP server (10.97.0.50-99, no
+  // router): what a VM NIC on a macvtap over ev-wan0 finds.
+  void StartWan() {
+    Run({"/usr/sbin/ip", "link", "add", "ev-wan0", "type", "veth", "peer", "name", "ev-wan1",
+         "netns", name},
+        dir);
+    Run({"/usr/sbin/ip", "link", "set", "ev-wan0", "up"}, dir);
+    Run({"/usr/sbin/ip", "-n", name, "addr", "add", "10.97.0.2/24", "dev", "ev-wan1"}, dir);
+    Run({"/usr/sbin/ip", "-n", name, "link", "set", "ev-wan1", "up"}, dir);
+    dhcp = std::make_unique<Child>(
+        std::vector<std::string>{
+            "/usr/sbin/ip", "netns", "exec", name, "/usr/sbin/dnsmasq", "--keep-in-foreground",
+            "--conf-file=/dev/null", "--port=0", "--bind-interfaces", "--interface=ev-wan1",
+            "--except-interface=lo", "--dhcp-range=10.97.0.50,10.97.0.99,1h", "--dhcp-option=3",
+            "--dhcp-leasefile=" + (dir / "out.leases").string(),
+            "--pid-file=" + (dir / "out.pid").string()},
+        std::map<std::string, std::optional<std::string>>{}, dir, "out-dnsmasq");
+  }
 
   // Runs `f` on a thread inside the outside namespace.
   template <typename F>
@@ -138,6 +161,7 @@ struct Outside {
 
   fs::path dir;
   std::string name;
+  std::unique_ptr<Child> dhcp;
 };
 
 std::string Nft(const std::vector<std::string>& args, const fs::path& dir) {
@@ -212,16 +236,21 @@ TEST_CASE("VM networking: DHCP, NAT, bindings, a host-bridge NIC, Services, kill
 
   HostLan lan(work / "lan");
   Outside outside(work.path());
-  VmEnv env("ev-net", "network:\n  hostNetworks:\n  - name: lan\n    bridge: br-lan\n");
+  outside.StartWan();
+  VmEnv env("ev-net",
+            "network:\n  hostNetworks:\n  - name: lan\n    bridge: br-lan\n"
+            "  - name: wan\n    macvtap: ev-wan0\n    macvtapMode: bridge\n");
 
   // a: masquerade on the pod network, inbound limited to port 7, plus a NIC on the site LAN.
   Json a = env.VmManifest("a", "Always");
   a["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"] = Json::array(
       {{{"name", "default"}, {"masquerade", Json::object()}, {"ports", {{{"port", 7}}}}},
-       {{"name", "lan"}, {"bridge", Json::object()}}});
+       {{"name", "lan"}, {"bridge", Json::object()}},
+       {{"name", "wan"}, {"bridge", Json::object()}}});
   a["spec"]["template"]["spec"]["networks"] =
       Json::array({{{"name", "default"}, {"pod", Json::object()}},
-                   {{"name", "lan"}, {"multus", {{"networkName", "lan"}}}}});
+                   {{"name", "lan"}, {"multus", {{"networkName", "lan"}}}},
+                   {{"name", "wan"}, {"multus", {{"networkName", "wan"}}}}});
   // b: KubeVirt's default interface (bridge binding on the pod network, nothing declared).
   Json b = env.VmManifest("b", "Always");
   env.Create(a);
@@ -232,11 +261,16 @@ TEST_CASE("VM networking: DHCP, NAT, bindings, a host-bridge NIC, Services, kill
   const std::string uid_b = env.Vmi("b")["metadata"]["uid"];
   REQUIRE(env.WaitSerial(uid_a, "DHCP:eth0:10.208.0.", 1, 300s));
   REQUIRE(env.WaitSerial(uid_a, "DHCP:eth1:10.99.0.", 1, 120s));
+  REQUIRE(env.WaitSerial(uid_a, "DHCP:eth2:10.97.0.", 1, 120s));
   REQUIRE(env.WaitSerial(uid_b, "DHCP:eth0:10.208.0.", 1, 300s));
   const std::string ip_a = GuestIp(env, uid_a, "eth0");
   const std::string ip_b = GuestIp(env, uid_b, "eth0");
   const std::string lan_a = GuestIp(env, uid_a, "eth1");
-  INFO("a " << ip_a << " (lan " << lan_a << "), b " << ip_b);
+  const std::string wan_a = GuestIp(env, uid_a, "eth2");
+  INFO("a " << ip_a << " (lan " << lan_a << ", wan " << wan_a << "), b " << ip_b);
+  // The macvtap NIC: reached from the outside directly (a macvtap never talks to its host).
+  CHECK(outside.From([&] { return Echoes(wan_a, 7); }));
+  CHECK(Links(work.path(), "evm").size() == 1);
   CHECK(ip_a != ip_b);
 
   {
@@ -294,12 +328,17 @@ TEST_CASE("VM networking: DHCP, NAT, bindings, a host-bridge NIC, Services, kill
   REQUIRE(WaitUntil([&] { return DnsmasqCount(env.daemon.run_dir().string()) == 1; }, 10s));
   const std::string rules_before = ruleset();
   const auto taps_before = Links(work.path(), "evt");
+  const fs::path leases = env.daemon.run_dir() / "net" / "dnsmasq.leases";
+  const std::string leases_before = ReadFile(leases);
+  CHECK(leases_before.find(ip_a) != std::string::npos);
   CHECK(taps_before.size() == 3);
   env.daemon.Kill();
   env.daemon.Start();
   REQUIRE(WaitUntil([&] { return env.Vmi("a")["status"].value("phase", "") == "Running"; }, 60s));
   CHECK(WaitUntil([&] { return ruleset() == rules_before; }, 30s));
   CHECK(Links(work.path(), "evt") == taps_before);
+  CHECK(Links(work.path(), "evm").size() == 1);
+  CHECK(ReadFile(leases) == leases_before);
   CHECK(DnsmasqCount(env.daemon.run_dir().string()) == 1);
   CHECK(Echoes(ip_a, 7));
   CHECK(outside.From([&] { return Echoes("10.98.0.1", node_port); }));
@@ -328,6 +367,7 @@ TEST_CASE("VM networking: DHCP, NAT, bindings, a host-bridge NIC, Services, kill
   REQUIRE(env.WaitUntilGone("a"));
   REQUIRE(env.WaitUntilGone("b"));
   CHECK(WaitUntil([&] { return Links(work.path(), "evt").empty(); }, 30s));
+  CHECK(WaitUntil([&] { return Links(work.path(), "evm").empty(); }, 30s));
   CHECK(WaitUntil(
       [&] {
         std::string r = ruleset();
