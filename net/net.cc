@@ -808,6 +808,7 @@ std::string Network::RenderRuleset(const Options& options, const DataPlane& plan
   r += "\tchain outbound {\n\t\ttype filter hook output priority filter; policy accept;\n";
   r += "\t\toifname " + br + " ct state established,related accept\n";
   r += "\t\toifname " + br + " udp sport 67 accept\n";
+  r += "\t\toifname " + br + " meta mark " + std::to_string(kPortForwardMark) + " accept\n";
   r += "\t\toifname " + br + " ip daddr @limited ip daddr . meta l4proto . th dport @allowed " +
        "accept\n";
   r += "\t\toifname " + br + " ip daddr @limited reject\n";

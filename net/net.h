@@ -96,6 +96,10 @@ inline constexpr std::string_view kNftTable = "edgevirt";
 inline constexpr std::string_view kTapPrefix = "evt";
 // Every macvtap of a host network's NIC starts with this (EnsureMacvtap, RemoveMacvtaps).
 inline constexpr std::string_view kMacvtapPrefix = "evm";
+// The socket mark (SO_MARK) of the daemon's own port-forward connections to VMs: like
+// virt-handler's forwarder inside the pod, they reach every port of a masquerade VM, declared
+// or not (the host's other connections are held to the declared ports).
+inline constexpr uint32_t kPortForwardMark = 0x65760001;
 
 // A VM NIC on a macvtap host network: the macvtap `name` (kMacvtapPrefix, <= 15 characters) on
 // host NIC `device` in `mode` (vepa | bridge | private | passthrough) with the guest's `mac`,

@@ -330,6 +330,10 @@ def cmd_rewrite(xml_in, out_dir, count, ref_vms, qemu_group, disks):
         new = (xml.replace(old_dir, d).replace(old_uuid, str(uuid.uuid4()))
                .replace(old_disk, os.path.join(disks, f"lc20-{i:02d}.raw"))
                .replace(f"<name>{old_name}</name>", f"<name>{name}</name>"))
+        # NICs on edgevirtd's bridge: libvirt names the copies' taps and picks their MACs (the
+        # tap name and MAC of edgevirtd's VM are its own).
+        new = re.sub(r"\s*<target dev='[^']*'/>", "", new)
+        new = re.sub(r"\s*<mac address='[^']*'/>", "", new)
         path = os.path.join(out_dir, f"{name}.xml")
         with open(path, "w") as f:
             f.write(new)

@@ -108,6 +108,8 @@ cleanup() {
     [[ -z $(qemu_pids) ]] && break
     sleep 0.1
   done
+  # edgevirtd's dnsmasq (the VMs' DHCP) outlives it by design, too.
+  pkill -KILL -f -- "--conf-file=$tmp/run/net/dnsmasq.conf" 2> /dev/null || true
   # The VM cgroups (emptied above) and the pinned device filters.
   if [[ -n $cg_mount && -d $cg_mount/$cg_name ]]; then
     find "$cg_mount/$cg_name" -depth -type d -exec rmdir {} + 2> /dev/null || true

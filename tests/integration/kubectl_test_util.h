@@ -473,6 +473,24 @@ class EdgevirtDaemon {
   }
 
   // SIGTERM; the exit code.
+  // The daemon's dnsmasq outlives it (as on a host); a test's daemon takes it along, so the
+  // next daemon of the same test process (same network namespace) can bind the bridge's
+  // address.
+  ~EdgevirtDaemon() {
+    child_.reset();
+    const std::string conf = "--conf-file=" + (dir_ / "run" / "net" / "dnsmasq.conf").string();
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+      const std::string pid = e.path().filename().string();
+      if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::string cmd = ReadFile(e.path() / "cmdline");
+      std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+      if (cmd.find(conf + " ") != std::string::npos) ::kill(std::stoi(pid), SIGKILL);
+    }
+  }
+  EdgevirtDaemon(const EdgevirtDaemon&) = delete;
+  EdgevirtDaemon& operator=(const EdgevirtDaemon&) = delete;
+
   int Stop() {
     if (!child_) return -1;
     if (child_->Running()) child_->Signal(SIGTERM);
