@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "common/fd.h"
+#include "vmm/console_libvirt.h"
 #include "vmm/hotplug.h"
 
 namespace edgevirt::vmm {
@@ -612,6 +613,16 @@ Status Hypervisor::StartPaused(DomainId id) {
 Status Hypervisor::DefineAndStartPaused(const DomainSpec& spec) {
   RETURN_IF_ERROR(Define(spec));
   return StartPaused(spec.uuid.empty() ? std::string_view(spec.name) : spec.uuid);
+}
+
+Result<std::unique_ptr<ConsoleStream>> Hypervisor::OpenConsole(DomainId id) {
+  ASSIGN_OR_RETURN(DomPtr dom, impl_->Lookup(id));
+  return OpenLibvirtConsole(impl_->conn.get(), dom.get(), "domain " + std::string(id));
+}
+
+Result<std::string> Hypervisor::Screenshot(DomainId id) {
+  ASSIGN_OR_RETURN(DomPtr dom, impl_->Lookup(id));
+  return LibvirtScreenshot(impl_->conn.get(), dom.get(), "domain " + std::string(id));
 }
 
 Status Hypervisor::Pause(DomainId id) {

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "vmm/console.h"
 #include "vmm/domain.h"
 
 namespace edgevirt::vmm {
@@ -219,6 +220,16 @@ class Hypervisor {
   // that is not libvirt's QEMU driver, e.g. test:///), kNotFound (no such domain), kInternal
   // (no pid file, or it names another process).
   Result<pid_t> QemuPid(DomainId id);
+  // The guest's serial console as a non-blocking stream (see ConsoleStream). A session that
+  // another client holds on the same console is ended (VIR_DOMAIN_CONSOLE_FORCE; its on_end
+  // gets libvirt's reason). Errors: kNotFound (no such domain), kConflict (not running),
+  // kUnavailable (libvirt could not open the console), kInternal.
+  Result<std::unique_ptr<ConsoleStream>> OpenConsole(DomainId id);
+  // A PNG of the domain's screen 0 (virDomainScreenshot: QEMU's screendump, a PPM, encoded
+  // here). Needs a video device (DomainSpec::vnc_socket_path gives one). Blocks the caller
+  // while QEMU writes the picture (milliseconds). Errors: kNotFound, kConflict (not running, or
+  // no video device), kInternal.
+  Result<std::string> Screenshot(DomainId id);
   // Every domain of this connection, running or defined (after a daemon restart: the ones
   // whose QEMU kept running are listed as running or paused).
   Result<std::vector<DomainInfo>> List();

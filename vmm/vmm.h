@@ -1,8 +1,10 @@
 // vmm/: the libvirt/QEMU driver of edgevirt. This is its one public header; everything else in
 // the folder is private: the domain XML builder (vmm/domain.h) and the libvirt connection with
 // its event loop, lifecycle and device events, domain lifecycle, guest agent commands and disk
-// hotplug (vmm/hypervisor.h). Console/VNC streams come next. See README.md.
+// hotplug (vmm/hypervisor.h), and the serial console stream and screenshots (vmm/console.h).
+// See README.md.
 #pragma once
 
+#include "vmm/console.h"
 #include "vmm/domain.h"
 #include "vmm/hypervisor.h"

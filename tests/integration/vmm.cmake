@@ -20,6 +20,13 @@ edgevirt_add_test(NAME vmm_hotplug_test SOURCES vmm_hotplug_test.cc
 target_compile_definitions(vmm_hotplug_test PRIVATE EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
 set_tests_properties(vmm_hotplug_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
 
+# The serial console through a libvirt stream (boot output, a shell command, back-pressure, a
+# second session taking over) and a screenshot as PNG: one boot of the test guest.
+edgevirt_add_test(NAME vmm_console_test SOURCES vmm_console_test.cc LIBS edgevirt_vmm
+  LABELS integration TIMEOUT 900 RUN_SERIAL)
+target_compile_definitions(vmm_console_test PRIVATE EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
+set_tests_properties(vmm_console_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
+
 # Safety net: a test killed by CTest (timeout) cannot run its own cleanup.
 add_test(NAME vmm_reap_qemu COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/vmm_reap_qemu.sh ${PROJECT_BINARY_DIR})
 set_tests_properties(vmm_reap_qemu PROPERTIES
