@@ -1,0 +1,71 @@
+// The device side of the VMI streams behind api::Stream (api/stream.h): the serial console
+// (wrapping vmm::ConsoleStream), VNC (QEMU's VNC unix socket), port-forward (a TCP connection,
+// or a connected UDP socket with one datagram per Write / on_data), and the registry that keeps
+// one console and one VNC session per VMI. The controller's VmiRuntime::OpenStream picks the
+// device and calls these; nothing here knows KubeVirt objects.
+//
+// fd streams: one thread per stream polls the socket and an eventfd (woken by Write, Resume,
+// Close). Reads stop while on_data has returned false; client bytes wait in a bounded buffer
+// (kWriteBufferBytes; Write returns false when full, on_writable fires once there is room).
+// on_data, on_end and on_writable run on the stream's thread; Close (and the destructor) wait
+// for it to finish unless called from inside one of those callbacks.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "api/stream.h"
+#include "common/result.h"
+#include "vmm/vmm.h"
+
+namespace edgevirt::daemon {
+
+inline constexpr size_t kStreamWriteBufferBytes = 64 * 1024;
+// The largest UDP datagram relayed (one on_data call each); bigger ones are truncated by the
+// kernel as for any recv.
+inline constexpr size_t kMaxDatagramBytes = 65535;
+
+// The VMI's QEMU VNC socket (DomainSpec::vnc_socket_path). kUnavailable when nothing listens
+// (yet), kInvalid for a path that is not absolute or too long for sockaddr_un.
+Result<std::unique_ptr<api::Stream>> OpenUnixStream(const std::string& path);
+// A TCP connection to ip:port (IPv4 or IPv6 literal), connected within `timeout`.
+// kInvalid (bad address or port 0), kUnavailable (refused, unreachable, timeout).
+Result<std::unique_ptr<api::Stream>> OpenTcpStream(
+    const std::string& ip, uint16_t port,
+    std::chrono::milliseconds timeout = std::chrono::seconds(5));
+// A UDP socket connected to ip:port: each Write is one datagram, each on_data one datagram.
+// ICMP port unreachable ends the stream with a reason.
+Result<std::unique_ptr<api::Stream>> OpenUdpStream(const std::string& ip, uint16_t port);
+// The console of vmm (libvirt stream) as an api::Stream.
+std::unique_ptr<api::Stream> WrapConsole(std::unique_ptr<vmm::ConsoleStream> console);
+
+// One console and one VNC session per VMI: Adopt returns `stream` wrapped; a session that was
+// registered earlier for the same (uid, kind) is closed and its client gets on_end(reason of
+// the kind, see ReplacedReason). A wrapped stream leaves the registry when it is closed or
+// destroyed. Thread-safe; streams may outlive the registry.
+class SessionRegistry {
+ public:
+  SessionRegistry();
+  ~SessionRegistry();
+  SessionRegistry(const SessionRegistry&) = delete;
+  SessionRegistry& operator=(const SessionRegistry&) = delete;
+
+  std::unique_ptr<api::Stream> Adopt(const std::string& vmi_uid, std::string_view kind,
+                                     std::unique_ptr<api::Stream> stream);
+  // Sessions currently registered (for tests and metrics).
+  size_t size() const;
+  // "a new <kind> connection replaced this one".
+  static std::string ReplacedReason(std::string_view kind);
+
+  struct State;
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace edgevirt::daemon
