@@ -75,6 +75,9 @@ class FdCore : public std::enable_shared_from_this<FdCore> {
       closed_ = true;
       WakeLocked();
       thread = std::move(thread_);
+      // The peer sees the end at once (QEMU's chardev socket accepts its next client only
+      // then), not when the last reference to this core goes.
+      ::shutdown(fd_.get(), SHUT_RDWR);
     }
     if (!thread.joinable()) return;
     if (thread.get_id() == std::this_thread::get_id()) {
@@ -342,6 +345,21 @@ Result<std::unique_ptr<api::Stream>> OpenUdpStream(const std::string& ip, uint16
 
 std::unique_ptr<api::Stream> WrapConsole(std::unique_ptr<vmm::ConsoleStream> console) {
   return std::make_unique<ConsoleAdapter>(std::move(console));
+}
+
+Result<std::unique_ptr<api::Stream>> OpenSerialConsole(vmm::Hypervisor& hv, std::string_view domain,
+                                                       const vmm::ConsoleSpec& console) {
+  switch (console.kind) {
+    case vmm::ConsoleKind::kPty: {
+      ASSIGN_OR_RETURN(std::unique_ptr<vmm::ConsoleStream> c, hv.OpenConsole(domain));
+      return WrapConsole(std::move(c));
+    }
+    case vmm::ConsoleKind::kUnix:
+      return OpenUnixStream(console.socket_path);
+    case vmm::ConsoleKind::kNone:
+      break;
+  }
+  return MakeError(Code::kNotFound, "domain " + std::string(domain) + " has no serial console");
 }
 
 // ---- SessionRegistry ----

@@ -43,6 +43,16 @@ Result<std::unique_ptr<api::Stream>> OpenTcpStream(
 Result<std::unique_ptr<api::Stream>> OpenUdpStream(const std::string& ip, uint16_t port);
 // The console of vmm (libvirt stream) as an api::Stream.
 std::unique_ptr<api::Stream> WrapConsole(std::unique_ptr<vmm::ConsoleStream> console);
+// The serial console of the running domain `domain` defined with `console`:
+//  - kPty: a libvirt console stream (Hypervisor::OpenConsole, VIR_DOMAIN_CONSOLE_FORCE);
+//  - kUnix: QEMU's chardev socket itself (OpenUnixStream). libvirt 9.0's virDomainOpenConsole
+//    refuses every chardev but a pty ("character device console0 is not using a PTY"), and the
+//    daemon defines the console as a unix socket (vmi_domain.cc). QEMU serves one client at a
+//    time on it and accepts the next when that one leaves, so the SessionRegistry's closing of
+//    the previous session is what lets a new one through.
+//  - kNone: kNotFound ("no serial console": autoattachSerialConsole false).
+Result<std::unique_ptr<api::Stream>> OpenSerialConsole(vmm::Hypervisor& hv, std::string_view domain,
+                                                       const vmm::ConsoleSpec& console);
 
 // One console and one VNC session per VMI: Adopt returns `stream` wrapped; a session that was
 // registered earlier for the same (uid, kind) is closed and its client gets on_end(reason of

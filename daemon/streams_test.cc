@@ -407,5 +407,42 @@ TEST_CASE("SessionRegistry: a session replaced before Start gets on_end at Start
   CHECK(sink.reason() == "a new vnc connection replaced this one");
 }
 
+TEST_CASE("OpenSerialConsole: a unix console is QEMU's socket, no console is kNotFound") {
+  // A hypervisor on libvirt's test driver (no QEMU): only the unix and none paths are used.
+  vmm::HypervisorOptions opts;
+  opts.uri = "test:///default";
+  auto hv = vmm::Hypervisor::Open(opts);
+  if (!hv) FAIL(hv.error().ToString());
+  vmm::ConsoleSpec none;
+  auto r = OpenSerialConsole(**hv, "test", none);
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == Code::kNotFound);
+
+  edgevirt::testing::TempDir dir("edgevirt-streams");
+  const std::string path = (dir.path() / "serial0.sock").string();
+  UniqueFd l(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  REQUIRE(::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::listen(l.get(), 4) == 0);
+  std::thread server([&] {
+    int c = ::accept(l.get(), nullptr, nullptr);
+    if (c < 0) return;
+    Echo(c);
+    ::close(c);
+  });
+  vmm::ConsoleSpec unix_console{vmm::ConsoleKind::kUnix, path, ""};
+  auto s = OpenSerialConsole(**hv, "test", unix_console);
+  if (!s) FAIL(s.error().ToString());
+  Sink sink;
+  (*s)->Start(sink.OnData(), sink.OnEnd());
+  REQUIRE((*s)->Write("echo $((6*7))\n"));
+  REQUIRE(sink.WaitBytes(14));
+  CHECK(sink.bytes() == "echo $((6*7))\n");
+  (*s)->Close();
+  server.join();
+}
+
 }  // namespace
 }  // namespace edgevirt::daemon
