@@ -243,6 +243,22 @@ TEST_CASE("UDP port-forward keeps datagram boundaries both ways") {
   echo.join();
 }
 
+TEST_CASE("UDP port-forward ends with a reason when nothing listens (ICMP port unreachable)") {
+  uint16_t port;
+  {
+    UniqueFd u = Listen(SOCK_DGRAM);
+    port = PortOf(u.get());
+  }
+  auto s = OpenUdpStream("127.0.0.1", port);
+  REQUIRE(s);
+  Sink sink;
+  (*s)->Start(sink.OnData(), sink.OnEnd());
+  REQUIRE((*s)->Write("ping"));
+  REQUIRE(sink.WaitEnd(5s));
+  CHECK(sink.reason() == "recv: Connection refused");
+  CHECK(sink.ends() == 1);
+}
+
 // A unix socket server that greets like QEMU's VNC server, then echoes.
 TEST_CASE("VNC relay reads the RFB banner and relays both ways over the unix socket") {
   edgevirt::testing::TempDir dir("edgevirt-streams");
