@@ -8,14 +8,20 @@
 //     while paused, and after Resume every number arrives once, in order;
 //   - a second console session takes the console over: the first gets on_end with libvirt's
 //     reason, the second works;
+//   - QEMU's VNC socket (what daemon/streams relays) speaks RFB 3.8 with None auth and sends a
+//     framebuffer update of the same 720x400 screen;
 //   - a screenshot is a PNG of the guest's VGA screen: signature, IHDR size, the IDAT
 //     decompressed by python3's zlib to exactly height * (1 + 3 * width) bytes.
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -24,6 +30,7 @@
 #include <thread>
 
 #include "common/exec.h"
+#include "common/fd.h"
 #include "tests/support/catch.h"
 #include "tests/support/qemu.h"
 #include "vmm/vmm.h"
@@ -179,6 +186,26 @@ std::vector<long> Numbers(std::string_view text) {
   return out;
 }
 
+// Reads exactly n bytes within 10 s (the fd is blocking; poll bounds each wait).
+bool ReadExact(int fd, std::string& out, size_t n) {
+  out.clear();
+  while (out.size() < n) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 10000) <= 0) return false;
+    char buf[4096];
+    ssize_t r = ::recv(fd, buf, std::min(sizeof buf, n - out.size()), 0);
+    if (r <= 0) return false;
+    out.append(buf, size_t(r));
+  }
+  return true;
+}
+
+uint32_t Be(const std::string& s, size_t at, size_t bytes) {
+  uint32_t v = 0;
+  for (size_t i = 0; i < bytes; ++i) v = v << 8 | uint8_t(s[at + i]);
+  return v;
+}
+
 TEST_CASE("vmm console stream and screenshot of the running test guest") {
   REQUIRE(fs::exists(GuestImage()));
   edgevirt::testing::QemuTestRoot root("edgevirt-vmm-con");
@@ -283,6 +310,40 @@ TEST_CASE("vmm console stream and screenshot of the running test guest") {
     CHECK(run->ok());
     CHECK(run->stdout_text ==
           std::to_string(size->width) + " " + std::to_string(size->height) + "\n");
+  }
+
+  {  // QEMU's VNC socket speaks RFB: banner, None auth, ServerInit, a framebuffer update
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, spec.vnc_socket_path.c_str(), sizeof a.sun_path - 1);
+    REQUIRE(::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    std::string in;
+    REQUIRE(ReadExact(fd.get(), in, 12));
+    CHECK(in == "RFB 003.008\n");
+    REQUIRE(::send(fd.get(), "RFB 003.008\n", 12, 0) == 12);
+    REQUIRE(ReadExact(fd.get(), in, 1));
+    const size_t ntypes = uint8_t(in[0]);
+    REQUIRE(ntypes > 0);
+    REQUIRE(ReadExact(fd.get(), in, ntypes));
+    CHECK(in.find('\x01') != std::string::npos);  // None
+    REQUIRE(::send(fd.get(), "\x01", 1, 0) == 1);
+    REQUIRE(ReadExact(fd.get(), in, 4));
+    CHECK(Be(in, 0, 4) == 0);                      // SecurityResult OK
+    REQUIRE(::send(fd.get(), "\x01", 1, 0) == 1);  // ClientInit, shared
+    REQUIRE(ReadExact(fd.get(), in, 24));
+    const uint32_t w = Be(in, 0, 2), h = Be(in, 2, 2), name_len = Be(in, 20, 4);
+    CHECK(w == 720);
+    CHECK(h == 400);
+    std::string name;
+    REQUIRE(ReadExact(fd.get(), name, name_len));
+    const char req[10] = {3, 0, 0, 0, 0, 0, char(w >> 8), char(w), char(h >> 8), char(h)};
+    REQUIRE(::send(fd.get(), req, sizeof req, 0) == 10);
+    REQUIRE(ReadExact(fd.get(), in, 4));
+    CHECK(in[0] == 0);  // FramebufferUpdate
+    CHECK(Be(in, 2, 2) >= 1);
+    Log("VNC: RFB 3.8, None auth, " + std::to_string(w) + "x" + std::to_string(h) + " \"" + name +
+        "\", a framebuffer update with " + std::to_string(Be(in, 2, 2)) + " rectangles");
   }
 
   {  // a second console session ends the first (last: the first console is gone after it)
