@@ -48,8 +48,8 @@ std::unique_ptr<api::Stream> WrapConsole(std::unique_ptr<vmm::ConsoleStream> con
 //  - kUnix: QEMU's chardev socket itself (OpenUnixStream). libvirt 9.0's virDomainOpenConsole
 //    refuses every chardev but a pty ("character device console0 is not using a PTY"), and the
 //    daemon defines the console as a unix socket (vmi_domain.cc). QEMU serves one client at a
-//    time on it and accepts the next when that one leaves, so the SessionRegistry's closing of
-//    the previous session is what lets a new one through.
+//    time on it and accepts the next when that one leaves (checked by hand with QEMU 7.2), so the
+//    SessionRegistry's closing of the previous session is what lets a new one through.
 //  - kNone: kNotFound ("no serial console": autoattachSerialConsole false).
 Result<std::unique_ptr<api::Stream>> OpenSerialConsole(vmm::Hypervisor& hv, std::string_view domain,
                                                        const vmm::ConsoleSpec& console);
