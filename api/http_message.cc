@@ -248,6 +248,31 @@ Result<ListenAddress> ListenAddress::Parse(std::string_view text) {
   return a;
 }
 
+namespace {
+// True if the comma-separated header values of `name` contain `token` (case-insensitive).
+bool HasToken(const HttpRequest& r, std::string_view name, std::string_view token) {
+  for (const auto& [n, v] : r.headers) {
+    if (!internal::EqualsIgnoreCase(n, name)) continue;
+    std::string_view rest = v;
+    while (!rest.empty()) {
+      size_t comma = rest.find(',');
+      std::string_view item = rest.substr(0, comma);
+      while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+      while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+      if (internal::EqualsIgnoreCase(item, token)) return true;
+      if (comma == std::string_view::npos) break;
+      rest.remove_prefix(comma + 1);
+    }
+  }
+  return false;
+}
+}  // namespace
+
+bool IsWebSocketUpgrade(const HttpRequest& request) {
+  return request.method == "GET" && HasToken(request, "connection", "upgrade") &&
+         HasToken(request, "upgrade", "websocket");
+}
+
 std::string_view HttpRequest::Header(std::string_view name) const {
   for (const auto& [n, v] : headers) {
     if (internal::EqualsIgnoreCase(n, name)) return v;

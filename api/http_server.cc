@@ -46,8 +46,10 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/basic_stream.hpp>
 #include <boost/beast/core/bind_handler.hpp>
+#include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
 
 #include "api/http_internal.h"
 #include "common/fd.h"
@@ -59,6 +61,8 @@ namespace {
 namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
+namespace websocket = beast::websocket;
+using DeviceStream = ::edgevirt::api::Stream;
 using tcp = net::ip::tcp;
 using unix_stream = net::local::stream_protocol;
 using ErrorCode = boost::system::error_code;
@@ -554,6 +558,134 @@ class StreamChannel final : public ResponseStream {
 };
 
 // ---------------------------------------------------------------------------------------------
+// WebSockets
+
+// What the device side of an upgraded connection (an api::Stream's callbacks, on the stream's
+// threads) shares with the connection's strand: the data from the device waiting to be sent, its
+// end, and "writable again". Like StreamChannel it reaches the connection only through `wake_`,
+// posted via the StreamGate, and never keeps it alive.
+class WsChannel {
+ public:
+  WsChannel(std::shared_ptr<StreamGate> gate, size_t limit, std::function<void()> wake)
+      : gate_(std::move(gate)), limit_(limit), wake_(std::move(wake)) {}
+
+  // --- device threads ---
+  bool OnData(std::string_view bytes) {
+    std::lock_guard lock(mu_);
+    if (detached_ || end_) return false;
+    queue_.emplace_back(bytes);
+    bytes_ += bytes.size();
+    WakeLocked();
+    if (bytes_ >= limit_) {
+      paused_ = true;
+      return false;
+    }
+    return true;
+  }
+  void OnEnd(std::string reason) {
+    std::lock_guard lock(mu_);
+    if (detached_ || end_) return;
+    end_ = std::move(reason);
+    WakeLocked();
+  }
+  void OnWritable() {
+    std::lock_guard lock(mu_);
+    if (detached_) return;
+    writable_ = true;
+    WakeLocked();
+  }
+
+  // --- the connection's strand ---
+  struct Taken {
+    std::deque<std::string> data;
+    std::optional<std::string> end;  // set once, with the last Take that has data before it
+    bool writable = false;
+  };
+  Taken Take() {
+    std::lock_guard lock(mu_);
+    wake_pending_ = false;
+    Taken t;
+    t.data.swap(queue_);
+    t.writable = std::exchange(writable_, false);
+    if (end_ && !end_taken_) {
+      t.end = *end_;
+      end_taken_ = true;
+    }
+    return t;
+  }
+  // `n` bytes taken earlier were written to the client. True when the device, paused because
+  // the queue was full, should be resumed (the queue is half drained).
+  bool Sent(size_t n) {
+    std::lock_guard lock(mu_);
+    bytes_ -= std::min(n, bytes_);
+    if (paused_ && bytes_ <= limit_ / 2) {
+      paused_ = false;
+      return true;
+    }
+    return false;
+  }
+  // Bytes queued or being written (for tests' and logs' sake).
+  size_t Pending() const {
+    std::lock_guard lock(mu_);
+    return bytes_;
+  }
+  // The connection is gone: further callbacks are dropped.
+  void Detach() {
+    std::function<void()> wake;
+    {
+      std::lock_guard lock(mu_);
+      detached_ = true;
+      queue_.clear();
+      wake.swap(wake_);
+    }
+  }
+
+ private:
+  void WakeLocked() {
+    if (wake_pending_ || !wake_) return;
+    if (gate_->Post(wake_)) wake_pending_ = true;
+  }
+
+  const std::shared_ptr<StreamGate> gate_;
+  const size_t limit_;
+  mutable std::mutex mu_;
+  std::function<void()> wake_;
+  bool wake_pending_ = false;
+  bool detached_ = false;
+  bool paused_ = false;
+  bool writable_ = false;
+  std::deque<std::string> queue_;
+  size_t bytes_ = 0;  // queued or being written
+  std::optional<std::string> end_;
+  bool end_taken_ = false;
+};
+
+// True if the comma-separated Sec-WebSocket-Protocol offer contains `wanted`.
+bool OffersSubprotocol(std::string_view offer, std::string_view wanted) {
+  while (!offer.empty()) {
+    size_t comma = offer.find(',');
+    std::string_view item = offer.substr(0, comma);
+    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    if (item == wanted) return true;
+    if (comma == std::string_view::npos) break;
+    offer.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
+// The close code for the device's end: see HttpResponse::websocket.
+websocket::close_reason EndReason(const std::string& reason) {
+  websocket::close_reason r;
+  r.code = reason.empty() || reason.find("replaced") != std::string::npos
+               ? websocket::close_code::normal
+               : websocket::close_code::internal_error;
+  // A close frame's payload is at most 125 bytes: 2 for the code, the rest for the reason.
+  r.reason = reason.substr(0, 123);
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Connection
 
 // One accepted connection. Requests are handled strictly one after another: the next request
@@ -570,10 +702,13 @@ class StreamChannel final : public ResponseStream {
 //              as the application queues them; one read  writes (a quiet watch stays open)
 //              stays pending to notice a hang-up
 //   kLingering after our last response: discard input    kLingerTimeout
+//   kUpgrading the WebSocket handshake (101) is written    write_timeout (Beast's handshake
+//                                                         timeout)
+//   kWebSocket frames both ways between the socket and   ping every ping_interval, then the
+//              the handler's api::Stream                 read_timeout; write_timeout per message
 //   kClosed
-// A streamed response always ends the connection (kStreaming → kLingering or kClosed).
-// Extension point: WebSocket upgrades become a further state entered from Handle() (see
-// README.md).
+// A streamed response always ends the connection (kStreaming → kLingering or kClosed), as does
+// a WebSocket (kUpgrading → kWebSocket → kClosed).
 template <class Protocol>
 class Connection final : public ConnectionBase {
  public:
@@ -581,12 +716,17 @@ class Connection final : public ConnectionBase {
 
   Connection(std::shared_ptr<ServerState> server, typename Protocol::socket socket,
              std::optional<uint32_t> peer_uid)
-      : ConnectionBase(std::move(server)), stream_(std::move(socket)), peer_uid_(peer_uid) {}
+      : ConnectionBase(std::move(server)),
+        stream_(std::move(socket)),
+        peer_uid_(peer_uid),
+        ws_timer_(stream_.get_executor()) {}
 
   // Normally the stream ended in Close() already; this covers a connection destroyed without
   // running again (the io_context stopped by Stop's last resort, then destroyed).
   ~Connection() override {
     if (channel_) channel_->End();
+    if (ws_channel_) ws_channel_->Detach();
+    if (device_) device_->Close();
   }
 
   void Start() {
@@ -614,6 +754,12 @@ class Connection final : public ConnectionBase {
         self->channel_->Shutdown();
         self->PumpStream();
       }
+      if (self->phase_ == State::kWebSocket) {
+        // What is queued is dropped: the client sees 1001 (going away) at once.
+        self->ws_out_.clear();
+        self->WsClose(websocket::close_reason(websocket::close_code::going_away,
+                                              "the server is shutting down"));
+      }
     });
   }
 
@@ -622,7 +768,17 @@ class Connection final : public ConnectionBase {
   }
 
  private:
-  enum class State { kIdle, kReading, kHandling, kWriting, kStreaming, kLingering, kClosed };
+  enum class State {
+    kIdle,
+    kReading,
+    kHandling,
+    kWriting,
+    kStreaming,
+    kLingering,
+    kUpgrading,
+    kWebSocket,
+    kClosed
+  };
 
   std::shared_ptr<Connection> Self() {
     return std::static_pointer_cast<Connection>(shared_from_this());
@@ -727,6 +883,9 @@ class Connection final : public ConnectionBase {
     ++served_;
     BeastRequest msg = parser_->release();
     parser_.reset();
+    // Kept for the handshake, should the handler answer with a WebSocket.
+    upgrade_msg_.reset();
+    if (websocket::is_upgrade(msg)) upgrade_msg_.emplace(msg.base());
     bool keep_alive = msg.keep_alive() && !draining_;
     const bool head = msg.method() == http::verb::head;
     try {
@@ -794,11 +953,25 @@ class Connection final : public ConnectionBase {
       // Stop may have begun while the handler ran; Drain() is queued behind us on the strand.
       if (server_->Stopping() || draining_) keep_alive = false;
       EV_LOG(kDebug) << req.method << " " << req.target << " " << answer.status
-                     << (answer.stream ? " (stream) " : " ")
+                     << (answer.stream      ? " (stream) "
+                         : answer.websocket ? " (websocket) "
+                                            : " ")
                      << std::chrono::duration_cast<std::chrono::microseconds>(
                             std::chrono::steady_clock::now() - start)
                             .count()
                      << "us";
+      if (answer.websocket) {
+        if (upgrade_msg_ && !draining_ && !server_->Stopping()) {
+          return StartWebSocket(std::move(answer));
+        }
+        answer.websocket->Close();
+        answer = draining_ || server_->Stopping()
+                     ? HttpResponse::StatusError(503, "ServiceUnavailable",
+                                                 "the server is shutting down")
+                     : HttpResponse::StatusError(400, "BadRequest",
+                                                 "this resource needs a WebSocket upgrade");
+        keep_alive = false;
+      }
       if (answer.stream) {
         if (StreamableStatus(answer.status)) {
           return StartStream(std::move(answer), version, head);
@@ -1044,6 +1217,200 @@ class Connection final : public ConnectionBase {
     phase_ = State::kClosed;
     stream_.close();  // cancels pending operations and the timer; noexcept
     if (channel_) channel_->End();
+    ws_timer_.cancel();
+    if (ws_channel_) ws_channel_->Detach();
+    if (device_) {
+      device_->Close();
+      device_.reset();
+    }
+  }
+
+  // --- WebSockets ---
+
+  void StartWebSocket(HttpResponse answer) {
+    phase_ = State::kUpgrading;
+    device_ = std::move(answer.websocket);
+    ws_opts_ = answer.websocket_options;
+    stream_.expires_never();  // the websocket stream keeps its own timers
+    buffer_.clear();
+    ws_.emplace(stream_);
+    websocket::stream_base::timeout timeout{};
+    timeout.handshake_timeout = opts().write_timeout;
+    timeout.idle_timeout = websocket::stream_base::none();
+    timeout.keep_alive_pings = false;
+    ws_->set_option(timeout);
+    std::string protocol;
+    if (!ws_opts_.subprotocol.empty() &&
+        OffersSubprotocol(Sv((*upgrade_msg_)[http::field::sec_websocket_protocol]),
+                          ws_opts_.subprotocol)) {
+      protocol = ws_opts_.subprotocol;
+    }
+    ws_->set_option(websocket::stream_base::decorator([protocol](websocket::response_type& res) {
+      if (!protocol.empty()) res.set(http::field::sec_websocket_protocol, protocol);
+    }));
+    ws_->read_message_max(ws_opts_.max_message_bytes);
+    ws_->auto_fragment(false);
+    ws_->binary(true);
+    // Runs inside our reads, on the strand: pings and pongs are activity.
+    ws_->control_callback([this](websocket::frame_type, beast::string_view) {
+      last_read_ = std::chrono::steady_clock::now();
+    });
+    ws_->async_accept(*upgrade_msg_, beast::bind_front_handler(&Connection::OnWsAccepted, Self()));
+  }
+
+  void OnWsAccepted(ErrorCode ec) {
+    upgrade_msg_.reset();
+    if (phase_ == State::kClosed) return;
+    if (ec) {
+      EV_LOG(kDebug) << "WebSocket handshake failed: " << ec.message();
+      return Close();
+    }
+    phase_ = State::kWebSocket;
+    last_read_ = std::chrono::steady_clock::now();
+    auto wake = [weak = std::weak_ptr<Connection>(Self()), ex = stream_.get_executor()] {
+      net::post(ex, [weak] {
+        if (auto self = weak.lock()) self->OnWsWake();
+      });
+    };
+    ws_channel_ = std::make_shared<WsChannel>(
+        server_->gate, std::max<size_t>(1, ws_opts_.send_queue_bytes), std::move(wake));
+    if (draining_ || server_->Stopping()) {
+      return WsClose(websocket::close_reason(websocket::close_code::going_away,
+                                             "the server is shutting down"));
+    }
+    // The callbacks hold the channel only, never the connection.
+    device_->OnWritable([ch = ws_channel_] { ch->OnWritable(); });
+    device_->Start([ch = ws_channel_](std::string_view bytes) { return ch->OnData(bytes); },
+                   [ch = ws_channel_](std::string reason) { ch->OnEnd(std::move(reason)); });
+    WsRead();
+    WsTick();
+  }
+
+  void WsRead() {
+    ws_.value().async_read(ws_in_, beast::bind_front_handler(&Connection::OnWsRead, Self()));
+  }
+
+  void OnWsRead(ErrorCode ec, size_t) {
+    if (phase_ == State::kClosed) return;
+    if (ec) {
+      // The client's close (answered by Beast), a reset, or a protocol error (Beast sent the
+      // close frame for that, e.g. 1009 for a too large message).
+      if (ec != websocket::error::closed) EV_LOG(kDebug) << "WebSocket read: " << ec.message();
+      return Close();
+    }
+    last_read_ = std::chrono::steady_clock::now();
+    if (!ws_->got_binary() || ws_closing_) {
+      ws_in_.consume(ws_in_.size());  // text messages are ignored, as by virt-handler
+      return WsRead();
+    }
+    ws_pending_in_ = beast::buffers_to_string(ws_in_.data());
+    ws_in_.consume(ws_in_.size());
+    WsDeliver();
+  }
+
+  // Hands the client's message to the device; reads the next one once it was taken.
+  void WsDeliver() {
+    if (!device_->Write(ws_pending_in_)) return;  // on_writable → OnWsWake retries
+    ws_pending_in_.clear();
+    WsRead();
+  }
+
+  void OnWsWake() {
+    if (phase_ != State::kWebSocket) return;
+    WsChannel::Taken t = ws_channel_->Take();
+    if (!ws_closing_) {
+      for (auto& d : t.data) ws_out_.push_back(std::move(d));
+    }
+    if (t.end) ws_end_ = std::move(t.end);
+    if (t.writable && !ws_pending_in_.empty() && !ws_closing_) {
+      WsDeliver();
+    }
+    WsPump();
+  }
+
+  // One message at a time; the close after the last one once the device has ended.
+  void WsPump() {
+    if (phase_ != State::kWebSocket || ws_write_in_flight_ || ws_closing_) return;
+    if (!ws_out_.empty()) {
+      ws_write_in_flight_ = true;
+      ws_write_started_ = std::chrono::steady_clock::now();
+      ws_->binary(true);
+      ws_->async_write(net::buffer(ws_out_.front()),
+                       beast::bind_front_handler(&Connection::OnWsWritten, Self()));
+      return;
+    }
+    if (ws_end_) WsClose(EndReason(*ws_end_));
+  }
+
+  void OnWsWritten(ErrorCode ec, size_t) {
+    ws_write_in_flight_ = false;
+    if (phase_ == State::kClosed) return;
+    if (ec) return Close();
+    if (ws_out_.empty()) return WsPump();  // cleared by Drain meanwhile
+    const size_t n = ws_out_.front().size();
+    ws_out_.pop_front();
+    if (ws_channel_->Sent(n) && device_) device_->Resume();
+    WsPump();
+  }
+
+  // Sends a close frame (once); the connection closes when the client answers it, or after
+  // kLingerTimeout.
+  void WsClose(websocket::close_reason reason) {
+    if (ws_closing_ || phase_ != State::kWebSocket) return;
+    ws_closing_ = true;
+    ws_close_started_ = std::chrono::steady_clock::now();
+    if (ws_channel_) ws_channel_->Detach();
+    if (device_) {
+      device_->Close();
+      device_.reset();
+    }
+    ws_->async_close(reason, [self = Self()](ErrorCode ec) {
+      if (ec && self->phase_ != State::kClosed) self->Close();
+      // Else the pending read completes with the client's close frame, or WsTick gives up.
+    });
+    WsTick();
+  }
+
+  // Periodic: pings, the read deadline, a stuck write, a close the client does not answer.
+  void WsTick() {
+    if (phase_ != State::kWebSocket) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (ws_closing_) {
+      if (now - ws_close_started_ >= kLingerTimeout) return Close();
+      ws_timer_.expires_after(kLingerTimeout);
+    } else {
+      if (ws_opts_.read_timeout.count() > 0 && now - last_read_ >= ws_opts_.read_timeout) {
+        EV_LOG(kDebug) << "WebSocket client silent for " << ws_opts_.read_timeout.count()
+                       << "ms; closing";
+        return Close();
+      }
+      if (ws_write_in_flight_ && now - ws_write_started_ >= opts().write_timeout) {
+        EV_LOG(kDebug) << "WebSocket client did not take a message within "
+                       << opts().write_timeout.count() << "s; closing";
+        return Close();
+      }
+      // A safety net for a Resume that raced with the on_data call that returned false: with
+      // nothing queued the device may always read (Resume is idempotent).
+      if (!ws_write_in_flight_ && ws_out_.empty() && ws_channel_->Pending() == 0 && device_) {
+        device_->Resume();
+      }
+      if (ws_opts_.ping_interval.count() > 0 && !ws_ping_in_flight_) {
+        ws_ping_in_flight_ = true;
+        ws_->async_ping({}, [self = Self()](ErrorCode ec) {
+          self->ws_ping_in_flight_ = false;
+          if (ec && self->phase_ == State::kWebSocket && !self->ws_closing_) self->Close();
+        });
+      }
+      auto period = ws_opts_.ping_interval.count() > 0
+                        ? std::chrono::milliseconds(ws_opts_.ping_interval)
+                        : std::chrono::milliseconds(1000);
+      ws_timer_.expires_after(period);
+    }
+    // The timer holds the connection: while the device refuses a message no read is pending,
+    // and nothing else would (Close cancels it).
+    ws_timer_.async_wait([self = Self()](ErrorCode ec) {
+      if (!ec) self->WsTick();
+    });
   }
 
   // The header of a streamed response with its serializer (which refers to the message).
@@ -1077,6 +1444,24 @@ class Connection final : public ConnectionBase {
   size_t written_bytes_ = 0;          // their total size
   std::string framing_;               // their size lines
   std::vector<net::const_buffer> write_buffers_;
+
+  // WebSocket (kUpgrading, kWebSocket).
+  std::optional<http::request<http::empty_body>> upgrade_msg_;  // until the handshake
+  std::optional<websocket::stream<Stream&>> ws_;
+  std::shared_ptr<DeviceStream> device_;
+  std::shared_ptr<WsChannel> ws_channel_;
+  WebSocketOptions ws_opts_;
+  net::steady_timer ws_timer_;
+  beast::flat_buffer ws_in_;
+  std::string ws_pending_in_;       // a client message the device has not taken yet
+  std::deque<std::string> ws_out_;  // device data to send, one message each
+  std::optional<std::string> ws_end_;
+  bool ws_write_in_flight_ = false;
+  bool ws_ping_in_flight_ = false;
+  bool ws_closing_ = false;
+  std::chrono::steady_clock::time_point last_read_;
+  std::chrono::steady_clock::time_point ws_write_started_;
+  std::chrono::steady_clock::time_point ws_close_started_;
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "api/stream.h"
 #include "common/result.h"
 
 namespace edgevirt::api {
@@ -89,6 +90,23 @@ class ResponseStream {
   virtual bool closed() const = 0;
 };
 
+// How the server runs an upgraded WebSocket (HttpResponse::websocket).
+struct WebSocketOptions {
+  // Echoed in Sec-WebSocket-Protocol when the client offers it ("plain.kubevirt.io"); empty:
+  // no subprotocol is selected.
+  std::string subprotocol;
+  // A ping is sent this often (0: never).
+  std::chrono::milliseconds ping_interval{1000};
+  // The connection is closed (without a close frame) when nothing (a message, ping or pong)
+  // arrived from the client for this long (0: no limit).
+  std::chrono::milliseconds read_timeout{0};
+  // The bound of the send queue: bytes from the device not yet written to the client. When it
+  // is reached the device's on_data returns false; the device is resumed when half drained.
+  size_t send_queue_bytes = 1 << 20;
+  // Larger messages from the client close the connection with 1009.
+  size_t max_message_bytes = 1 << 20;
+};
+
 struct HttpResponse {
   int status = 200;
   // Sent as given, except the ones the server owns: Content-Length, Transfer-Encoding, Date and
@@ -127,11 +145,29 @@ struct HttpResponse {
   // commit at io_threads. No read timeout applies while it runs; if the connection closes
   // meanwhile the result is dropped. An exception escaping it is logged and answered with 500.
   using DeferredFn = std::function<HttpResponse(const HttpRequest&)>;
+
+  // When set, the request is upgraded to a WebSocket (RFC 6455) connected to this stream; the
+  // status, headers and body are ignored. Only for a request IsWebSocketUpgrade accepts (else the
+  // stream is closed and the client gets a 400 Status); a bad handshake (no Sec-WebSocket-Key,
+  // version other than 13) gets Beast's 400. After the 101 the server pumps: each binary
+  // message from the client is one Stream::Write (the socket is not read while Write refuses,
+  // until on_writable), text messages are ignored, pings answered; each on_data is one binary
+  // message to the client, through a queue bounded by WebSocketOptions::send_queue_bytes.
+  // Close codes: the client's close is answered and the stream closed; on_end("") → 1000; an
+  // on_end reason containing "replaced" (a newer session took the device) → 1000 with the
+  // reason, after the queued data; any other reason → 1011 with the reason; server Stop → 1001.
+  // The connection counts against max_connections. May come from a deferred handler too.
+  std::shared_ptr<Stream> websocket;
+  WebSocketOptions websocket_options;
   DeferredFn blocking;
 
   // A response that runs `fn` on a blocking thread (see `blocking`).
   static HttpResponse Deferred(DeferredFn fn);
 };
+
+// True for a WebSocket upgrade request: GET with "Connection: upgrade" and
+// "Upgrade: websocket" (tokens, case-insensitive). Check it before opening a device stream.
+bool IsWebSocketUpgrade(const HttpRequest& request);
 
 // Runs on an io thread, concurrently for different connections (so it must be thread-safe), and
 // sequentially for the requests of one connection. Must not block for long: work that waits
