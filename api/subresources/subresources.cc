@@ -1,5 +1,6 @@
 #include "api/subresources/subresources.h"
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -229,12 +230,29 @@ std::optional<HttpResponse> Subresources::Serve(const HttpRequest& request) {
     path.remove_prefix(slash + 1);
   }
   // {version}/namespaces/{ns}/{resource}/{name}/{subresource}
-  if (parts.size() != 6 || (parts[0] != "v1" && parts[0] != "v1alpha3") ||
+  if (parts.size() < 6 || (parts[0] != "v1" && parts[0] != "v1alpha3") ||
       parts[1] != "namespaces" || parts[2].empty() || parts[4].empty()) {
     return std::nullopt;
   }
   Target t{parts[2], parts[4], parts[5]};
   const std::string& resource = parts[3];
+  {
+    // console, vnc, vnc/screenshot, portforward/{port}[/{protocol}]
+    std::vector<std::string> extra(parts.begin() + 6, parts.end());
+    const bool vmi = resource == "virtualmachineinstances";
+    const bool stream = (vmi && (t.sub == "console" || t.sub == "vnc") && extra.empty()) ||
+                        (vmi && t.sub == "vnc" && extra.size() == 1 && extra[0] == "screenshot") ||
+                        ((vmi || resource == "virtualmachines") && t.sub == "portforward" &&
+                         (extra.size() == 1 || extra.size() == 2));
+    if (stream) {
+      if (request.method != "GET") return machinery::MethodNotAllowed().ToResponse();
+      if (vms_ == nullptr || vmis_ == nullptr) {
+        return machinery::Unavailable("kubevirt.io/v1 is not served").ToResponse();
+      }
+      return Streaming(t, resource, extra, request);
+    }
+    if (parts.size() != 6) return std::nullopt;
+  }
   enum class Kind { kVmPut, kVmiPut, kVmiGet, kVolume } kind;
   if ((resource == "virtualmachines" || resource == "virtualmachineinstances") &&
       (t.sub == "addvolume" || t.sub == "removevolume")) {
@@ -874,6 +892,128 @@ bool IsHotplugVolume(const Json& volume) {
     if (h != nullptr && h->is_boolean() && h->get<bool>()) return true;
   }
   return false;
+}
+
+// ---------------------------------------------------------------------------------------------
+// console, vnc, vnc/screenshot, portforward (KubeVirt v1.0 pkg/virt-api/rest/subresource.go and
+// console/vnc/portforward handlers: the VMI must be Running; port-forward refuses a paused VMI).
+
+Result<std::unique_ptr<Stream>> VmiRuntime::OpenStream(const Json&, StreamKind, uint16_t,
+                                                       std::string_view) {
+  return MakeError(Code::kUnsupported, "streams are not implemented by this runtime");
+}
+
+Result<std::string> VmiRuntime::Screenshot(const Json&) {
+  return MakeError(Code::kUnsupported, "screenshots are not implemented by this runtime");
+}
+
+namespace {
+
+constexpr char kStreamSubprotocol[] = "plain.kubevirt.io";
+// virt-api's port-forward: pings every second, the connection is dropped after a minute
+// without anything from the client.
+constexpr std::chrono::seconds kPortForwardReadTimeout{60};
+
+ApiError StreamError(const Error& e, const std::string& name) {
+  switch (e.code) {
+    case Code::kUnavailable:
+      return machinery::BadRequest(e.message);
+    case Code::kNotFound:
+      return machinery::NotFound(kGroup, kVmi, name);
+    case Code::kConflict:
+      return machinery::Conflict(kGroup, kVmi, name, e.message);
+    default:
+      return machinery::Internal(e.message);
+  }
+}
+
+// "22" → 22; nullopt for anything but a decimal 1-65535.
+std::optional<uint16_t> ParsePort(const std::string& s) {
+  if (s.empty() || s.size() > 5) return std::nullopt;
+  uint32_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return std::nullopt;
+    v = v * 10 + static_cast<uint32_t>(c - '0');
+  }
+  if (v < 1 || v > 65535) return std::nullopt;
+  return static_cast<uint16_t>(v);
+}
+
+}  // namespace
+
+HttpResponse Subresources::Streaming(const Target& t, const std::string& resource,
+                                     const std::vector<std::string>& extra,
+                                     const HttpRequest& request) {
+  const bool port_forward = t.sub == "portforward";
+  const bool screenshot = t.sub == "vnc" && !extra.empty();
+  uint16_t port = 0;
+  std::string protocol;
+  if (port_forward) {
+    auto p = ParsePort(extra[0]);
+    if (!p) {
+      return machinery::BadRequest("invalid port \"" + extra[0] + "\": must be 1-65535")
+          .ToResponse();
+    }
+    port = *p;
+    protocol = extra.size() == 2 ? extra[1] : "tcp";
+    if (protocol != "tcp" && protocol != "udp") {
+      return machinery::BadRequest("invalid protocol \"" + protocol + "\": must be tcp or udp")
+          .ToResponse();
+    }
+  }
+  if (resource == "virtualmachines") {
+    auto vm = registry_.GetObject(*vms_, t.ns, t.name);
+    if (!vm) {
+      if (vm.error().code == 404) return machinery::NotFound(kGroup, kVm, t.name).ToResponse();
+      return machinery::Internal("unable to retrieve vm [" + t.name + "]: " + vm.error().message)
+          .ToResponse();
+    }
+  }
+  auto vmi = registry_.GetObject(*vmis_, t.ns, t.name);
+  if (!vmi) {
+    if (vmi.error().code == 404) return machinery::NotFound(kGroup, kVmi, t.name).ToResponse();
+    return machinery::Internal("unable to retrieve vmi [" + t.name + "]: " + vmi.error().message)
+        .ToResponse();
+  }
+  const std::string phase = Phase(*vmi);
+  if (phase != "Running") {
+    return machinery::BadRequest("Unable to connect to VM because phase is " + phase +
+                                 " instead of Running")
+        .ToResponse();
+  }
+  if (port_forward && HasConditionTrue(*vmi, "Paused")) {
+    return machinery::Conflict(kGroup, kVmi, t.name, "VMI is paused").ToResponse();
+  }
+  if (runtime_ == nullptr) {
+    return machinery::Unavailable("no VMI runtime: host actions are not available").ToResponse();
+  }
+  if (screenshot) {
+    auto png = runtime_->Screenshot(*vmi);
+    if (!png) return StreamError(png.error(), t.name).ToResponse();
+    HttpResponse r;
+    r.status = 200;
+    r.headers.emplace_back("Content-Type", "image/png");
+    r.body = std::move(*png);
+    return r;
+  }
+  // Checked before opening: a plain GET must not take the console from a connected client.
+  if (!IsWebSocketUpgrade(request)) {
+    return machinery::BadRequest("this resource needs a WebSocket upgrade (" +
+                                 std::string(kStreamSubprotocol) + ")")
+        .ToResponse();
+  }
+  const auto kind = port_forward     ? VmiRuntime::StreamKind::kPortForward
+                    : t.sub == "vnc" ? VmiRuntime::StreamKind::kVnc
+                                     : VmiRuntime::StreamKind::kConsole;
+  auto stream = runtime_->OpenStream(*vmi, kind, port, protocol);
+  if (!stream) return StreamError(stream.error(), t.name).ToResponse();
+  if (*stream == nullptr) return machinery::Internal("the runtime opened no stream").ToResponse();
+  HttpResponse r;
+  r.status = 101;
+  r.websocket = std::shared_ptr<Stream>(std::move(*stream));
+  r.websocket_options.subprotocol = kStreamSubprotocol;
+  if (port_forward) r.websocket_options.read_timeout = kPortForwardReadTimeout;
+  return r;
 }
 
 }  // namespace edgevirt::api::subresources

@@ -11,12 +11,17 @@
 // library never calls a driver.
 #pragma once
 
+#include <cstdint>
+#include <memory>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "api/http_server.h"
 #include "api/machinery/registry.h"
 #include "api/resource.h"
+#include "api/stream.h"
 #include "common/result.h"
 
 namespace edgevirt::api::subresources {
@@ -36,6 +41,16 @@ class VmiRuntime {
   // VirtualMachineInstanceGuestOSUserList, VirtualMachineInstanceFileSystemList). kConflict
   // "VMI does not have guest agent connected" when none.
   virtual Result<Json> GuestAgent(const Json& vmi, std::string_view kind) = 0;
+
+  enum class StreamKind { kConsole, kVnc, kPortForward };
+  // The VMI is running (the api side checked phase Running and, for port-forward, not paused).
+  // kUnavailable → 400 (not running/not ready yet), kNotFound → 404, kConflict → 409.
+  // `port` and `protocol` ("tcp" or "udp") only for kPortForward (else 0 and "").
+  // The default answers kUnsupported (→ 500).
+  virtual Result<std::unique_ptr<Stream>> OpenStream(const Json& vmi, StreamKind kind,
+                                                     uint16_t port, std::string_view protocol);
+  // PNG bytes of the VMI's screen. Errors as OpenStream. The default answers kUnsupported.
+  virtual Result<std::string> Screenshot(const Json& vmi);
 };
 
 // KubeVirt's ApplyVolumeRequestOnVMISpec: applies one v1.VirtualMachineVolumeRequest
@@ -60,8 +75,20 @@ class Subresources {
   // softreboot,reset} (PUT) and {guestosinfo,userlist,filesystemlist} (GET); another method
   // gets 405. Success: 202 with an empty body for the VM subresources and add/removevolume,
   // 200 with an empty body for pause/unpause/softreboot/reset, 200 with the guest agent's JSON
-  // for the queries. Errors are metav1.Status bodies. nullopt for every other path (console,
-  // vnc, portforward, ... are served elsewhere or later).
+  // for the queries. Errors are metav1.Status bodies.
+  //
+  // Streams (GET, WebSocket upgrade, subprotocol plain.kubevirt.io): .../virtualmachineinstances/
+  // {name}/console and /vnc, .../{virtualmachines,virtualmachineinstances}/{name}/portforward/
+  // {port}[/{tcp,udp}] (a VM's VMI of the same name); and the plain GET .../
+  // virtualmachineinstances/{name}/vnc/screenshot (image/png, ?moveCursor ignored). Before the
+  // upgrade, as KubeVirt: 404 when the VMI (VM) is missing, 400 "Unable to connect to VM because
+  // phase is X instead of Running", 409 "VMI is paused" (port-forward only), 400 for a bad port
+  // (1-65535) or protocol, 400 for a request that is not an upgrade; then
+  // VmiRuntime::OpenStream, its errors mapped (kUnavailable 400, kNotFound 404, kConflict 409,
+  // else 500). Port-forward sockets get a 60 s read deadline (the client answers the server's
+  // 1 s pings).
+  //
+  // nullopt for every other path.
   //
   // Thread-safe. Blocks on store commits and on VmiRuntime calls: the daemon calls it from a
   // deferred (blocking-thread) handler, as it does for machinery writes.
@@ -76,6 +103,8 @@ class Subresources {
   HttpResponse VmiAction(const Target& t, const HttpRequest& request);
   HttpResponse GuestAgent(const Target& t);
   HttpResponse Volume(const Target& t, bool on_vmi, const HttpRequest& request);
+  HttpResponse Streaming(const Target& t, const std::string& resource,
+                         const std::vector<std::string>& extra, const HttpRequest& request);
 
   machinery::Registry& registry_;
   VmiRuntime* runtime_;

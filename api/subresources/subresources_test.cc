@@ -5,10 +5,14 @@
 
 #include <mutex>
 
+#include <nlohmann/json.hpp>
+
 #include "api/kubevirt/kubevirt.h"
 #include "api/machinery/machinery.h"
 #include "api/machinery/testing.h"
+#include "api/pipe_stream_for_test.h"
 #include "tests/support/catch.h"
+#include "tests/support/websocket_client.h"
 
 namespace edgevirt::api::subresources {
 namespace {
@@ -30,6 +34,22 @@ class FakeRuntime : public VmiRuntime {
   Result<Json> GuestAgent(const Json& vmi, std::string_view kind) override {
     if (Status s = Record(std::string(kind), vmi); !s) return s.error();
     return Json{{"hostname", "guest"}, {"kind", std::string(kind)}};
+  }
+  Result<std::unique_ptr<Stream>> OpenStream(const Json& vmi, StreamKind kind, uint16_t port,
+                                             std::string_view protocol) override {
+    const char* k = kind == StreamKind::kConsole ? "console"
+                    : kind == StreamKind::kVnc   ? "vnc"
+                                                 : "portforward";
+    if (Status s =
+            Record(std::string(k) + ":" + std::to_string(port) + ":" + std::string(protocol), vmi);
+        !s) {
+      return s.error();
+    }
+    return std::unique_ptr<Stream>(std::make_unique<testing::PipeStream>(1 << 20, /*echo=*/true));
+  }
+  Result<std::string> Screenshot(const Json& vmi) override {
+    if (Status s = Record("screenshot", vmi); !s) return s.error();
+    return std::string("\x89PNG\r\n\x1a\n", 8);
   }
   std::vector<std::string> calls() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -77,15 +97,30 @@ class Env {
   // As virtctl: no Content-Type, Accept "application/json, */*".
   std::optional<Reply> Sub(const std::string& method, const std::string& path,
                            const std::string& body = "{}") {
+    auto r = Raw(method, path, body);
+    if (!r) return std::nullopt;
+    return Reply{r->status, r->body, Json::parse(r->body, nullptr, false)};
+  }
+  // A GET as virtctl's WebSocket dialer sends it.
+  std::optional<HttpResponse> Upgrade(const std::string& path) {
+    return Raw("GET", path, "",
+               {{"connection", "Upgrade"},
+                {"upgrade", "websocket"},
+                {"sec-websocket-version", "13"},
+                {"sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="},
+                {"sec-websocket-protocol", "plain.kubevirt.io"}});
+  }
+  std::optional<HttpResponse> Raw(
+      const std::string& method, const std::string& path, const std::string& body,
+      const std::vector<std::pair<std::string, std::string>>& headers = {}) {
     HttpRequest req;
+    req.headers = headers;
     req.method = method;
     req.target = path;
     req.path = path;
     req.body = body;
     req.headers.emplace_back("accept", "application/json, */*");
-    auto r = sub_->Serve(req);
-    if (!r) return std::nullopt;
-    return Reply{r->status, r->body, Json::parse(r->body, nullptr, false)};
+    return sub_->Serve(req);
   }
   Reply Put(const std::string& resource, const std::string& name, const std::string& sub,
             const std::string& body = "{}") {
@@ -349,9 +384,7 @@ TEST_CASE("VM subresources: bodies, paths, methods, 404", "[subresources][vm]") 
   CHECK(env.Vm("vm")["spec"]["runStrategy"] == "Always");
 
   // Other paths are someone else's.
-  CHECK_FALSE(env.Sub("GET", kSr + "virtualmachineinstances/vm/console"));
-  CHECK_FALSE(env.Sub("GET", kSr + "virtualmachineinstances/vm/vnc"));
-  CHECK_FALSE(env.Sub("GET", kSr + "virtualmachines/vm/portforward/22/tcp"));
+  // (console, vnc and portforward are served here too: see the [ws] tests.)
   CHECK_FALSE(env.Sub("PUT", kSr + "virtualmachines/vm/memorydump"));
   CHECK_FALSE(env.Sub("PUT", kSr + "virtualmachineinstances/vm/start"));
   CHECK_FALSE(env.Sub("GET", "/apis/subresources.kubevirt.io/v1/version"));
@@ -719,6 +752,165 @@ TEST_CASE("ApplyVolumeRequest adds once and removes both halves", "[subresources
   ApplyVolumeRequest(spec, {{"removeVolumeOptions", {{"name", "v"}}}});
   CHECK(spec["volumes"].empty());
   CHECK(spec["domain"]["devices"]["disks"].empty());
+}
+
+}  // namespace
+}  // namespace edgevirt::api::subresources
+
+// ---------------------------------------------------------------------------------------------
+// console, vnc, vnc/screenshot, portforward
+
+namespace edgevirt::api::subresources {
+namespace {
+
+TEST_CASE("streams: 404, 400 not running, 409 paused port-forward, bad ports",
+          "[subresources][ws]") {
+  Env env;
+  auto status = [&](const std::string& path) {
+    auto r = env.Upgrade(kSr + path);
+    REQUIRE(r);
+    INFO(path << " " << r->body);
+    if (r->websocket) r->websocket->Close();
+    return r->websocket ? 101 : r->status;
+  };
+  auto message = [&](const std::string& path) {
+    auto r = env.Upgrade(kSr + path);
+    REQUIRE(r);
+    return Json::parse(r->body, nullptr, false).value("message", "");
+  };
+
+  CHECK(status("virtualmachineinstances/nope/console") == 404);
+  CHECK(message("virtualmachineinstances/nope/console") ==
+        "virtualmachineinstance.kubevirt.io \"nope\" not found");
+  CHECK(status("virtualmachineinstances/nope/vnc") == 404);
+  CHECK(status("virtualmachineinstances/nope/portforward/22") == 404);
+  CHECK(status("virtualmachines/nope/portforward/22") == 404);
+  CHECK(message("virtualmachines/nope/portforward/22") ==
+        "virtualmachine.kubevirt.io \"nope\" not found");
+
+  env.CreateVmi("pending", "Pending");
+  // virtctl console retries while it gets 400.
+  CHECK(status("virtualmachineinstances/pending/console") == 400);
+  CHECK(message("virtualmachineinstances/pending/console") ==
+        "Unable to connect to VM because phase is Pending instead of Running");
+  CHECK(status("virtualmachineinstances/pending/vnc") == 400);
+  CHECK(status("virtualmachineinstances/pending/portforward/22") == 400);
+  env.CreateVm("onlyvm", "Halted");
+  CHECK(status("virtualmachines/onlyvm/portforward/22") == 404);  // the VM has no VMI
+
+  env.CreateVmi("paused", "Running", Json::array({{{"type", "Paused"}, {"status", "True"}}}));
+  CHECK(status("virtualmachineinstances/paused/portforward/22") == 409);
+  CHECK(message("virtualmachineinstances/paused/portforward/22") ==
+        "Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io \"paused\": VMI is "
+        "paused");
+  CHECK(status("virtualmachineinstances/paused/console") == 101);  // console works when paused
+
+  env.CreateVmi("vm1", "Running");
+  for (std::string bad : {"0", "65536", "-1", "ssh", "", "22x"}) {
+    CHECK(status("virtualmachineinstances/vm1/portforward/" + bad) == 400);
+  }
+  CHECK(status("virtualmachineinstances/vm1/portforward/22/sctp") == 400);
+  CHECK_FALSE(env.Upgrade(kSr + "virtualmachineinstances/vm1/portforward/22/tcp/x"));
+  CHECK_FALSE(env.Upgrade(kSr + "virtualmachineinstances/vm1/vnc/other"));
+  CHECK_FALSE(env.Upgrade(kSr + "virtualmachineinstances/vm1/console/x"));
+  CHECK(env.runtime().calls().size() == 1);  // only the paused VMI's console was opened
+}
+
+TEST_CASE("streams: OpenStream gets the kind, port and protocol; its errors map to codes",
+          "[subresources][ws]") {
+  Env env;
+  env.CreateVm("vm1", "Always");
+  env.CreateVmi("vm1", "Running");
+
+  auto open = [&](const std::string& path) {
+    auto r = env.Upgrade(path);
+    REQUIRE(r);
+    REQUIRE(r->websocket);
+    CHECK(r->websocket_options.subprotocol == "plain.kubevirt.io");
+    auto opts = r->websocket_options;
+    r->websocket->Close();
+    return opts;
+  };
+  CHECK(open(kSr + "virtualmachineinstances/vm1/console").read_timeout.count() == 0);
+  open(kSr + "virtualmachineinstances/vm1/vnc");
+  CHECK(open(kSr + "virtualmachineinstances/vm1/portforward/22").read_timeout ==
+        std::chrono::seconds(60));
+  open(kSr + "virtualmachines/vm1/portforward/8080/udp");
+  open(
+      "/apis/subresources.kubevirt.io/v1alpha3/namespaces/default/virtualmachineinstances/vm1/"
+      "portforward/65535/tcp");
+  CHECK(env.runtime().calls() ==
+        std::vector<std::string>{"console:0::vm1", "vnc:0::vm1", "portforward:22:tcp:vm1",
+                                 "portforward:8080:udp:vm1", "portforward:65535:tcp:vm1"});
+
+  // A plain GET does not open (and so does not take the console from a connected client).
+  auto plain = env.Sub("GET", kSr + "virtualmachineinstances/vm1/console");
+  REQUIRE(plain);
+  CHECK(plain->status == 400);
+  CHECK(env.Sub("PUT", kSr + "virtualmachineinstances/vm1/console")->status == 405);
+  CHECK(env.runtime().calls().size() == 5);
+
+  struct Case {
+    Code code;
+    int status;
+  };
+  for (auto [code, want] :
+       {Case{Code::kUnavailable, 400}, Case{Code::kNotFound, 404}, Case{Code::kConflict, 409},
+        Case{Code::kInternal, 500}, Case{Code::kUnsupported, 500}}) {
+    env.runtime().fail = MakeError(code, "device says no");
+    auto r = env.Upgrade(kSr + "virtualmachineinstances/vm1/console");
+    REQUIRE(r);
+    CHECK_FALSE(r->websocket);
+    CHECK(r->status == want);
+    Json j = Json::parse(r->body);
+    CHECK(j["kind"] == "Status");
+    CHECK(j["code"] == want);
+  }
+}
+
+TEST_CASE("vnc/screenshot answers image/png", "[subresources][ws]") {
+  Env env;
+  env.CreateVmi("vm1", "Running");
+  auto r = env.Raw("GET", kSr + "virtualmachineinstances/vm1/vnc/screenshot", "");
+  REQUIRE(r);
+  CHECK(r->status == 200);
+  CHECK(r->body.substr(1, 3) == "PNG");
+  CHECK(r->headers ==
+        std::vector<std::pair<std::string, std::string>>{{"Content-Type", "image/png"}});
+  env.runtime().fail = MakeError(Code::kUnavailable, "no display");
+  CHECK(env.Raw("GET", kSr + "virtualmachineinstances/vm1/vnc/screenshot", "")->status == 400);
+  CHECK(env.Raw("GET", kSr + "virtualmachineinstances/nope/vnc/screenshot", "")->status == 404);
+}
+
+TEST_CASE("streams over the real HTTP server with a WebSocket client", "[subresources][ws]") {
+  Env env;
+  env.CreateVmi("vm1", "Running");
+  env.CreateVmi("paused", "Running", Json::array({{{"type", "Paused"}, {"status", "True"}}}));
+  ServerOptions o;
+  o.listen.push_back(*ListenAddress::Parse("http://127.0.0.1:0"));
+  auto server = HttpServer::Start(o, [&](const HttpRequest& r) -> HttpResponse {
+    auto answer = env.sub().Serve(r);
+    return answer ? std::move(*answer) : HttpResponse::StatusError(404, "NotFound", "no");
+  });
+  REQUIRE(server);
+  const std::string addr = (*server)->BoundAddresses().front();
+
+  edgevirt::testing::WebSocketClient console;
+  REQUIRE(console.Connect(addr, kSr + "virtualmachineinstances/vm1/console"));
+  CHECK(console.subprotocol() == "plain.kubevirt.io");
+  REQUIRE(console.SendBinary("uname\r"));
+  CHECK(console.ReadUntil("uname\r") == "uname\r");  // the fake device echoes
+
+  edgevirt::testing::WebSocketClient pf;
+  CHECK_FALSE(pf.Connect(addr, kSr + "virtualmachineinstances/paused/portforward/22"));
+  CHECK(pf.status() == 409);
+  auto j = nlohmann::json::parse(pf.body());
+  CHECK(j["reason"] == "Conflict");
+  CHECK(j["code"] == 409);
+
+  edgevirt::testing::WebSocketClient missing;
+  CHECK_FALSE(missing.Connect(addr, kSr + "virtualmachineinstances/nope/vnc"));
+  CHECK(missing.status() == 404);
 }
 
 }  // namespace
