@@ -755,8 +755,11 @@ class Connection final : public ConnectionBase {
         self->PumpStream();
       }
       if (self->phase_ == State::kWebSocket) {
-        // What is queued is dropped: the client sees 1001 (going away) at once.
-        self->ws_out_.clear();
+        // What is queued is dropped (but the message being written, whose buffer Beast still
+        // uses): the client sees 1001 (going away) next.
+        while (self->ws_out_.size() > (self->ws_write_in_flight_ ? 1u : 0u)) {
+          self->ws_out_.pop_back();
+        }
         self->WsClose(websocket::close_reason(websocket::close_code::going_away,
                                               "the server is shutting down"));
       }
@@ -1346,7 +1349,6 @@ class Connection final : public ConnectionBase {
     ws_write_in_flight_ = false;
     if (phase_ == State::kClosed) return;
     if (ec) return Close();
-    if (ws_out_.empty()) return WsPump();  // cleared by Drain meanwhile
     const size_t n = ws_out_.front().size();
     ws_out_.pop_front();
     if (ws_channel_->Sent(n) && device_) device_->Resume();
