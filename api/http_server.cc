@@ -677,9 +677,12 @@ bool OffersSubprotocol(std::string_view offer, std::string_view wanted) {
 // The close code for the device's end: see HttpResponse::websocket.
 websocket::close_reason EndReason(const std::string& reason) {
   websocket::close_reason r;
-  r.code = reason.empty() || reason.find("replaced") != std::string::npos
-               ? websocket::close_code::normal
-               : websocket::close_code::internal_error;
+  // virtctl (console, vnc) reconnects after any close but 1001, on which it says "another user
+  // connected to the console of the target vm" and exits: a replaced session must get 1001, or
+  // two clients would take the console from each other for ever.
+  r.code = reason.empty()                                 ? websocket::close_code::normal
+           : reason.find("replaced") != std::string::npos ? websocket::close_code::going_away
+                                                          : websocket::close_code::internal_error;
   // A close frame's payload is at most 125 bytes: 2 for the code, the rest for the reason.
   r.reason = reason.substr(0, 123);
   return r;

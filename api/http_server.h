@@ -154,8 +154,9 @@ struct HttpResponse {
   // until on_writable), text messages are ignored, pings answered; each on_data is one binary
   // message to the client, through a queue bounded by WebSocketOptions::send_queue_bytes.
   // Close codes: the client's close is answered and the stream closed; on_end("") → 1000; an
-  // on_end reason containing "replaced" (a newer session took the device) → 1000 with the
-  // reason, after the queued data; any other reason → 1011 with the reason; server Stop → 1001.
+  // on_end reason containing "replaced" (a newer session took the device) → 1001 with the
+  // reason, after the queued data (virtctl then stops reconnecting); any other reason → 1011
+  // with the reason; server Stop → 1001.
   // The connection counts against max_connections. May come from a deferred handler too.
   std::shared_ptr<Stream> websocket;
   WebSocketOptions websocket_options;

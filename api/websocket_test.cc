@@ -223,7 +223,7 @@ TEST_CASE("WebSocket: close codes for the device's end") {
     CHECK(c.close_code() == 1011);
     CHECK(c.close_reason() == "serial port vanished");
   }
-  SECTION("replaced by a newer session: what was queued, then 1000") {
+  SECTION("replaced by a newer session: what was queued, then 1001 (virtctl stops retrying)") {
     WebSocketClient c;
     REQUIRE(c.Connect(s.address, "/ws"));
     auto dev = d.Last();
@@ -233,7 +233,7 @@ TEST_CASE("WebSocket: close codes for the device's end") {
     while (auto m = c.Receive(5s)) got += m->data.size();
     CHECK(got == 500000);
     CHECK(c.closed());
-    CHECK(c.close_code() == 1000);
+    CHECK(c.close_code() == 1001);
     CHECK(c.close_reason() == "a new console connection replaced this one");
   }
 }
