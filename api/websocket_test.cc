@@ -233,6 +233,7 @@ TEST_CASE("WebSocket: close codes for the device's end") {
     while (auto m = c.Receive(5s)) got += m->data.size();
     CHECK(got == 500000);
     CHECK(c.closed());
+    INFO("reason: " << c.close_reason() << " got " << got);
     CHECK(c.close_code() == 1001);
     CHECK(c.close_reason() == "a new console connection replaced this one");
   }
