@@ -389,6 +389,9 @@ class Controller::Impl {
   std::mutex shutdown_mu_;
   std::set<std::string> shutdown_requested_;  // VMI uids; guarded by shutdown_mu_
 
+  // One console and one VNC session per VMI (API threads).
+  SessionRegistry sessions_;
+
   // containerDisk pulls (null without an image cache). Requesters are "<vmi key>#<uid>".
   std::unique_ptr<ImagePuller> puller_;
   // Requesters told "Pulling image" already (reconcile thread only).
@@ -1826,6 +1829,58 @@ Status Controller::SoftReboot(const Json& vmi) {
 Status Controller::Reset(const Json& vmi) {
   if (!impl_->hv_) return Error(Code::kUnavailable, "the controller is stopping");
   return impl_->hv_->Reset(VmiDomain(vmi));
+}
+
+Result<std::unique_ptr<api::Stream>> Controller::OpenStream(const Json& vmi, StreamKind kind,
+                                                            uint16_t port,
+                                                            std::string_view protocol) {
+  if (!impl_->hv_) return Error(Code::kUnavailable, "the controller is stopping");
+  const std::string dname = VmiDomain(vmi);
+  const std::string uid = Str(vmi, {"metadata", "uid"});
+  auto state = impl_->hv_->State(dname);
+  if (!state || !DomainActive(state->state)) {
+    return Error(Code::kUnavailable, "VMI is not running");
+  }
+  const Json* devices = At(vmi, {"spec", "domain", "devices"});
+  auto enabled = [&](const char* key) {
+    const Json* v = devices != nullptr ? At(*devices, {key}) : nullptr;
+    return v == nullptr || !v->is_boolean() || v->get<bool>();
+  };
+  const std::string dir = impl_->options_.host.vms_dir + "/" + uid;
+  switch (kind) {
+    case StreamKind::kConsole: {
+      if (!enabled("autoattachSerialConsole")) {
+        return Error(Code::kNotFound, "the VMI has no serial console (autoattachSerialConsole)");
+      }
+      vmm::ConsoleSpec console;
+      console.kind = vmm::ConsoleKind::kUnix;
+      console.socket_path = dir + "/serial0.sock";
+      ASSIGN_OR_RETURN(auto stream, OpenSerialConsole(*impl_->hv_, dname, console));
+      return impl_->sessions_.Adopt(uid, "console", std::move(stream));
+    }
+    case StreamKind::kVnc: {
+      if (!enabled("autoattachGraphicsDevice")) {
+        return Error(Code::kNotFound, "the VMI has no graphics device (autoattachGraphicsDevice)");
+      }
+      ASSIGN_OR_RETURN(auto stream, OpenUnixStream(dir + "/vnc/vnc.sock"));
+      return impl_->sessions_.Adopt(uid, "vnc", std::move(stream));
+    }
+    case StreamKind::kPortForward: {
+      ASSIGN_OR_RETURN(std::string ip, impl_->net_->PodAddress(vmi));
+      if (protocol == "udp") return OpenUdpStream(ip, port, net::kPortForwardMark);
+      return OpenTcpStream(ip, port, std::chrono::seconds(5), net::kPortForwardMark);
+    }
+  }
+  return Error(Code::kInvalid, "unknown stream kind");
+}
+
+Result<std::string> Controller::Screenshot(const Json& vmi) {
+  if (!impl_->hv_) return Error(Code::kUnavailable, "the controller is stopping");
+  auto shot = impl_->hv_->Screenshot(VmiDomain(vmi));
+  if (!shot && shot.error().code == Code::kConflict) {
+    return Error(Code::kUnavailable, shot.error().message);
+  }
+  return shot;
 }
 
 Result<Json> Controller::GuestAgent(const Json& vmi, std::string_view kind) {

@@ -32,6 +32,7 @@
 #include "daemon/images.h"
 #include "daemon/isolation.h"
 #include "daemon/networking.h"
+#include "daemon/streams.h"
 #include "daemon/vmi_domain.h"
 #include "daemon/work_queue.h"
 #include "image/image.h"
@@ -97,6 +98,11 @@ class Controller : public api::subresources::VmiRuntime {
   Status SoftReboot(const Json& vmi) override;
   Status Reset(const Json& vmi) override;
   Result<Json> GuestAgent(const Json& vmi, std::string_view kind) override;
+  // console (QEMU's serial chardev), vnc (QEMU's VNC socket): one session of each per VMI, a
+  // new one ends the old; portforward: TCP/UDP to the VMI's default-network address.
+  Result<std::unique_ptr<api::Stream>> OpenStream(const Json& vmi, StreamKind kind, uint16_t port,
+                                                  std::string_view protocol) override;
+  Result<std::string> Screenshot(const Json& vmi) override;
 
   // For tests: blocks until the queue is empty and no reconcile runs, or the timeout passes.
   bool WaitIdleForTest(std::chrono::milliseconds timeout);

@@ -108,7 +108,9 @@ std::string Networking::MacvtapName(const std::string& uid, size_t index) {
 
 Result<net::Network*> Networking::Network() {
   if (network_ == nullptr) {
-    ASSIGN_OR_RETURN(network_, net::Network::Open(options_.net));
+    ASSIGN_OR_RETURN(auto opened, net::Network::Open(options_.net));
+    std::lock_guard lock(mu_);
+    network_ = std::move(opened);
     applied_.reset();
     EV_LOG(kInfo) << "default network " << options_.net.bridge << " (" << options_.net.cidr
                   << ") is up";
@@ -304,6 +306,22 @@ Status Networking::Sync(const std::vector<Json>& vmis, const std::vector<Json>& 
     EV_LOG(kWarning) << "DHCP leases: " << s.error().message;
   }
   return Ok();
+}
+
+Result<std::string> Networking::PodAddress(const Json& vmi) {
+  ASSIGN_OR_RETURN(std::vector<NetworkRequest> reqs, NetworkRequests(vmi));
+  std::lock_guard lock(mu_);
+  if (network_ != nullptr) {
+    ASSIGN_OR_RETURN(auto all, network_->Allocations());
+    for (const auto& r : reqs) {
+      if (!r.pod) continue;
+      const std::string key = Owner(vmi) + "/" + r.interface_name;
+      for (const auto& [k, addr] : all) {
+        if (k == key) return addr.ip;
+      }
+    }
+  }
+  return MakeError(Code::kUnavailable, "the VMI has no address on the default network");
 }
 
 Status Networking::Release(const std::string& owner) {

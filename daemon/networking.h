@@ -14,6 +14,7 @@
 
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -71,6 +72,9 @@ class Networking {
   Json InterfaceStatus(const Json& vmi, const Json* agent, bool* complete);
 
   bool opened() const { return network_ != nullptr; }
+  // The default-network address of the VMI's first pod interface (kUnavailable when it has
+  // none, or none yet). Thread-safe.
+  Result<std::string> PodAddress(const Json& vmi);
   // Restarts the default network's dnsmasq if it died; whether it did.
   Result<bool> Supervise() { return network_ ? network_->Supervise() : Result<bool>(false); }
 
@@ -85,6 +89,8 @@ class Networking {
   const net::HostNetwork* HostNetwork(const std::string& name) const;
 
   NetworkingOptions options_;
+  // Set once by the controller thread (under mu_); PodAddress reads it from API threads.
+  std::mutex mu_;
   std::unique_ptr<net::Network> network_;
   std::optional<std::string> applied_;  // rendered ruleset + hosts file of the last Apply
 };

@@ -321,10 +321,14 @@ Result<std::unique_ptr<api::Stream>> OpenUnixStream(const std::string& path) {
 }
 
 Result<std::unique_ptr<api::Stream>> OpenTcpStream(const std::string& ip, uint16_t port,
-                                                   std::chrono::milliseconds timeout) {
+                                                   std::chrono::milliseconds timeout,
+                                                   uint32_t mark) {
   ASSIGN_OR_RETURN(IpAddress a, ParseIp(ip, port));
   UniqueFd fd(::socket(a.family, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) return ErrnoError("socket", errno);
+  if (mark != 0 && ::setsockopt(fd.get(), SOL_SOCKET, SO_MARK, &mark, sizeof mark) != 0) {
+    return ErrnoError("SO_MARK", errno);
+  }
   int one = 1;
   ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   RETURN_IF_ERROR(ConnectWithin(fd.get(), reinterpret_cast<sockaddr*>(&a.ss), a.len, timeout,
@@ -332,10 +336,14 @@ Result<std::unique_ptr<api::Stream>> OpenTcpStream(const std::string& ip, uint16
   return MakeFdStream(std::move(fd), false);
 }
 
-Result<std::unique_ptr<api::Stream>> OpenUdpStream(const std::string& ip, uint16_t port) {
+Result<std::unique_ptr<api::Stream>> OpenUdpStream(const std::string& ip, uint16_t port,
+                                                   uint32_t mark) {
   ASSIGN_OR_RETURN(IpAddress a, ParseIp(ip, port));
   UniqueFd fd(::socket(a.family, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   if (!fd) return ErrnoError("socket", errno);
+  if (mark != 0 && ::setsockopt(fd.get(), SOL_SOCKET, SO_MARK, &mark, sizeof mark) != 0) {
+    return ErrnoError("SO_MARK", errno);
+  }
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&a.ss), a.len) < 0) {
     return MakeError(Code::kUnavailable,
                      "connect to udp " + HostPort(ip, port) + ": " + std::strerror(errno));

@@ -33,14 +33,16 @@ inline constexpr size_t kMaxDatagramBytes = 65535;
 // The VMI's QEMU VNC socket (DomainSpec::vnc_socket_path). kUnavailable when nothing listens
 // (yet), kInvalid for a path that is not absolute or too long for sockaddr_un.
 Result<std::unique_ptr<api::Stream>> OpenUnixStream(const std::string& path);
-// A TCP connection to ip:port (IPv4 or IPv6 literal), connected within `timeout`.
+// A TCP connection to ip:port (IPv4 or IPv6 literal), connected within `timeout`; `mark`
+// (non-zero) is set as the socket's SO_MARK (net::kPortForwardMark for port-forward).
 // kInvalid (bad address or port 0), kUnavailable (refused, unreachable, timeout).
 Result<std::unique_ptr<api::Stream>> OpenTcpStream(
     const std::string& ip, uint16_t port,
-    std::chrono::milliseconds timeout = std::chrono::seconds(5));
+    std::chrono::milliseconds timeout = std::chrono::seconds(5), uint32_t mark = 0);
 // A UDP socket connected to ip:port: each Write is one datagram, each on_data one datagram.
-// ICMP port unreachable ends the stream with a reason.
-Result<std::unique_ptr<api::Stream>> OpenUdpStream(const std::string& ip, uint16_t port);
+// ICMP port unreachable ends the stream with a reason. `mark` as for OpenTcpStream.
+Result<std::unique_ptr<api::Stream>> OpenUdpStream(const std::string& ip, uint16_t port,
+                                                   uint32_t mark = 0);
 // The console of vmm (libvirt stream) as an api::Stream.
 std::unique_ptr<api::Stream> WrapConsole(std::unique_ptr<vmm::ConsoleStream> console);
 // The serial console of the running domain `domain` defined with `console`:

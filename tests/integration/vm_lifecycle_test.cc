@@ -79,7 +79,8 @@ TEST_CASE("a VM boots from kubectl apply and answers virtctl's lifecycle request
     CHECK(info["hostname"] == "edge-guest");
     CHECK(info["os"]["id"] == "edgeguest");
     CHECK(info["timezone"] == "UTC, 0");
-    CHECK(info["supportedCommands"].size() == 5);  // ping, osinfo, users, fsinfo, disks
+    // ping, osinfo, users, fsinfo, disks, network-get-interfaces
+    CHECK(info["supportedCommands"].size() == 6);
     r = env.Virtctl("GET", "virtualmachineinstances", "vm1", "userlist", "");
     REQUIRE(r.status == 200);
     CHECK(ParseJson(r.body)["items"][0]["userName"] == "root");

@@ -79,3 +79,12 @@ target_compile_definitions(vm_network_test PRIVATE EDGEVIRTD_PATH="$<TARGET_FILE
   EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
 add_dependencies(vm_network_test edgevirtd)
 set_tests_properties(vm_network_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
+
+# virtctl console, vnc, vnc/screenshot and port-forward through the daemon, over WebSockets.
+edgevirt_add_test(NAME vm_streams_test SOURCES vm_streams_test.cc
+  LIBS edgevirt_common nlohmann_json::nlohmann_json Threads::Threads
+  LABELS integration TIMEOUT 900 RUN_SERIAL)
+target_compile_definitions(vm_streams_test PRIVATE EDGEVIRTD_PATH="$<TARGET_FILE:edgevirtd>"
+  EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
+add_dependencies(vm_streams_test edgevirtd)
+set_tests_properties(vm_streams_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
