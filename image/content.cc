@@ -90,12 +90,19 @@ struct Ingest::Writer {
     uint64_t offset = 0;  // offset_ after this item (for the checkpoint)
   };
   std::mutex mu;
-  std::condition_variable work, space;  // work: queue non-empty or stop; space: a slot freed
+  // work: queue non-empty or stop; space: a slot freed or the syncer done; sync_work: a
+  // checkpoint to take.
+  std::condition_variable work, space, sync_work;
   std::deque<Item> queue;
   std::vector<std::vector<char>> spare;  // chunks to reuse
   bool busy = false, stop = false;
+  // Checkpoints run on a thread of their own, so that neither the writer nor libcurl's
+  // receive loop waits for a flush: the writer hands over the offset it has written up to, the
+  // syncer fdatasyncs (also flushing bytes written after it, which is harmless) and records it.
+  uint64_t sync_target = 0, synced = 0;
+  bool syncing = false;
   Status error = Ok();
-  std::thread thread;
+  std::thread thread, syncer;
 };
 
 Ingest::Ingest() : writer_(std::make_unique<Writer>()) {}
@@ -111,7 +118,9 @@ void Ingest::StopWriter() {
     writer_->stop = true;
   }
   writer_->work.notify_all();
+  writer_->sync_work.notify_all();
   if (writer_->thread.joinable()) writer_->thread.join();
+  if (writer_->syncer.joinable()) writer_->syncer.join();
 }
 
 Status Ingest::WriteChunk(const std::vector<char>& chunk) {
@@ -152,15 +161,36 @@ Status Ingest::Submit(bool checkpoint) {
         const bool failed = !wr.error;
         l.unlock();
         Status st = Ok();
-        if (!failed) {
-          if (!item.chunk.empty()) st = WriteChunk(item.chunk);
-          if (st && item.checkpoint) st = SyncAndRecord(item.offset);
-        }
+        if (!failed && !item.chunk.empty()) st = WriteChunk(item.chunk);
         l.lock();
         if (!st && wr.error) wr.error = st;
+        if (st && item.checkpoint && item.offset > wr.sync_target) {
+          wr.sync_target = item.offset;
+          wr.sync_work.notify_one();
+        }
         item.chunk.clear();
         if (wr.spare.size() < kQueueChunks) wr.spare.push_back(std::move(item.chunk));
         wr.busy = false;
+        wr.space.notify_all();
+      }
+    });
+  }
+  if (!w.syncer.joinable()) {
+    w.syncer = std::thread([this] {
+      Writer& wr = *writer_;
+      std::unique_lock l(wr.mu);
+      for (;;) {
+        wr.sync_work.wait(l, [&] { return wr.stop || wr.sync_target != wr.synced; });
+        if (wr.stop) return;
+        const uint64_t target = wr.sync_target;
+        const bool failed = !wr.error;
+        wr.syncing = true;
+        l.unlock();
+        Status st = failed ? Ok() : SyncAndRecord(target);
+        l.lock();
+        if (!st && wr.error) wr.error = st;
+        wr.synced = target;
+        wr.syncing = false;
         wr.space.notify_all();
       }
     });
@@ -184,7 +214,9 @@ Status Ingest::Drain() {
   if (!fill_.empty()) RETURN_IF_ERROR(Submit(false));
   Writer& w = *writer_;
   std::unique_lock lock(w.mu);
-  w.space.wait(lock, [&] { return (w.queue.empty() && !w.busy) || !w.error; });
+  w.space.wait(lock, [&] {
+    return (w.queue.empty() && !w.busy && !w.syncing && w.sync_target == w.synced) || !w.error;
+  });
   return w.error;
 }
 
@@ -240,6 +272,10 @@ Status Ingest::Reset() {
   if (::lseek(fd_.get(), 0, SEEK_SET) < 0) return ErrnoError("seek ingest " + hex_, errno);
   EVP_DigestInit_ex(md_, EVP_sha256(), nullptr);
   offset_ = written_ = kicked_ = requested_ = 0;
+  {
+    std::lock_guard lock(writer_->mu);
+    writer_->sync_target = writer_->synced = 0;
+  }
   if (committed_.load() != 0) {
     RETURN_IF_ERROR(store_->Record(hex_, size_, 0, started_));
     committed_.store(0);

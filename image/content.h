@@ -36,9 +36,10 @@ namespace edgevirt::image {
 class ContentStore;
 
 // One partial download, owned by one writer (see the protocol above). Not thread-safe: one
-// thread calls it. Writing and hashing run on a private thread of the Ingest, so that the caller
-// (libcurl's receive loop) never waits for the disk or SHA-256 unless the bounded queue between
-// them (kQueueChunks chunks of kChunkBytes) is full.
+// thread calls it. Writing and hashing run on a private thread of the Ingest, and checkpoints
+// (fdatasync + index record) on another, so that the caller (libcurl's receive loop) never waits
+// for the disk, a flush or SHA-256 unless the bounded queue between them (kQueueChunks chunks of
+// kChunkBytes) is full.
 class Ingest {
  public:
   ~Ingest();
