@@ -30,6 +30,8 @@ DEB_PACKAGES=(
   libvirt-dev libvirt-daemon-driver-qemu qemu-system-x86 ovmf swtpm swtpm-tools qemu-utils
   # daemon/: cloud-init NoCloud/ConfigDrive ISOs (xorriso -as mkisofs), as KubeVirt makes them
   xorriso
+  # vmm/: screenshots are encoded as PNG with zlib
+  zlib1g-dev
   # net/: the default network (nft table, dnsmasq for DHCP, ip for bridges and taps); its tests
   # also use busybox udhcpc (busybox-static, above) as the DHCP client
   nftables dnsmasq-base iproute2
@@ -56,6 +58,8 @@ RPM_PACKAGES=(
   libvirt-devel libvirt-daemon-driver-qemu qemu-kvm edk2-ovmf swtpm swtpm-tools qemu-img
   # daemon/: cloud-init ISOs (xorriso -as mkisofs)
   xorriso
+  # vmm/: PNG screenshots (zlib)
+  zlib-devel
   # net/: nft table, dnsmasq (DHCP), ip
   nftables dnsmasq iproute
   kernel-core busybox syslinux syslinux-extlinux util-linux e2fsprogs cpio kmod
