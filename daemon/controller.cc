@@ -394,6 +394,9 @@ class Controller::Impl {
 
   // containerDisk pulls (null without an image cache). Requesters are "<vmi key>#<uid>".
   std::unique_ptr<ImagePuller> puller_;
+  // The agent's guest-network-get-interfaces per VMI uid: when last asked, the last answer
+  // (reconcile thread only).
+  std::map<std::string, std::pair<std::chrono::steady_clock::time_point, Json>> agent_nics_;
   // Requesters told "Pulling image" already (reconcile thread only).
   std::set<std::string> pull_announced_;
 };
@@ -1143,6 +1146,7 @@ Status Controller::Impl::CleanupDomain(const std::string& dname, const std::stri
     RETURN_IF_ERROR(iso_->Release(uid));
     placed_.erase(uid);
     RETURN_IF_ERROR(net_->Cleanup(uid));
+    agent_nics_.erase(uid);
     queue_.Add(kNetKey);
     if (options_.images != nullptr) RETURN_IF_ERROR(options_.images->Release(uid));
     RETURN_IF_ERROR(RemoveVmiFiles(options_.host.vms_dir, uid));
@@ -1537,12 +1541,28 @@ Status Controller::Impl::ReconcileVmi(const std::string& ns, const std::string& 
     }
   }
   // status.interfaces: DHCP leases of the default network, and what the agent sees.
+  // The agent is asked only for VMIs with host-network NICs (their addresses come from DHCP
+  // servers that are not ours), at most every 20 s, and not while a volume operation is in
+  // flight. Asking it on every reconcile broke disk hotplug: after a hot-unplug and a daemon
+  // restart, QEMU still held the detached disk's image and device_add of it again failed with
+  // "Failed to get write lock" (vm_devices_test; cause not understood yet, see the README).
+  bool host_nics = false;
+  if (auto reqs = NetworkRequests(vmi)) {
+    for (const auto& r : *reqs) host_nics = host_nics || !r.pod;
+  }
   Json agent_nics;
-  if (agent) {
-    auto reply = hv_->AgentCommand(dname, R"({"execute":"guest-network-get-interfaces"})", 2s);
-    if (reply) {
-      if (auto r = AgentReturn(*reply)) agent_nics = std::move(*r);
+  if (agent && host_nics) {
+    auto& [asked, known_nics] = agent_nics_[uid];
+    const auto now = std::chrono::steady_clock::now();
+    if (!volumes_requeue && (asked == std::chrono::steady_clock::time_point() ||
+                             now - asked >= std::chrono::seconds(20))) {
+      asked = now;
+      auto reply = hv_->AgentCommand(dname, R"({"execute":"guest-network-get-interfaces"})", 2s);
+      if (reply) {
+        if (auto r = AgentReturn(*reply)) known_nics = std::move(*r);
+      }
     }
+    agent_nics = known_nics;
   }
   bool nics_complete = true;
   Json interfaces =

@@ -434,7 +434,11 @@ TEST_CASE("SIGKILL at every step of add and remove: kernel rules equal the LMDB 
     f.e.daemon.SetEnv("EDGEVIRT_FAULT_POINT", std::nullopt);
     f.e.daemon.Start();
     if (add) {
-      REQUIRE(WaitUntil([&] { return VolumePhase(f.e.Vmi("vm1"), "data") == "Ready"; }, 90s));
+      const bool ready =
+          WaitUntil([&] { return VolumePhase(f.e.Vmi("vm1"), "data") == "Ready"; }, 90s);
+      INFO("events: " << Http(f.e.daemon.url(), "GET", "/api/v1/namespaces/default/events").body);
+      INFO("VMI: " << f.e.Vmi("vm1").dump());
+      REQUIRE(ready);
       REQUIRE(WaitUntil([&] { return HasRule(f.KernelRules(uid), dev); }, 30s));
       CHECK(OpenInCgroup(f.VmCgroup(uid), f.loop_a.path()) == 0);
     } else {
@@ -457,7 +461,11 @@ TEST_CASE("SIGKILL at every step of add and remove: kernel rules equal the LMDB 
     } else if (point != "revoke.after-kernel") {
       auto ad = f.Virtctl("virtualmachineinstances", "vm1", "addvolume", AddVolumeBody("data"));
       REQUIRE(ad.status == 202);
-      REQUIRE(WaitUntil([&] { return VolumePhase(f.e.Vmi("vm1"), "data") == "Ready"; }, 90s));
+      const bool ready =
+          WaitUntil([&] { return VolumePhase(f.e.Vmi("vm1"), "data") == "Ready"; }, 90s);
+      INFO("events: " << Http(f.e.daemon.url(), "GET", "/api/v1/namespaces/default/events").body);
+      INFO("VMI: " << f.e.Vmi("vm1").dump());
+      REQUIRE(ready);
     }
   }
   CHECK(f.e.Qemus().size() == 1);  // the same guest throughout
