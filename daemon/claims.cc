@@ -19,6 +19,7 @@
 #include "api/machinery/codec.h"
 #include "common/exec.h"
 #include "common/fd.h"
+#include "common/json_path.h"
 #include "common/log.h"
 #include "common/quantity.h"
 
@@ -60,21 +61,8 @@ bool IsCleanAbsolute(std::string_view p) {
          p.find("//") == std::string_view::npos;
 }
 
-const Json* Get(const Json& o, std::initializer_list<const char*> path) {
-  const Json* v = &o;
-  for (const char* k : path) {
-    if (!v->is_object()) return nullptr;
-    auto it = v->find(k);
-    if (it == v->end()) return nullptr;
-    v = &*it;
-  }
-  return v;
-}
-
-std::string Str(const Json& o, std::initializer_list<const char*> path) {
-  const Json* v = Get(o, path);
-  return v && v->is_string() ? v->get<std::string>() : std::string();
-}
+using jsonpath::At;
+using jsonpath::Str;
 
 std::string KindName(ClaimRecord::Kind k) {
   switch (k) {
@@ -233,7 +221,7 @@ Result<ClaimVolume> ResolveClaim(const store::Store& store, const std::string& n
     return std::move(rec).error().Wrap("read " + who);
   }
   ASSIGN_OR_RETURN(Json claim, api::machinery::DecodeRecord(*rec));
-  if (Get(claim, {"metadata", "deletionTimestamp"}) != nullptr) {
+  if (At(claim, {"metadata", "deletionTimestamp"}) != nullptr) {
     return MakeError(Code::kUnavailable, who + " is being deleted");
   }
   auto raw = store.GetRaw(kClaimsSpace, rec->uid);
@@ -260,7 +248,7 @@ Result<ClaimVolume> ResolveClaim(const store::Store& store, const std::string& n
   v.qcow2 = record->kind == ClaimRecord::Kind::kFiles && record->format == "qcow2";
   v.capacity_bytes = record->capacity;
   bool read_only = false, writable = false;
-  if (const Json* modes = Get(claim, {"spec", "accessModes"}); modes && modes->is_array()) {
+  if (const Json* modes = At(claim, {"spec", "accessModes"}); modes && modes->is_array()) {
     for (const Json& m : *modes) {
       if (m == "ReadOnlyMany") {
         read_only = true;
@@ -511,7 +499,7 @@ Status Claims::Impl::ReconcileClaim(const std::string& ns, const std::string& na
     return got.error().ToError();
   }
   const Json& claim = *got;
-  if (Get(claim, {"metadata", "deletionTimestamp"}) != nullptr) return Ok();
+  if (At(claim, {"metadata", "deletionTimestamp"}) != nullptr) return Ok();
   const std::string uid = Str(claim, {"metadata", "uid"});
   if (!IsUuid(uid) || !IsDnsLabel(ns)) {
     return MakeError(Code::kInternal,
@@ -561,13 +549,13 @@ Result<std::optional<ClaimRecord>> Claims::Impl::Plan(const Json& claim, const s
     Pending(claim, "storageclass.storage.k8s.io \"" + class_name + "\" not found");
     return Nothing();
   }
-  if (Get(claim, {"spec", "selector"}) != nullptr) {
+  if (At(claim, {"spec", "selector"}) != nullptr) {
     Pending(claim, "failed to provision volume with StorageClass \"" + class_name +
                        "\": claim Selector is not supported");
     return Nothing();
   }
-  if (Get(claim, {"spec", "dataSource"}) != nullptr ||
-      Get(claim, {"spec", "dataSourceRef"}) != nullptr) {
+  if (At(claim, {"spec", "dataSource"}) != nullptr ||
+      At(claim, {"spec", "dataSourceRef"}) != nullptr) {
     Pending(claim, "failed to provision volume with StorageClass \"" + class_name +
                        "\": edgevirt cannot populate a volume from a data source");
     return Nothing();
@@ -789,7 +777,7 @@ Status Claims::Impl::Bind(const Json& claim, const std::string& uid, const Claim
   Json desired = status;
   desired["phase"] = "Bound";
   desired["accessModes"] =
-      Get(claim, {"spec", "accessModes"}) ? claim["spec"]["accessModes"] : Json::array();
+      At(claim, {"spec", "accessModes"}) ? claim["spec"]["accessModes"] : Json::array();
   desired["capacity"] = {{"storage", FormatCapacity(record.capacity)}};
   if (desired != status) {
     auto written = registry_.Mutate(

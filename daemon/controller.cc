@@ -13,6 +13,7 @@
 #include "api/machinery/codec.h"
 #include "api/machinery/secrets.h"
 #include "common/fault.h"
+#include "common/json_path.h"
 #include "common/log.h"
 
 namespace edgevirt::daemon {
@@ -40,21 +41,8 @@ constexpr char kGenerationAnnotation[] = "kubevirt.io/vm-generation";
 constexpr char kTemplateHashAnnotation[] = "edgevirt.io/vm-template-hash";
 constexpr int64_t kDefaultGraceSeconds = 30;
 
-const Json* At(const Json& j, std::initializer_list<const char*> path) {
-  const Json* cur = &j;
-  for (const char* key : path) {
-    if (!cur->is_object()) return nullptr;
-    auto it = cur->find(key);
-    if (it == cur->end()) return nullptr;
-    cur = &*it;
-  }
-  return cur;
-}
-
-std::string Str(const Json& j, std::initializer_list<const char*> path) {
-  const Json* v = At(j, path);
-  return v && v->is_string() ? v->get<std::string>() : std::string();
-}
+using jsonpath::At;
+using jsonpath::Str;
 
 bool HasFinalizer(const Json& obj, std::string_view f) {
   const Json* fs = At(obj, {"metadata", "finalizers"});

@@ -3,26 +3,14 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "common/json_path.h"
 #include "common/log.h"
 
 namespace edgevirt::daemon {
 namespace {
 
-const Json* At(const Json& j, std::initializer_list<const char*> path) {
-  const Json* cur = &j;
-  for (const char* k : path) {
-    if (!cur->is_object()) return nullptr;
-    auto it = cur->find(k);
-    if (it == cur->end()) return nullptr;
-    cur = &*it;
-  }
-  return cur;
-}
-
-std::string Str(const Json& j, std::initializer_list<const char*> path) {
-  const Json* v = At(j, path);
-  return v != nullptr && v->is_string() ? v->get<std::string>() : std::string();
-}
+using jsonpath::At;
+using jsonpath::Str;
 
 std::string Owner(const Json& obj) {
   return Str(obj, {"metadata", "namespace"}) + "/" + Str(obj, {"metadata", "name"});

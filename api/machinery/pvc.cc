@@ -7,6 +7,7 @@
 #include "api/machinery/errors.h"
 #include "api/machinery/go_decode.h"
 #include "api/machinery/meta.h"
+#include "common/json_path.h"
 #include "common/quantity.h"
 
 namespace edgevirt::api::machinery {
@@ -127,35 +128,16 @@ const Shape& ClaimShape() {
 
 // ---- small accessors ----------------------------------------------------------------------
 
-const Json* Get(const Json& o, std::initializer_list<const char*> path) {
-  const Json* v = &o;
-  for (const char* k : path) {
-    if (!v->is_object()) return nullptr;
-    auto it = v->find(k);
-    if (it == v->end()) return nullptr;
-    v = &*it;
-  }
-  return v;
-}
-
-std::string Str(const Json& o, std::initializer_list<const char*> path) {
-  const Json* v = Get(o, path);
-  return v && v->is_string() ? v->get<std::string>() : std::string();
-}
-
-std::vector<std::string> Strings(const Json* v) {
-  std::vector<std::string> out;
-  if (v == nullptr || !v->is_array()) return out;
-  for (const Json& e : *v) out.push_back(e.is_string() ? e.get<std::string>() : std::string());
-  return out;
-}
+using jsonpath::At;
+using jsonpath::Str;
+using jsonpath::Strings;
 
 // ---- validation ---------------------------------------------------------------------------
 
 // metav1 validation.ValidateLabelSelector (no options).
 void ValidateSelector(const Json& selector, const std::string& path,
                       std::vector<StatusCause>* errors) {
-  if (const Json* labels = Get(selector, {"matchLabels"}); labels && labels->is_object()) {
+  if (const Json* labels = At(selector, {"matchLabels"}); labels && labels->is_object()) {
     const std::string field = path + ".matchLabels";
     for (const auto& [k, v] : labels->items()) {
       for (const auto& m : IsQualifiedName(k)) errors->push_back(FieldInvalid(field, Quote(k), m));
@@ -165,13 +147,13 @@ void ValidateSelector(const Json& selector, const std::string& path,
       }
     }
   }
-  const Json* exprs = Get(selector, {"matchExpressions"});
+  const Json* exprs = At(selector, {"matchExpressions"});
   if (exprs == nullptr || !exprs->is_array()) return;
   for (size_t i = 0; i < exprs->size(); ++i) {
     const Json& e = (*exprs)[i];
     const std::string at = path + ".matchExpressions[" + std::to_string(i) + "]";
     const std::string op = Str(e, {"operator"});
-    const size_t values = Strings(Get(e, {"values"})).size();
+    const size_t values = Strings(At(e, {"values"})).size();
     if (op == "In" || op == "NotIn") {
       if (values == 0) {
         errors->push_back(
@@ -221,11 +203,11 @@ void ValidateDataSource(const Json& ref, const std::string& path, bool with_name
 
 // ValidatePersistentVolumeClaimSpec.
 void ValidateSpec(const Json& spec, std::vector<StatusCause>* errors) {
-  const std::vector<std::string> modes = Strings(Get(spec, {"accessModes"}));
+  const std::vector<std::string> modes = Strings(At(spec, {"accessModes"}));
   if (modes.empty()) {
     errors->push_back(FieldRequired("spec.accessModes", "at least 1 access mode is required"));
   }
-  if (const Json* selector = Get(spec, {"selector"}); selector && selector->is_object()) {
+  if (const Json* selector = At(spec, {"selector"}); selector && selector->is_object()) {
     ValidateSelector(*selector, "spec.selector", errors);
   }
   bool rwop = false, other = false;
@@ -244,7 +226,7 @@ void ValidateSpec(const Json& spec, std::vector<StatusCause>* errors) {
     errors->push_back(
         FieldForbidden("spec.accessModes", "may not use ReadWriteOncePod with other access modes"));
   }
-  const Json* storage = Get(spec, {"resources", "requests", "storage"});
+  const Json* storage = At(spec, {"resources", "requests", "storage"});
   if (storage == nullptr || !storage->is_string()) {
     errors->push_back(FieldRequired("spec.resources[storage]"));
   } else if (auto q = Quantity::Parse(storage->get<std::string>());
@@ -257,14 +239,14 @@ void ValidateSpec(const Json& spec, std::vector<StatusCause>* errors) {
       errors->push_back(FieldInvalid("spec.storageClassName", Quote(cls), m));
     }
   }
-  if (const Json* mode = Get(spec, {"volumeMode"}); mode && mode->is_string()) {
+  if (const Json* mode = At(spec, {"volumeMode"}); mode && mode->is_string()) {
     const std::string m = mode->get<std::string>();
     if (m != "Filesystem" && m != "Block") {
       errors->push_back(FieldNotSupported("spec.volumeMode", Quote(m), {"Block", "Filesystem"}));
     }
   }
-  const Json* source = Get(spec, {"dataSource"});
-  const Json* source_ref = Get(spec, {"dataSourceRef"});
+  const Json* source = At(spec, {"dataSource"});
+  const Json* source_ref = At(spec, {"dataSourceRef"});
   if (source) ValidateDataSource(*source, "spec.dataSource", false, errors);
   if (source_ref) ValidateDataSource(*source_ref, "spec.dataSourceRef", true, errors);
   if (source_ref && !Str(*source_ref, {"namespace"}).empty()) {
@@ -283,7 +265,7 @@ void ValidateSpec(const Json& spec, std::vector<StatusCause>* errors) {
 }
 
 std::optional<Quantity> RequestedStorage(const Json& claim) {
-  const Json* v = Get(claim, {"spec", "resources", "requests", "storage"});
+  const Json* v = At(claim, {"spec", "resources", "requests", "storage"});
   if (v == nullptr || !v->is_string()) return std::nullopt;
   return Quantity::Parse(v->get<std::string>());
 }
@@ -301,7 +283,7 @@ void ValidateUpdate(const Json& claim, const Json& old, std::vector<StatusCause>
     }
   }
   // A nil class may be set once (validateStorageClassUpgradeFromNil).
-  const Json* old_annotations = Get(old, {"metadata", "annotations"});
+  const Json* old_annotations = At(old, {"metadata", "annotations"});
   const std::string old_beta =
       old_annotations ? Str(*old_annotations, {kBetaStorageClassAnnotation}) : "";
   const bool old_has_beta = old_annotations && old_annotations->is_object() &&
@@ -374,7 +356,7 @@ void Default(Json& claim, Operation op, const PersistentVolumeClaimOptions& opti
   status.erase("modifyVolumeStatus");
   if (op == Operation::kCreate && !options.default_storage_class.empty() &&
       !spec.contains("storageClassName")) {
-    const Json* annotations = Get(claim, {"metadata", "annotations"});
+    const Json* annotations = At(claim, {"metadata", "annotations"});
     if (annotations == nullptr || !annotations->is_object() ||
         !annotations->contains(kBetaStorageClassAnnotation)) {
       spec["storageClassName"] = options.default_storage_class;
@@ -397,7 +379,7 @@ AdmitResult AdmitClaim(const PersistentVolumeClaimOptions& options, const AdmitR
 
   if (req.status_subresource) {
     // ValidatePersistentVolumeClaimStatusUpdate: quantities are checked by decoding.
-    if (Strings(Get(claim, {"spec", "accessModes"})).empty()) {
+    if (Strings(At(claim, {"spec", "accessModes"})).empty()) {
       r.invalid.push_back(FieldRequired("Spec.accessModes"));
     }
     return r;
@@ -412,18 +394,18 @@ AdmitResult AdmitClaim(const PersistentVolumeClaimOptions& options, const AdmitR
 std::vector<Json> ClaimCells(const Json& claim, WallClock::time_point now) {
   const std::string name = Str(claim, {"metadata", "name"});
   std::string phase = Str(claim, {"status", "phase"});
-  if (Get(claim, {"metadata", "deletionTimestamp"}) != nullptr) phase = "Terminating";
+  if (At(claim, {"metadata", "deletionTimestamp"}) != nullptr) phase = "Terminating";
   const std::string volume = Str(claim, {"spec", "volumeName"});
   std::string capacity, modes;
   if (!volume.empty()) {
-    modes = AccessModesString(Get(claim, {"status", "accessModes"}) ? claim["status"]["accessModes"]
-                                                                    : Json::array());
+    modes = AccessModesString(At(claim, {"status", "accessModes"}) ? claim["status"]["accessModes"]
+                                                                   : Json::array());
     const std::string cap = Str(claim, {"status", "capacity", "storage"});
     auto q = Quantity::Parse(cap);
     capacity = q ? q->String() : "0";
   }
-  const Json* vac = Get(claim, {"spec", "volumeAttributesClassName"});
-  const Json* mode = Get(claim, {"spec", "volumeMode"});
+  const Json* vac = At(claim, {"spec", "volumeAttributesClassName"});
+  const Json* mode = At(claim, {"spec", "volumeMode"});
   return {name,
           phase,
           volume,
@@ -440,7 +422,7 @@ void ClaimNamesOf(const Json* volumes, std::set<std::string>* out) {
   if (volumes == nullptr || !volumes->is_array()) return;
   for (const Json& v : *volumes) {
     for (const Json* pvc :
-         {Get(v, {"persistentVolumeClaim"}), Get(v, {"ephemeral", "persistentVolumeClaim"})}) {
+         {At(v, {"persistentVolumeClaim"}), At(v, {"ephemeral", "persistentVolumeClaim"})}) {
       if (pvc != nullptr) out->insert(Str(*pvc, {"claimName"}));
     }
   }
@@ -495,7 +477,7 @@ Json ResourceList(const std::string& description) {
 }  // namespace
 
 std::string ClaimClass(const Json& claim) {
-  if (const Json* a = Get(claim, {"metadata", "annotations"}); a && a->is_object()) {
+  if (const Json* a = At(claim, {"metadata", "annotations"}); a && a->is_object()) {
     if (auto it = a->find(kBetaStorageClassAnnotation); it != a->end() && it->is_string()) {
       return it->get<std::string>();
     }
@@ -532,7 +514,7 @@ Result<std::vector<std::string>> ClaimUsers(const ObjectLister& list, const std:
     }
     for (const Json& o : *objects) {
       std::set<std::string> claims;
-      ClaimNamesOf(Get(o, k.volumes), &claims);
+      ClaimNamesOf(At(o, k.volumes), &claims);
       if (claims.count(name) != 0) {
         users.push_back(std::string(k.kind) + " " + Str(o, {"metadata", "namespace"}) + "/" +
                         Str(o, {"metadata", "name"}));

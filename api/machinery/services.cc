@@ -13,6 +13,7 @@
 #include "api/machinery/errors.h"
 #include "api/machinery/go_decode.h"
 #include "api/machinery/meta.h"
+#include "common/json_path.h"
 
 namespace edgevirt::api::machinery {
 namespace {
@@ -125,32 +126,13 @@ const Shape& ServiceShape() {
 
 // ---- small accessors ----------------------------------------------------------------------
 
-const Json* Get(const Json& o, std::initializer_list<const char*> path) {
-  const Json* v = &o;
-  for (const char* k : path) {
-    if (!v->is_object()) return nullptr;
-    auto it = v->find(k);
-    if (it == v->end()) return nullptr;
-    v = &*it;
-  }
-  return v;
-}
-
-std::string Str(const Json& o, std::initializer_list<const char*> path) {
-  const Json* v = Get(o, path);
-  return v && v->is_string() ? v->get<std::string>() : std::string();
-}
+using jsonpath::At;
+using jsonpath::Str;
+using jsonpath::Strings;
 
 int64_t Int(const Json& o, const char* key) {
-  const Json* v = Get(o, {key});
+  const Json* v = At(o, {key});
   return v && v->is_number_integer() ? v->get<int64_t>() : 0;
-}
-
-std::vector<std::string> Strings(const Json* v) {
-  std::vector<std::string> out;
-  if (v == nullptr || !v->is_array()) return out;
-  for (const Json& e : *v) out.push_back(e.is_string() ? e.get<std::string>() : std::string());
-  return out;
 }
 
 std::string PortPath(size_t i) { return "spec.ports[" + std::to_string(i) + "]"; }
@@ -241,7 +223,7 @@ bool ValidPort(int64_t p) { return p >= 1 && p <= 65535; }
 
 void ValidateEnum(const Json& spec, const char* key, const std::vector<std::string>& supported,
                   std::vector<StatusCause>* errors) {
-  const Json* v = Get(spec, {key});
+  const Json* v = At(spec, {key});
   if (v == nullptr) return;
   const std::string s = v->get<std::string>();
   if (std::find(supported.begin(), supported.end(), s) == supported.end()) {
@@ -297,7 +279,7 @@ void ValidateSpec(const Json& svc, std::vector<StatusCause>* errors) {
     errors->push_back(
         FieldForbidden("spec.externalName", "may only be used when `type` is 'ExternalName'"));
   }
-  if (!Strings(Get(spec, {"externalIPs"})).empty()) {
+  if (!Strings(At(spec, {"externalIPs"})).empty()) {
     errors->push_back(
         FieldForbidden("spec.externalIPs",
                        "edgevirt does not route external IPs: use a NodePort service, whose "
@@ -305,7 +287,7 @@ void ValidateSpec(const Json& svc, std::vector<StatusCause>* errors) {
   }
 
   // Ports.
-  const Json* ports = Get(spec, {"ports"});
+  const Json* ports = At(spec, {"ports"});
   const size_t n = ports ? ports->size() : 0;
   if (n == 0 && !headless) errors->push_back(FieldRequired("spec.ports"));
   if (headless && node_port) {
@@ -337,7 +319,7 @@ void ValidateSpec(const Json& svc, std::vector<StatusCause>* errors) {
       errors->push_back(Duplicate(
           path, "{\"port\":" + std::to_string(port) + ",\"protocol\":" + Quote(protocol) + "}"));
     }
-    if (const Json* target = Get(p, {"targetPort"}); target != nullptr) {
+    if (const Json* target = At(p, {"targetPort"}); target != nullptr) {
       if (target->is_string()) {
         const std::string t = target->get<std::string>();
         for (const auto& m : IsValidPortName(t)) {
@@ -367,7 +349,7 @@ void ValidateSpec(const Json& svc, std::vector<StatusCause>* errors) {
   }
 
   // Selector: label keys and values.
-  if (const Json* sel = Get(spec, {"selector"}); sel != nullptr) {
+  if (const Json* sel = At(spec, {"selector"}); sel != nullptr) {
     for (const auto& [k, v] : sel->items()) {
       for (const auto& m : IsQualifiedName(k)) {
         errors->push_back(FieldInvalid("spec.selector", Quote(k), m));
@@ -380,7 +362,7 @@ void ValidateSpec(const Json& svc, std::vector<StatusCause>* errors) {
   }
 
   // Cluster IPs (the allocator checks ranges).
-  const std::vector<std::string> ips = Strings(Get(spec, {"clusterIPs"}));
+  const std::vector<std::string> ips = Strings(At(spec, {"clusterIPs"}));
   if (!cluster_ip.empty() && !ips.empty() && ips[0] != cluster_ip) {
     errors->push_back(FieldInvalid("spec.clusterIPs[0]", Quote(ips[0]),
                                    "must match `clusterIP` when both are specified"));
@@ -401,7 +383,7 @@ void ValidateSpec(const Json& svc, std::vector<StatusCause>* errors) {
   // IP families.
   ValidateEnum(spec, "ipFamilyPolicy", {"PreferDualStack", "RequireDualStack", "SingleStack"},
                errors);
-  const std::vector<std::string> families = Strings(Get(spec, {"ipFamilies"}));
+  const std::vector<std::string> families = Strings(At(spec, {"ipFamilies"}));
   std::set<std::string> seen_families;
   for (size_t i = 0; i < families.size(); ++i) {
     const std::string path = "spec.ipFamilies[" + std::to_string(i) + "]";
@@ -415,7 +397,7 @@ void ValidateSpec(const Json& svc, std::vector<StatusCause>* errors) {
     }
   }
   const bool selectorless_headless =
-      headless && (Get(spec, {"selector"}) == nullptr || spec["selector"].empty());
+      headless && (At(spec, {"selector"}) == nullptr || spec["selector"].empty());
   if (Str(spec, {"ipFamilyPolicy"}) == "RequireDualStack" && !selectorless_headless) {
     errors->push_back(FieldInvalid("spec.ipFamilyPolicy", Quote("RequireDualStack"),
                                    "this cluster is not configured for dual-stack services"));
@@ -428,7 +410,7 @@ void ValidateSpec(const Json& svc, std::vector<StatusCause>* errors) {
                                    spec["sessionAffinityConfig"].dump(),
                                    "must not be set when session affinity is None"));
   }
-  if (const Json* t = Get(spec, {"sessionAffinityConfig", "clientIP", "timeoutSeconds"})) {
+  if (const Json* t = At(spec, {"sessionAffinityConfig", "clientIP", "timeoutSeconds"})) {
     const int64_t s = t->get<int64_t>();
     if (s <= 0 || s > 86400) {
       errors->push_back(FieldInvalid("spec.sessionAffinityConfig.clientIP.timeoutSeconds",
@@ -460,7 +442,7 @@ void Default(Json& svc) {
   if (Json* ports = spec.contains("ports") ? &spec["ports"] : nullptr) {
     for (Json& p : *ports) {
       if (Str(p, {"protocol"}).empty()) p["protocol"] = "TCP";
-      const Json* t = Get(p, {"targetPort"});
+      const Json* t = At(p, {"targetPort"});
       if (t == nullptr || (t->is_string() && t->get<std::string>().empty()) ||
           (t->is_number_integer() && t->get<int64_t>() == 0)) {
         p["targetPort"] = Int(p, "port");
@@ -476,13 +458,13 @@ void Default(Json& svc) {
   if (!spec.contains("ipFamilyPolicy") && type != "ExternalName") {
     const bool selectorless_headless =
         Str(spec, {"clusterIP"}) == kNone &&
-        (Get(spec, {"selector"}) == nullptr || spec["selector"].empty());
+        (At(spec, {"selector"}) == nullptr || spec["selector"].empty());
     spec["ipFamilyPolicy"] = selectorless_headless ? "RequireDualStack" : "SingleStack";
   }
   if (!spec.contains("ipFamilies") && type != "ExternalName") {
     spec["ipFamilies"] = Json::array({"IPv4"});
   }
-  if (Str(spec, {"clusterIP"}).empty() && !Strings(Get(spec, {"clusterIPs"})).empty()) {
+  if (Str(spec, {"clusterIP"}).empty() && !Strings(At(spec, {"clusterIPs"})).empty()) {
     spec["clusterIP"] = spec["clusterIPs"][0];
   }
   Json& status = svc["status"];
@@ -493,17 +475,17 @@ void Default(Json& svc) {
 // patchAllocatedValues and dropTypeDependentFields: what an update leaves out is kept.
 void KeepAllocated(Json& svc, const Json& old) {
   Json& spec = svc["spec"];
-  const Json* old_spec = Get(old, {"spec"});
+  const Json* old_spec = At(old, {"spec"});
   if (old_spec == nullptr) return;
   for (const char* key : {"clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"}) {
-    const Json* v = Get(*old_spec, {key});
+    const Json* v = At(*old_spec, {key});
     const bool missing = !spec.contains(key) || (spec[key].is_string() && spec[key].empty()) ||
                          (spec[key].is_array() && spec[key].empty());
     if (v != nullptr && missing) spec[key] = *v;
   }
   const std::string old_type = Str(*old_spec, {"type"});
   const std::string type = Str(spec, {"type"}).empty() ? "ClusterIP" : Str(spec, {"type"});
-  const Json* old_ports = Get(*old_spec, {"ports"});
+  const Json* old_ports = At(*old_spec, {"ports"});
   if (old_type != "NodePort" || old_ports == nullptr || !spec.contains("ports")) return;
   Json& ports = spec["ports"];
   if (type == "NodePort") {
@@ -549,12 +531,12 @@ Result<Used> UsedByOthers(const ObjectLister& list, const Json& svc) {
   Used used;
   for (const Json& o : *all) {
     if (Str(o, {"metadata", "namespace"}) == ns && Str(o, {"metadata", "name"}) == name) continue;
-    std::vector<std::string> ips = Strings(Get(o, {"spec", "clusterIPs"}));
+    std::vector<std::string> ips = Strings(At(o, {"spec", "clusterIPs"}));
     ips.push_back(Str(o, {"spec", "clusterIP"}));
     for (const auto& ip : ips) {
       if (auto a = ParseIpv4(ip)) used.ips.insert(*a);
     }
-    if (const Json* ports = Get(o, {"spec", "ports"}); ports && ports->is_array()) {
+    if (const Json* ports = At(o, {"spec", "ports"}); ports && ports->is_array()) {
       for (const Json& p : *ports) {
         if (int64_t np = Int(p, "nodePort"); np != 0) used.node_ports.insert(np);
       }
@@ -619,8 +601,7 @@ void Allocate(const ServiceRanges& r, const ObjectLister& list, Json& svc, const
 
   if (Str(spec, {"type"}) != "NodePort") return;
   std::set<int64_t> old_nps;
-  if (const Json* ports = old ? Get(*old, {"spec", "ports"}) : nullptr;
-      ports && ports->is_array()) {
+  if (const Json* ports = old ? At(*old, {"spec", "ports"}) : nullptr; ports && ports->is_array()) {
     for (const Json& p : *ports) old_nps.insert(Int(p, "nodePort"));
   }
   std::set<int64_t> taken = used->node_ports;
@@ -704,14 +685,14 @@ AdmitResult AdmitService(const Result<ServiceRanges>& ranges, const AdmitRequest
 }
 
 std::vector<Json> ServiceCells(const Json& svc, WallClock::time_point now) {
-  const std::vector<std::string> ips = Strings(Get(svc, {"spec", "clusterIPs"}));
-  const std::vector<std::string> external = Strings(Get(svc, {"spec", "externalIPs"}));
+  const std::vector<std::string> ips = Strings(At(svc, {"spec", "clusterIPs"}));
+  const std::vector<std::string> external = Strings(At(svc, {"spec", "externalIPs"}));
   std::string external_text;
   for (const auto& e : external) external_text += (external_text.empty() ? "" : ",") + e;
-  const Json* ports = Get(svc, {"spec", "ports"});
+  const Json* ports = At(svc, {"spec", "ports"});
   std::string ports_text = ports ? ServicePortsString(*ports) : std::string();
   std::string selector;
-  if (const Json* sel = Get(svc, {"spec", "selector"}); sel && sel->is_object()) {
+  if (const Json* sel = At(svc, {"spec", "selector"}); sel && sel->is_object()) {
     for (const auto& [k, v] : sel->items()) {  // sorted, as labels.FormatLabels
       selector +=
           (selector.empty() ? "" : ",") + k + "=" + (v.is_string() ? v.get<std::string>() : "");
