@@ -13,6 +13,7 @@
 #include "api/machinery/codec.h"
 #include "api/machinery/secrets.h"
 #include "common/fault.h"
+#include "common/hash.h"
 #include "common/json_path.h"
 #include "common/log.h"
 
@@ -142,20 +143,17 @@ bool IsStartingPhase(const std::string& phase) {
   return phase.empty() || phase == "Pending" || phase == "Scheduling" || phase == "Scheduled";
 }
 
-uint64_t Fnv1a(std::string_view s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
+// FNV-1a from the basis 1469598103934665603 (the standard basis with its last digit lost, as
+// first written): template hashes are stored on VMIs, and a different value after an upgrade
+// would mark every running VM as changed.
+constexpr uint64_t kTemplateHashBasis = 1469598103934665603ull;
 
 std::string TemplateHash(const Json& vm) {
   const Json* t = At(vm, {"spec", "template"});
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx",
-                static_cast<unsigned long long>(Fnv1a(t ? api::machinery::Dump(*t) : "")));
+                static_cast<unsigned long long>(
+                    Fnv1a64(t ? api::machinery::Dump(*t) : "", kTemplateHashBasis)));
   return buf;
 }
 

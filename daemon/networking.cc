@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "common/hash.h"
 #include "common/json_path.h"
 #include "common/log.h"
 
@@ -19,15 +20,6 @@ std::string Owner(const Json& obj) {
 bool FinalPhase(const Json& vmi) {
   const std::string phase = Str(vmi, {"status", "phase"});
   return phase == "Succeeded" || phase == "Failed";
-}
-
-uint64_t Fnv1a(std::string_view s) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (char c : s) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 0x100000001b3ull;
-  }
-  return h;
 }
 
 bool IsDnsLabel(const std::string& s) {
@@ -79,7 +71,7 @@ Networking::Networking(NetworkingOptions options) : options_(std::move(options))
 Networking::~Networking() = default;
 
 std::string Networking::StableMac(const std::string& owner, const std::string& interface) {
-  const uint64_t h = Fnv1a(owner + "\n" + interface);
+  const uint64_t h = Fnv1a64(owner + "\n" + interface);
   char buf[18];
   // 0x02: locally administered, unicast; 0x0e marks edgevirt's host-network NICs (net/
   // generates its default-network MACs under 02:xx too, from its own allocations).

@@ -22,6 +22,7 @@
 
 #include "common/exec.h"
 #include "common/fd.h"
+#include "common/hash.h"
 #include "store/store.h"
 
 namespace edgevirt::net {
@@ -1042,11 +1043,7 @@ Status RemoveMacvtaps(const std::string& ip_path, std::string_view prefix,
 }
 
 std::string Network::TapName(std::string_view vmi_uid, size_t index) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (char c : vmi_uid) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 0x100000001b3ull;
-  }
+  const uint64_t h = Fnv1a64(vmi_uid);
   char hex[11];
   std::snprintf(hex, sizeof hex, "%010llx", static_cast<unsigned long long>(h >> 24));
   static constexpr char kDigits[] = "0123456789abcdefghijklmnopqrstuvwxyz";

@@ -5,6 +5,7 @@
 
 #include "api/machinery/codec.h"
 #include "api/machinery/errors.h"
+#include "common/hash.h"
 
 namespace edgevirt::api::machinery {
 namespace {
@@ -473,11 +474,7 @@ std::string OpenApiFor(const ApiGroupVersion& gv, const std::vector<ApiGroupVers
 }
 
 std::string Fnv1aHex(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
+  const uint64_t h = Fnv1a64(s);
   char buf[17];
   std::snprintf(buf, sizeof(buf), "%016llX", static_cast<unsigned long long>(h));
   return buf;
