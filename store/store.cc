@@ -142,6 +142,11 @@ Status CheckData(const std::string& data) {
   return Ok();
 }
 
+void AddNanos(std::atomic<uint64_t>* sum, std::chrono::steady_clock::duration d) {
+  sum->fetch_add(static_cast<uint64_t>(std::chrono::nanoseconds(d).count()),
+                 std::memory_order_relaxed);
+}
+
 Error InternalFromException(std::string_view where, const std::exception& e) {
   return MakeError(Code::kInternal, std::string(where) + ": " + e.what());
 }
@@ -407,6 +412,10 @@ class StoreImpl final : public Store {
     s.raw_writes = raw_writes_.load(std::memory_order_relaxed);
     s.map_resizes = map_resizes_.load(std::memory_order_relaxed);
     s.watches = hub_->size();
+    s.gather_nanos = gather_nanos_.load(std::memory_order_relaxed);
+    s.build_nanos = build_nanos_.load(std::memory_order_relaxed);
+    s.commit_nanos = commit_nanos_.load(std::memory_order_relaxed);
+    s.release_nanos = release_nanos_.load(std::memory_order_relaxed);
     return s;
   }
 
@@ -473,10 +482,12 @@ class StoreImpl final : public Store {
           // commits. A lone writer never waits (last_batch == 1), and the target drops as soon
           // as fewer callers show up.
           gather_target_ = last_batch;
+          const auto gather_start = std::chrono::steady_clock::now();
           auto wait = std::clamp<std::chrono::steady_clock::duration>(
               last_commit / 2, kMinGatherWait, kMaxGatherWait);
           queue_cv_.wait_for(lock, wait, [&] { return queue_.size() >= last_batch || closing_; });
           gather_target_ = std::numeric_limits<size_t>::max();
+          AddNanos(&gather_nanos_, std::chrono::steady_clock::now() - gather_start);
         }
         if (closing_) {
           for (WriteRequest* req : queue_) {
@@ -543,7 +554,9 @@ class StoreImpl final : public Store {
       return;
     }
     const uint64_t rv = rv_;
+    const auto release_start = std::chrono::steady_clock::now();
     for (WriteRequest* req : batch) req->done.Signal();  // `req` may be gone after this
+    AddNanos(&release_nanos_, std::chrono::steady_clock::now() - release_start);
     try {
       hub_->Publish(rv, events);
     } catch (const std::exception& e) {
@@ -673,6 +686,7 @@ class StoreImpl final : public Store {
   int CommitBatch(std::span<WriteRequest* const> batch, std::vector<EventPtr>* events,
                   Error* failure) {
     events->clear();
+    const auto build_start = std::chrono::steady_clock::now();
     Result<Txn> begun = env_->BeginWrite();
     if (!begun) {
       *failure = std::move(begun).error();
@@ -759,8 +773,11 @@ class StoreImpl final : public Store {
         return fail("put compacted_rv", rc);
       }
     }
+    const auto commit_start = std::chrono::steady_clock::now();
+    AddNanos(&build_nanos_, commit_start - build_start);
     env_->BeforeCommit();
     int rc = txn.Commit();
+    AddNanos(&commit_nanos_, std::chrono::steady_clock::now() - commit_start);
     if (rc != 0) return fail("commit", rc);
 
     rv_ = rv;
@@ -894,6 +911,10 @@ class StoreImpl final : public Store {
   std::atomic<uint64_t> writes_{0};
   std::atomic<uint64_t> raw_writes_{0};
   std::atomic<uint64_t> map_resizes_{0};
+  std::atomic<uint64_t> gather_nanos_{0};
+  std::atomic<uint64_t> build_nanos_{0};
+  std::atomic<uint64_t> commit_nanos_{0};
+  std::atomic<uint64_t> release_nanos_{0};
 
   std::mutex queue_mu_;  // guards queue_, closing_, gather_target_
   std::condition_variable queue_cv_;

@@ -134,6 +134,13 @@ struct Stats {
   uint64_t raw_writes = 0;   // PutRaw/DeleteRaw committed
   uint64_t map_resizes = 0;  // times the map was grown after MDB_MAP_FULL
   uint64_t watches = 0;      // watches currently registered
+  // Committer time in nanoseconds, summed over commits (for benchmarks): waiting for a
+  // gathering batch to fill, building transactions, inside mdb_txn_commit (page writes and the
+  // durable syncs), waking the callers of committed batches.
+  uint64_t gather_nanos = 0;
+  uint64_t build_nanos = 0;
+  uint64_t commit_nanos = 0;
+  uint64_t release_nanos = 0;
 };
 
 class Store {

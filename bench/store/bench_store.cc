@@ -216,7 +216,8 @@ ordered_json RunWriters(int threads, double duration_s, WriteFn write) {
 // Sums the rounds of one configuration: rate = all writes / all seconds; latency percentiles
 // are the worst round's; the per-round rates are kept for inspection.
 ordered_json Combine(const std::vector<ordered_json>& runs) {
-  uint64_t writes = 0, failures = 0, commits = 0;
+  uint64_t writes = 0, failures = 0, commits = 0, gather_ns = 0, build_ns = 0, commit_ns = 0,
+           release_ns = 0;
   double seconds = 0, p50 = 0, p99 = 0;
   ordered_json per_round = ordered_json::array();
   for (const ordered_json& r : runs) {
@@ -225,7 +226,13 @@ ordered_json Combine(const std::vector<ordered_json>& runs) {
     seconds += r["seconds"].get<double>();
     p50 = std::max(p50, r["p50_ms"].get<double>());
     p99 = std::max(p99, r["p99_ms"].get<double>());
-    if (r.contains("commits")) commits += r["commits"].get<uint64_t>();
+    if (r.contains("commits")) {
+      commits += r["commits"].get<uint64_t>();
+      gather_ns += r["gather_ns"].get<uint64_t>();
+      build_ns += r["build_ns"].get<uint64_t>();
+      commit_ns += r["commit_ns"].get<uint64_t>();
+      release_ns += r["release_ns"].get<uint64_t>();
+    }
     per_round.push_back(std::round(r["writes_per_s"].get<double>()));
   }
   ordered_json j;
@@ -240,6 +247,16 @@ ordered_json Combine(const std::vector<ordered_json>& runs) {
     j["commits"] = commits;
     j["writes_per_commit"] =
         commits == 0 ? 0.0 : static_cast<double>(writes) / static_cast<double>(commits);
+    // Where the committer's time goes, per commit and as a share of the wall time.
+    auto per_commit_ms = [&](uint64_t ns) {
+      return commits == 0 ? 0.0 : static_cast<double>(ns) / 1e6 / static_cast<double>(commits);
+    };
+    j["gather_ms_per_commit"] = per_commit_ms(gather_ns);
+    j["build_ms_per_commit"] = per_commit_ms(build_ns);
+    j["commit_ms_per_commit"] = per_commit_ms(commit_ns);
+    j["release_ms_per_commit"] = per_commit_ms(release_ns);
+    j["committer_busy_share"] =
+        seconds > 0 ? static_cast<double>(build_ns + commit_ns + release_ns) / 1e9 / seconds : 0.0;
   }
   return j;
 }
@@ -264,6 +281,10 @@ ordered_json BenchEdgevirtWrites(const Flags& f, const std::filesystem::path& di
   j["commits"] = st.commits;
   j["writes_per_commit"] =
       st.commits == 0 ? 0.0 : static_cast<double>(st.writes) / static_cast<double>(st.commits);
+  j["gather_ns"] = st.gather_nanos;
+  j["build_ns"] = st.build_nanos;
+  j["commit_ns"] = st.commit_nanos;
+  j["release_ns"] = st.release_nanos;
   return j;
 }
 
