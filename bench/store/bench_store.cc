@@ -559,7 +559,7 @@ int Main(int argc, char** argv) {
   // Rounds alternate edgevirt and SQLite on fresh files so that both see the same disk
   // weather (a shared host's fsync latency drifts by 10x within minutes); the figures are
   // totals over the rounds.
-  ordered_json ev_writes, sq_writes, sq_serial_writes, ratio;
+  ordered_json ev_writes, sq_writes, sq_serial_writes, ratio, ratio_serial;
   for (int threads : f.threads) {
     std::string key = std::to_string(threads);
     std::vector<ordered_json> ev_runs, sq_runs, sq_serial_runs;
@@ -580,6 +580,10 @@ int Main(int argc, char** argv) {
     if (!sq_serial_runs.empty()) sq_serial_writes[key] = Combine(sq_serial_runs);
     double sq = sq_writes[key]["writes_per_s"].get<double>();
     ratio[key] = sq > 0 ? ev_writes[key]["writes_per_s"].get<double>() / sq : 0.0;
+    if (!sq_serial_runs.empty()) {
+      double sqs = sq_serial_writes[key]["writes_per_s"].get<double>();
+      ratio_serial[key] = sqs > 0 ? ev_writes[key]["writes_per_s"].get<double>() / sqs : 0.0;
+    }
   }
   std::fprintf(stderr, "bench_store: reads, list, replay...\n");
   ordered_json edgevirt;
@@ -591,6 +595,7 @@ int Main(int argc, char** argv) {
     out["sqlite"] = ordered_json{{"writes", sq_writes}};
     if (f.sqlite_serialized) out["sqlite"]["writes_serialized_by_app_mutex"] = sq_serial_writes;
     out["ratio_edgevirt_over_sqlite"] = ratio;
+    if (f.sqlite_serialized) out["ratio_edgevirt_over_sqlite_serialized"] = ratio_serial;
   }
   if (ratio.contains("16")) {
     out["target_ratio_16_writers"] = 5;
