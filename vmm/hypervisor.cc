@@ -22,6 +22,7 @@
 
 #include "common/fd.h"
 #include "vmm/console_libvirt.h"
+#include "vmm/domain_stats_libvirt.h"
 #include "vmm/hotplug.h"
 
 namespace edgevirt::vmm {
@@ -772,6 +773,33 @@ Result<std::vector<DomainInfo>> Hypervisor::List() {
     }
     out.push_back(std::move(*info));
   }
+  return out;
+}
+
+Result<std::vector<DomainStats>> Hypervisor::AllDomainStats() {
+  virDomainStatsRecordPtr* records = nullptr;
+  // NOWAIT: a domain whose QEMU is busy with another job (a hotplug, a shutdown) reports what
+  // libvirt has without waiting for the job, so a scrape never stalls behind a reconcile.
+  const int n = virConnectGetAllDomainStats(
+      impl_->conn.get(), DomainStatsTypes(), &records,
+      VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE | VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT);
+  if (n < 0) return LibvirtError("domain statistics");
+  std::vector<DomainStats> out;
+  out.reserve(size_t(n));
+  for (int i = 0; i < n; ++i) {
+    virDomainPtr dom = records[i]->dom;
+    const char* name = virDomainGetName(dom);
+    DomainStats stats = ParseDomainStats(name ? name : "", DomainUuid(dom), records[i]->params,
+                                         records[i]->nparams);
+    if (char* xml = virDomainGetXMLDesc(dom, 0)) {
+      AddAliases(stats, xml);
+      std::free(xml);
+    } else {
+      virResetLastError();  // stopped meanwhile: the figures are still the last ones it had
+    }
+    out.push_back(std::move(stats));
+  }
+  virDomainStatsRecordListFree(records);
   return out;
 }
 

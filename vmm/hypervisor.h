@@ -20,6 +20,7 @@
 #include "common/result.h"
 #include "vmm/console.h"
 #include "vmm/domain.h"
+#include "vmm/domain_stats.h"
 
 namespace edgevirt::vmm {
 
@@ -230,6 +231,12 @@ class Hypervisor {
   // while QEMU writes the picture (milliseconds). Errors: kNotFound, kConflict (not running, or
   // no video device), kInternal.
   Result<std::string> Screenshot(DomainId id);
+  // Statistics of every active (running or paused) domain in one virConnectGetAllDomainStats
+  // call (state, cpu-total, balloon, vcpu, interface, block), with each NIC's and disk's user
+  // alias from the domain's live XML. A domain that stops during the call is left out. Blocks
+  // the caller while QEMU answers (milliseconds per domain; a hung QEMU monitor makes libvirt
+  // skip that domain's figures after its job timeout). Errors: kUnavailable, kInternal.
+  Result<std::vector<DomainStats>> AllDomainStats();
   // Every domain of this connection, running or defined (after a daemon restart: the ones
   // whose QEMU kept running are listed as running or paused).
   Result<std::vector<DomainInfo>> List();
