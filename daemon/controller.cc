@@ -1800,6 +1800,14 @@ void Controller::Stop() {
 vmm::Accelerator Controller::accelerator() const { return impl_->hv_->accelerator(); }
 const std::string& Controller::libvirt_uri() const { return impl_->hv_->uri(); }
 
+size_t Controller::QueueDepth() const { return impl_->queue_.Len(); }
+
+Result<std::vector<vmm::DomainStats>> Controller::DomainStats() const {
+  // hv_ is set in Start and reset only by Stop, after the API server has stopped.
+  if (!impl_->hv_) return Error(Code::kUnavailable, "the controller is stopped");
+  return impl_->hv_->AllDomainStats();
+}
+
 bool Controller::WaitIdleForTest(std::chrono::milliseconds timeout) {
   return impl_->loop_.WaitIdle(timeout);
 }

@@ -104,6 +104,11 @@ class Controller : public api::subresources::VmiRuntime {
                                                   std::string_view protocol) override;
   Result<std::string> Screenshot(const Json& vmi) override;
 
+  // For /metrics: keys waiting in the work queue, and libvirt's statistics of the running
+  // domains (vmm::Hypervisor::AllDomainStats; kUnavailable once stopped).
+  size_t QueueDepth() const;
+  Result<std::vector<vmm::DomainStats>> DomainStats() const;
+
   // For tests: blocks until the queue is empty and no reconcile runs, or the timeout passes.
   bool WaitIdleForTest(std::chrono::milliseconds timeout);
 

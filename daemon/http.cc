@@ -4,6 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "daemon/metrics.h"
+
 namespace edgevirt::daemon {
 
 api::HttpResponse NotFoundResponse() {
@@ -36,10 +38,12 @@ bool IsSubresourceRoute(std::string_view path) {
 }  // namespace
 
 api::Handler MakeApiHandler(api::HealthChecks checks, const api::machinery::Machinery* machinery,
-                            api::subresources::Subresources* subresources) {
-  return [checks = std::move(checks), machinery,
-          subresources](const api::HttpRequest& request) -> api::HttpResponse {
+                            api::subresources::Subresources* subresources,
+                            const metrics::Metrics* metrics) {
+  return [checks = std::move(checks), machinery, subresources,
+          metrics](const api::HttpRequest& request) -> api::HttpResponse {
     if (auto health = api::ServeHealth(request, checks)) return std::move(*health);
+    if (metrics != nullptr && request.path == "/metrics") return metrics::Serve(request, *metrics);
     if (subresources != nullptr && IsSubresourceRoute(request.path)) {
       // start/stop write to the store; pause, reset and the guest agent talk to libvirt.
       return api::HttpResponse::Deferred([machinery, subresources](const api::HttpRequest& req) {

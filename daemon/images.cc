@@ -246,11 +246,18 @@ void ImagePuller::Work() {
     }
     image::PullOptions pull = job->options;
     pull.cancel = &cancel_;
-    pull.progress = [this, job, decile = uint64_t{0}](const image::Progress& p) mutable {
+    pull.progress = [this, job, decile = uint64_t{0},
+                     counted = std::optional<uint64_t>()](const image::Progress& p) mutable {
       {
         std::lock_guard lock(mu_);
         job->progress = p;
       }
+      // image::Cache reports the layers it already has first, then each download's growth:
+      // the first report is the baseline, later increases are downloaded bytes.
+      if (options_.pulled_bytes != nullptr && counted && p.done_bytes > *counted) {
+        *options_.pulled_bytes += p.done_bytes - *counted;
+      }
+      if (!counted || p.done_bytes > *counted) counted = p.done_bytes;
       // The journal gets every tenth of a large pull (status shows it continuously).
       if (p.total_bytes >= (uint64_t{64} << 20)) {
         const uint64_t now = p.done_bytes * 10 / p.total_bytes;

@@ -70,6 +70,9 @@ struct ImagePullerOptions {
   uint64_t prune_budget = 0;
   // Called when a pull that `requester` waits for ends (from a worker thread; must not block).
   std::function<void(const std::string& requester)> notify;
+  // When set, every byte a pull downloads from a registry is added here (/metrics'
+  // edgevirt_image_pull_bytes_total); layers already in the cache are not counted.
+  std::atomic<uint64_t>* pulled_bytes = nullptr;
 };
 
 class ImagePuller {

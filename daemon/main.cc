@@ -26,6 +26,7 @@
 #include "daemon/controller.h"
 #include "daemon/daemon.h"
 #include "daemon/images.h"
+#include "daemon/metrics.h"
 #include "store/store.h"
 
 namespace edgevirt::daemon {
@@ -234,6 +235,25 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
 
   // The containerDisk cache outlives the controller that pulls into it.
   std::unique_ptr<image::Cache> images;
+  // /metrics: declared before the controller, which feeds its pull byte counter, so it outlives
+  // it; reads the controller through `live_controller` (set while it runs) at scrape time.
+  std::atomic<Controller*> live_controller{nullptr};
+  metrics::Sources metric_sources;
+  metric_sources.node = host;
+  metric_sources.version = EDGEVIRT_VERSION;
+  metric_sources.vmis = [lister = machinery->registry().Lister()] {
+    return lister("kubevirt.io", "VirtualMachineInstance", "");
+  };
+  metric_sources.domain_stats = [&live_controller]() -> Result<std::vector<vmm::DomainStats>> {
+    Controller* c = live_controller.load();
+    if (c == nullptr) return std::vector<vmm::DomainStats>{};
+    return c->DomainStats();
+  };
+  metric_sources.queue_depth = [&live_controller]() -> size_t {
+    Controller* c = live_controller.load();
+    return c ? c->QueueDepth() : 0;
+  };
+  metrics::Metrics daemon_metrics(std::move(metric_sources));
   std::unique_ptr<Controller> controller;
   if (config.vms.enabled) {
     auto opened_images = image::Cache::Open(ImageCacheOptions(config));
@@ -247,6 +267,7 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
     ControllerOptions controller_options;
     controller_options.images = images.get();
     controller_options.pulls.workers = config.images.pull_workers;
+    controller_options.pulls.pulled_bytes = &daemon_metrics.pull_bytes();
     controller_options.image_cache_budget = config.images.cache_budget;
     controller_options.hypervisor.root = config.state_dir + "/libvirt";
     controller_options.hypervisor.uri = config.libvirt.uri;
@@ -287,6 +308,7 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
       return Fail(notifier, "start the controller", started_controller.error());
     }
     controller = std::move(*started_controller);
+    live_controller = controller.get();
   } else {
     EV_LOG(kNotice) << "vms.enabled is false: serving the API only; no VM is reconciled";
   }
@@ -311,7 +333,9 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
 
   api::subresources::Subresources subresources(machinery->registry(), controller.get());
   auto started_server = api::HttpServer::Start(
-      server_options, MakeApiHandler(std::move(checks), machinery.get(), &subresources));
+      server_options, metrics::WithMetrics(MakeApiHandler(std::move(checks), machinery.get(),
+                                                          &subresources, &daemon_metrics),
+                                           daemon_metrics));
   if (!started_server) {
     store_open = false;
     controller.reset();
@@ -413,6 +437,7 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   server->Stop(timeout / 2);
   server.reset();
   // Running VMs keep running: only the controller's threads and libvirt connection stop.
+  live_controller = nullptr;
   if (controller) controller->Stop();
   controller.reset();
   claims.reset();

@@ -95,6 +95,7 @@ case "${ID}:${ID_LIKE:-}" in
     # from the package (apt-get download, dpkg-deb -x: no maintainer scripts, no service).
     if [[ ! -x /opt/edgevirt-tools/bin/promtool ]]; then
       promtool_tmp=$(mktemp -d)
+      chmod 0755 "$promtool_tmp"  # apt downloads as _apt
       (cd "$promtool_tmp" && apt-get download -q prometheus >/dev/null)
       dpkg-deb -x "$promtool_tmp"/prometheus_*.deb "$promtool_tmp/x"
       install -D -m 0755 "$promtool_tmp/x/usr/bin/promtool" /opt/edgevirt-tools/bin/promtool
