@@ -31,7 +31,9 @@ class GatedCache : public image::Cache {
     std::unique_lock lock(mu_);
     ++pulls_[reference];
     credentials_seen_ = options.credentials;
+    // As image::Cache reports: what the cache already had first, then the download's growth.
     if (options.progress) options.progress({5, 10});
+    if (options.progress) options.progress({9, 10});
     // Stop() sets the cancel flag without telling this stand-in: poll it.
     while (outcome_.count(reference) == 0 && !options.cancel->load()) {
       cv_.wait_for(lock, 20ms);
@@ -123,7 +125,10 @@ ImagePullerOptions Opts(Notified& n) {
 TEST_CASE("VMIs waiting for the same image share one pull, and Ensure never blocks") {
   GatedCache cache;
   Notified n;
-  ImagePuller puller(cache, Opts(n));
+  std::atomic<uint64_t> pulled{0};
+  ImagePullerOptions opts = Opts(n);
+  opts.pulled_bytes = &pulled;
+  ImagePuller puller(cache, opts);
   image::Keychain creds{{"reg:5000", {"alice", "secret", ""}}};
   auto a = puller.Ensure("vmi/a", "reg:5000/kv/disk:v1", PullPolicy::kIfNotPresent, creds, "");
   auto b = puller.Ensure("vmi/b", "reg:5000/kv/disk:v1", PullPolicy::kAlways, {}, "");
@@ -140,6 +145,7 @@ TEST_CASE("VMIs waiting for the same image share one pull, and Ensure never bloc
   REQUIRE(n.Wait("vmi/a"));
   REQUIRE(n.Wait("vmi/b"));
   CHECK(cache.Pulls("reg:5000/kv/disk:v1") == 1);
+  CHECK(pulled.load() == 4);  // 9 - 5: the bytes already cached are not counted
   auto ready = puller.Ensure("vmi/b", "reg:5000/kv/disk:v1", PullPolicy::kAlways, {}, "");
   REQUIRE(ready.kind == ImageState::Kind::kReady);
   CHECK(ready.image.manifest_digest == "sha256:aa");
