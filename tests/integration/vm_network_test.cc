@@ -5,6 +5,9 @@
 // client elsewhere on the network reaching a NodePort), and a foreign nft table that nothing
 // of edgevirt may change.
 //
+// It also scrapes /metrics with the guests running and traffic exchanged: KubeVirt's VMI
+// metrics from libvirt's real domain statistics, checked by the real promtool.
+//
 // The guest prints DHCP:<if>:<ip> for each lease it takes, serves TCP echo on 7 and HTTP on 80,
 // and runs a root shell on its serial console (tests/fixtures/guest).
 #include <arpa/inet.h>
@@ -14,12 +17,15 @@
 #include <sched.h>
 #include <sys/socket.h>
 
+#include <numeric>
 #include <regex>
+#include <sstream>
 #include <thread>
 
 #include "tests/integration/daemon_test_util.h"
 #include "tests/integration/vm_test_util.h"
 #include "tests/support/net.h"
+#include "tests/support/promtool.h"
 
 namespace edgevirt::testing {
 namespace {
@@ -223,6 +229,24 @@ Json ServiceFor(const std::string& name, const std::string& app, int port, int t
             {"type", type}}}};
 }
 
+// The samples of `family` in a Prometheus text exposition whose label set contains every one of
+// `labels` (each written as key="value"), with their values.
+std::vector<double> Samples(const std::string& text, const std::string& family,
+                            const std::vector<std::string>& labels) {
+  std::vector<double> out;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind(family + "{", 0) != 0) continue;
+    const size_t close = line.rfind("} ");
+    if (close == std::string::npos) continue;
+    const std::string set = line.substr(family.size(), close - family.size() + 1);
+    bool all = true;
+    for (const auto& l : labels) all = all && set.find(l) != std::string::npos;
+    if (all) out.push_back(std::strtod(line.c_str() + close + 2, nullptr));
+  }
+  return out;
+}
+
 TEST_CASE("VM networking: DHCP, NAT, bindings, a host-bridge NIC, Services, kill -9, deletion") {
   REQUIRE(EnterPrivateNetns() == 0);
   TempDir work("ev-net");
@@ -305,6 +329,43 @@ TEST_CASE("VM networking: DHCP, NAT, bindings, a host-bridge NIC, Services, kill
   CHECK(HttpGet(ip_b, 80).find("edge-guest") != std::string::npos);
   CHECK(Echoes(ip_a, 7));
   CHECK(HttpGet(ip_a, 80).empty());
+
+  {
+    // /metrics with both guests running and traffic exchanged: KubeVirt's names and labels,
+    // figures from libvirt's domain statistics, and an exposition promtool accepts.
+    auto scraped = Http(env.daemon.url(), "GET", "/metrics", "", "", 30s, {"Accept: text/plain"});
+    REQUIRE(scraped.status == 200);
+    CHECK(scraped.headers["content-type"].rfind("text/plain; version=0.0.4", 0) == 0);
+    const std::string& text = scraped.body;
+    INFO(text);
+    const std::string problems = PromtoolProblems(text);
+    INFO(problems);
+    CHECK(problems.empty());
+    const std::string vm_a = "namespace=\"default\",name=\"a\"";
+    CHECK(Samples(text, "kubevirt_vmi_phase_count", {"phase=\"running\""}) ==
+          std::vector<double>{2});
+    double vcpu_seconds = 0;
+    for (double v : Samples(text, "kubevirt_vmi_vcpu_seconds", {vm_a, "id=\"0\""})) {
+      vcpu_seconds += v;
+    }
+    CHECK(vcpu_seconds > 0);
+    const auto rss = Samples(text, "kubevirt_vmi_memory_resident_bytes", {vm_a});
+    REQUIRE(rss.size() == 1);
+    CHECK(rss[0] > 1e6);  // QEMU's resident set: megabytes at least
+    // The interface label is the KubeVirt interface name (the NIC's user alias).
+    const auto rx =
+        Samples(text, "kubevirt_vmi_network_receive_bytes_total", {vm_a, "interface=\"default\""});
+    REQUIRE(rx.size() == 1);
+    CHECK(rx[0] > 0);
+    CHECK(Samples(text, "kubevirt_vmi_network_receive_bytes_total", {vm_a}).size() == 3);
+    const auto rd = Samples(text, "kubevirt_vmi_storage_read_traffic_bytes_total", {vm_a});
+    CHECK(!rd.empty());
+    CHECK(std::accumulate(rd.begin(), rd.end(), 0.0) > 0);  // the guest read its disk to boot
+    // The scrape itself and every request before it are in the latency histogram.
+    CHECK(!Samples(text, "edgevirt_api_request_duration_seconds_count",
+                   {"verb=\"create\"", "resource=\"virtualmachines\"", "code=\"201\""})
+               .empty());
+  }
 
   // Services: a NodePort reached from outside, its ClusterIP from the host.
   auto created = Http(env.daemon.url(), "POST", "/api/v1/namespaces/default/services",
