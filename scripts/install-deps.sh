@@ -38,6 +38,9 @@ DEB_PACKAGES=(
   # the test guest (tests/fixtures/guest/build-test-guest.sh): a kernel with modules,
   # busybox, extlinux + MBR, partitioning, ext2, initramfs tools
   linux-image-amd64 busybox-static extlinux syslinux-common fdisk e2fsprogs cpio kmod adduser
+  # the test guest's SSH server (dropbear and dropbearkey, copied into the guest with the
+  # libraries ldd names) and vm_ssh_test's client (ssh, ssh-keygen)
+  dropbear-bin openssh-client
   # fuzzing: clang with libFuzzer and its sanitizer runtimes
   clang libclang-rt-14-dev
   # bench/api: the load generator and the reference server
@@ -63,6 +66,8 @@ RPM_PACKAGES=(
   # net/: nft table, dnsmasq (DHCP), ip
   nftables dnsmasq iproute
   kernel-core busybox syslinux syslinux-extlinux util-linux e2fsprogs cpio kmod
+  # the test guest's SSH server (EPEL's dropbear) and the ssh client
+  dropbear openssh-clients
   clang compiler-rt
   libcurl-devel openssl-devel libarchive-devel
   skopeo httpd-tools python3-cryptography zstd
