@@ -64,15 +64,16 @@ inline bool WaitUntil(const std::function<bool()>& cond, std::chrono::millisecon
 
 // A child process with stdout and stderr captured in files. The destructor SIGKILLs and reaps
 // it if it is still running, and PR_SET_PDEATHSIG kills it if the test process dies first, so
-// no daemon survives a failed assertion.
+// no daemon survives a failed assertion. Its stdin is `stdin_path` (/dev/null by default).
 class Child {
  public:
   Child(std::vector<std::string> argv, const std::map<std::string, std::optional<std::string>>& env,
-        const std::filesystem::path& out_dir, const std::string& name)
+        const std::filesystem::path& out_dir, const std::string& name,
+        const std::filesystem::path& stdin_path = "/dev/null")
       : stdout_path_(out_dir / (name + ".stdout")), stderr_path_(out_dir / (name + ".stderr")) {
     UniqueFd out(::open(stdout_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     UniqueFd err(::open(stderr_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    UniqueFd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    UniqueFd devnull(::open(stdin_path.c_str(), O_RDONLY | O_CLOEXEC));
     REQUIRE((out.valid() && err.valid() && devnull.valid()));
     // Everything the child needs is prepared before fork(): the child only calls
     // async-signal-safe functions.

@@ -6,8 +6,10 @@
 // when the server refuses the upgrade, keeps its HTTP status and body (a metav1.Status). Every
 // call takes a timeout and never blocks longer. Reads are not cancelled on a timeout: the read
 // stays pending and the next Receive continues it, so a timed-out Receive loses nothing. The
-// client reads only inside Receive/ReadUntil/Close (a client that does not call them does not
-// read its socket, which is how tests make a slow client).
+// client reads only inside Receive/ReadUntil/Close/Pump (a client that does not call them does
+// not read its socket, which is how tests make a slow client). Pump joins the WebSocket to two
+// file descriptors full duplex (what `virtctl port-forward --stdio=true` does with its stdin and
+// stdout; tests/support/virtctl_pf_stdio.cc).
 //
 // Not thread-safe: one thread uses one client.
 #pragma once
@@ -22,11 +24,18 @@
 #include <utility>
 #include <vector>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <functional>
+
 #include <boost/asio/connect.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
@@ -195,6 +204,119 @@ class WebSocketClient {
     close_code_ = ws_->reason().code;
     close_reason_ = std::string(ws_->reason().reason.c_str());
     return !ec || Fail("close: " + ec.message());
+  }
+
+  // Why Pump returned.
+  enum class PumpEnd {
+    kInputEnded,    // end of file on in_fd (or a read error): close frame 1000 sent
+    kPeerClosed,    // the server closed the WebSocket (close_code() says how) or the connection
+                    // broke
+    kOutputFailed,  // a write to out_fd failed (the reader went away): the connection is dropped
+    kNotReady,      // not connected, already closed, a Receive that timed out left a read
+                    // pending, or a descriptor cannot be polled (error() says which)
+  };
+
+  // Joins the connected WebSocket to two file descriptors until either side ends: what is read
+  // from `in_fd` goes out as binary messages (one per read, at most `chunk` bytes), binary
+  // messages received are written to `out_fd` (text messages are dropped; messages already
+  // received by Receive go first). One message is in flight each way, so a side that does not
+  // read holds back the other one through the socket and pipe buffers: nothing is queued here.
+  // Pings are answered while it runs. The fds must be pollable (pipes, sockets, terminals; not
+  // regular files); they stay open, their file status flags are restored on return. Afterwards
+  // the client is closed.
+  PumpEnd Pump(int in_fd, int out_fd, size_t chunk = 32 * 1024) {
+    namespace net = boost::asio;
+    using boost::system::error_code;
+    if (!connected_ || closed_ || read_pending_) return PumpEnd::kNotReady;
+    const int in_flags = ::fcntl(in_fd, F_GETFL);
+    const int out_flags = ::fcntl(out_fd, F_GETFL);
+    net::posix::stream_descriptor in(ioc_);
+    net::posix::stream_descriptor out(ioc_);
+    {
+      error_code ec;
+      const int in_dup = ::fcntl(in_fd, F_DUPFD_CLOEXEC, 3);
+      const int out_dup = ::fcntl(out_fd, F_DUPFD_CLOEXEC, 3);
+      if (in_dup >= 0) in.assign(in_dup, ec);
+      if (!ec && out_dup >= 0) out.assign(out_dup, ec);
+      if (in_dup < 0 || out_dup < 0 || ec) {
+        if (!in.is_open() && in_dup >= 0) ::close(in_dup);
+        if (!out.is_open() && out_dup >= 0) ::close(out_dup);
+        Fail("pump: the descriptors cannot be polled" + (ec ? ": " + ec.message() : ""));
+        return PumpEnd::kNotReady;
+      }
+    }
+    std::optional<PumpEnd> end;
+    auto finish = [&](PumpEnd why) {
+      if (!end) end = why;
+    };
+    for (; !inbox_.empty(); inbox_.pop_front()) {
+      error_code ec;
+      if (inbox_.front().binary) net::write(out, net::buffer(inbox_.front().data), ec);
+      if (ec) finish(PumpEnd::kOutputFailed);
+    }
+    // in_fd → WebSocket: the next read starts when the previous message is sent.
+    std::vector<char> in_buf(chunk);
+    std::function<void()> read_input = [&] {
+      in.async_read_some(net::buffer(in_buf), [&](error_code ec, size_t n) {
+        if (ec) return finish(PumpEnd::kInputEnded);
+        ws_->binary(true);
+        ws_->async_write(net::buffer(in_buf.data(), n), [&](error_code wec, size_t) {
+          if (wec) return finish(PumpEnd::kPeerClosed);
+          if (!end) read_input();
+        });
+      });
+    };
+    // WebSocket → out_fd: the next message is read when the previous one is written.
+    std::function<void()> read_ws = [&] {
+      read_pending_ = true;
+      ws_->async_read(read_buf_, [&](error_code ec, size_t) {
+        read_pending_ = false;
+        if (ec) {
+          closed_ = true;
+          close_code_ = ws_->reason().code;
+          close_reason_ = std::string(ws_->reason().reason.c_str());
+          return finish(PumpEnd::kPeerClosed);
+        }
+        if (!ws_->got_binary()) {
+          read_buf_.consume(read_buf_.size());
+          if (!end) read_ws();
+          return;
+        }
+        net::async_write(out, read_buf_.data(), [&](error_code wec, size_t) {
+          read_buf_.consume(read_buf_.size());
+          if (wec) return finish(PumpEnd::kOutputFailed);
+          if (!end) read_ws();
+        });
+      });
+    };
+    if (!end) {
+      read_input();
+      read_ws();
+      if (ioc_.stopped()) ioc_.restart();
+      while (!end && ioc_.run_one() > 0) {
+      }
+      if (!end) finish(PumpEnd::kPeerClosed);  // nothing left to wait for
+    }
+    // Stop both directions; every handler above must have run before its captures go away.
+    error_code ignored;
+    in.cancel(ignored);
+    out.cancel(ignored);
+    if (*end == PumpEnd::kInputEnded && !closed_) {
+      // As virtctl does on its end of input: the stream is over; say so with a close frame.
+      bool done = false;
+      ws_->async_close(boost::beast::websocket::close_reason(1000),
+                       [&](error_code) { done = true; });
+      RunUntil([&] { return done && !read_pending_; }, Ms(5000));
+    }
+    closed_ = true;
+    socket_.close(ignored);
+    ioc_.restart();
+    ioc_.run();
+    in.close(ignored);
+    out.close(ignored);
+    if (in_flags >= 0) ::fcntl(in_fd, F_SETFL, in_flags);
+    if (out_flags >= 0) ::fcntl(out_fd, F_SETFL, out_flags);
+    return *end;
   }
 
   bool closed() const { return closed_; }
