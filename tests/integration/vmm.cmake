@@ -88,3 +88,18 @@ target_compile_definitions(vm_streams_test PRIVATE EDGEVIRTD_PATH="$<TARGET_FILE
   EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}")
 add_dependencies(vm_streams_test edgevirtd)
 set_tests_properties(vm_streams_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
+
+# virtctl ssh --local-ssh through the daemon: the real OpenSSH client whose ProxyCommand is
+# virtctl_pf_stdio (virtctl port-forward --stdio=true), dropbear in the guest with the key from
+# cloud-init user data.
+add_executable(virtctl_pf_stdio ${PROJECT_SOURCE_DIR}/tests/support/virtctl_pf_stdio.cc)
+target_include_directories(virtctl_pf_stdio PRIVATE ${PROJECT_SOURCE_DIR})
+target_link_libraries(virtctl_pf_stdio PRIVATE Threads::Threads)
+edgevirt_add_test(NAME vm_ssh_test SOURCES vm_ssh_test.cc
+  LIBS edgevirt_common nlohmann_json::nlohmann_json Threads::Threads
+  LABELS integration TIMEOUT 900 RUN_SERIAL)
+target_compile_definitions(vm_ssh_test PRIVATE EDGEVIRTD_PATH="$<TARGET_FILE:edgevirtd>"
+  EDGEVIRT_GUEST_DIR="${EDGEVIRT_GUEST_DIR}"
+  VIRTCTL_PF_STDIO_PATH="$<TARGET_FILE:virtctl_pf_stdio>")
+add_dependencies(vm_ssh_test edgevirtd virtctl_pf_stdio)
+set_tests_properties(vm_ssh_test PROPERTIES FIXTURES_REQUIRED edgevirt_test_guest)
