@@ -15,6 +15,9 @@
 // virtualmachine(s) or virtualmachineinstance(s). PORT is [tcp/|udp/][LOCAL:]REMOTE as virtctl
 // takes it (only the remote port matters for stdio). The server is --server URL
 // (http://HOST:PORT or unix:/PATH), else $EDGEVIRT_SERVER; --token TOKEN sends a bearer token.
+// stdin and stdout must be pollable (pipes, sockets, terminals, as under ssh); unlike virtctl it
+// refuses a regular file or /dev/null there. As virtctl, it ends the stream as soon as stdin
+// ends, without waiting for the answer.
 #include <signal.h>
 #include <unistd.h>
 
