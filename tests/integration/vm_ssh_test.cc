@@ -5,8 +5,8 @@
 // root key comes from the VM's cloud-init user data (ssh_authorized_keys) as an operator puts it
 // there. Checked: a command's output, the guest's host key against the one its image was built
 // with, a refused key, a PTY session, 1 MiB each way through the SSH channel (flow control
-// across ssh, the WebSocket, the daemon and the guest), both the vm/ and vmi/ targets, and the
-// error a missing VMI gives.
+// across ssh, the WebSocket, the daemon and the guest), both the vm/ and vmi/ targets, the error
+// a missing VMI gives, and the stdio tool alone (it ends with either side).
 #include <random>
 
 #include "tests/integration/daemon_test_util.h"
@@ -175,6 +175,60 @@ TEST_CASE("virtctl ssh --local-ssh: OpenSSH through the port-forward subresource
     INFO(r.err);
     CHECK(r.code == 0);
     CHECK(r.out.find("/dev/pts/") != std::string::npos);
+  }
+
+  // The stdio port-forward alone, as `virtctl port-forward --stdio=true` runs under other tools,
+  // its stdout a regular file. It ends with the server's side: the guest's HTTP server answers
+  // a request written into its stdin (a FIFO the test keeps open) and closes the connection.
+  {
+    const auto fifo = env.tmp / "pf-http-stdin";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    UniqueFd writer(::open(fifo.c_str(), O_RDWR | O_CLOEXEC));
+    REQUIRE(writer.valid());
+    Child pf({VIRTCTL_PF_STDIO_PATH, "--server=" + env.daemon.url(), "port-forward", "--stdio=true",
+              "vmi/ssh1.default", "80"},
+             {}, env.tmp.path(), "pf-http", fifo);
+    const std::string request = "GET / HTTP/1.0\r\n\r\n";
+    REQUIRE(::write(writer.get(), request.data(), request.size()) ==
+            static_cast<ssize_t>(request.size()));
+    auto code = pf.Wait(60s);
+    INFO(pf.Stderr());
+    REQUIRE(code.has_value());
+    CHECK(*code == 0);
+    CHECK(pf.Stdout().rfind("HTTP/1.", 0) == 0);
+    CHECK(pf.Stdout().find(" 200 OK") != std::string::npos);
+    CHECK(pf.Stdout().find("edge-guest") != std::string::npos);
+  }
+  // And with its stdin: dropbear's banner arrives, the connection stays open (dropbear waits for
+  // the client's), and the end of stdin ends the stream.
+  {
+    const auto fifo = env.tmp / "pf-ssh-stdin";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    UniqueFd writer(::open(fifo.c_str(), O_RDWR | O_CLOEXEC));
+    REQUIRE(writer.valid());
+    Child pf({VIRTCTL_PF_STDIO_PATH, "--server=" + env.daemon.url(), "port-forward", "--stdio=true",
+              "vmi/ssh1.default", "tcp/2222:22"},
+             {}, env.tmp.path(), "pf-ssh", fifo);
+    CHECK(
+        WaitUntil([&] { return pf.Stdout().find("SSH-2.0-dropbear") != std::string::npos; }, 60s));
+    std::this_thread::sleep_for(1s);
+    CHECK(pf.Running());
+    writer.reset();
+    auto code = pf.Wait(30s);
+    INFO(pf.Stderr());
+    REQUIRE(code.has_value());
+    CHECK(*code == 0);
+  }
+
+  // stdin /dev/null (not pollable: relayed through a pipe) ends the stream at once.
+  {
+    Child pf({VIRTCTL_PF_STDIO_PATH, "--server=" + env.daemon.url(), "port-forward", "--stdio=true",
+              "vmi/ssh1.default", "22"},
+             {}, env.tmp.path(), "pf-null");
+    auto code = pf.Wait(30s);
+    INFO(pf.Stderr());
+    REQUIRE(code.has_value());
+    CHECK(*code == 0);
   }
 
   // 1 MiB of random bytes up and back down: more than every window and buffer on the way.

@@ -15,17 +15,21 @@
 // virtualmachine(s) or virtualmachineinstance(s). PORT is [tcp/|udp/][LOCAL:]REMOTE as virtctl
 // takes it (only the remote port matters for stdio). The server is --server URL
 // (http://HOST:PORT or unix:/PATH), else $EDGEVIRT_SERVER; --token TOKEN sends a bearer token.
-// stdin and stdout must be pollable (pipes, sockets, terminals, as under ssh); unlike virtctl it
-// refuses a regular file or /dev/null there. As virtctl, it ends the stream as soon as stdin
-// ends, without waiting for the answer.
+// stdin and stdout may be anything: those that cannot be polled (regular files, /dev/null) are
+// relayed through a pipe by a thread. As virtctl, it ends the stream as soon as stdin ends,
+// without waiting for the answer.
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
 #include <cctype>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/support/websocket_client.h"
@@ -89,6 +93,38 @@ std::optional<std::string> ParsePort(std::string arg) {
   return std::to_string(port) + "/" + protocol;
 }
 
+// Whether epoll takes `fd` (Pump needs that; regular files and /dev/null are refused).
+bool Pollable(int fd) {
+  const int ep = ::epoll_create1(EPOLL_CLOEXEC);
+  if (ep < 0) return false;
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  const bool ok = ::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0;
+  ::close(ep);
+  return ok;
+}
+
+// Copies `from` to `to` until end of file or an error, then closes `close_after` (-1: none).
+void Copy(int from, int to, int close_after) {
+  char buf[32 * 1024];
+  for (;;) {
+    ssize_t n = ::read(from, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    for (ssize_t off = 0; off < n;) {
+      ssize_t w = ::write(to, buf + off, static_cast<size_t>(n - off));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        n = -1;
+        break;
+      }
+      off += w;
+    }
+    if (n < 0) break;
+  }
+  if (close_after >= 0) ::close(close_after);
+}
+
 int Usage() {
   std::fprintf(stderr,
                "usage: virtctl_pf_stdio [--server=URL] [--token=TOKEN] port-forward --stdio=true "
@@ -144,8 +180,28 @@ int main(int argc, char** argv) {
                  ws.error().c_str(), ws.status(), ws.body().c_str());
     return 1;
   }
+  int in_fd = STDIN_FILENO;
+  int out_fd = STDOUT_FILENO;
+  if (!Pollable(STDIN_FILENO)) {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) return 1;
+    // Detached: it may still be reading stdin when the stream ends; exit ends it.
+    std::thread([p] { Copy(STDIN_FILENO, p[1], p[1]); }).detach();
+    in_fd = p[0];
+  }
+  std::thread out_relay;
+  if (!Pollable(STDOUT_FILENO)) {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) return 1;
+    out_relay = std::thread([p] { Copy(p[0], STDOUT_FILENO, p[0]); });
+    out_fd = p[1];
+  }
   using PumpEnd = edgevirt::testing::WebSocketClient::PumpEnd;
-  const PumpEnd end = ws.Pump(STDIN_FILENO, STDOUT_FILENO);
+  const PumpEnd end = ws.Pump(in_fd, out_fd);
+  if (out_relay.joinable()) {
+    ::close(out_fd);  // the relay drains what Pump wrote, then ends
+    out_relay.join();
+  }
   if (end == PumpEnd::kNotReady) {
     std::fprintf(stderr, "virtctl_pf_stdio: %s\n", ws.error().c_str());
     return 1;
