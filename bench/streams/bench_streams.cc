@@ -400,7 +400,46 @@ class TcpPipe : public Pipe {
 struct Cpu {
   pid_t daemon;
   pid_t qemu;
+  std::string tap;  // the guest NIC's tap device ("" if none was found)
 };
+
+// The counters of this network namespace's interfaces, from /proc/self/net/dev (not
+// /sys/class/net: sysfs shows the namespace it was mounted in): name -> rx + tx packets.
+std::vector<std::pair<std::string, double>> NetDevPackets() {
+  std::vector<std::pair<std::string, double>> out;
+  std::istringstream in(ReadFile("/proc/self/net/dev"));
+  std::string line;
+  while (std::getline(in, line)) {
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string name = line.substr(0, colon);
+    name.erase(0, name.find_first_not_of(' '));
+    // rx: bytes packets errs drop fifo frame compressed multicast; tx: bytes packets ...
+    std::istringstream f(line.substr(colon + 1));
+    std::vector<double> v;
+    for (double x; f >> x;) v.push_back(x);
+    if (v.size() >= 10) out.emplace_back(name, v[1] + v[9]);
+  }
+  return out;
+}
+
+// Packets through the tap (both ways): how many segments the guest's network stack handled.
+double TapPackets(const std::string& tap) {
+  for (const auto& [name, packets] : NetDevPackets()) {
+    if (name == tap) return packets;
+  }
+  return 0;
+}
+
+// The only tap device of edgevirt (net::kTapPrefix "evt") in this network namespace (one VM
+// with one NIC), or "".
+std::string FindTap() {
+  std::vector<std::string> taps;
+  for (const auto& [name, packets] : NetDevPackets()) {
+    if (name.rfind("evt", 0) == 0) taps.push_back(name);
+  }
+  return taps.size() == 1 ? taps[0] : "";
+}
 
 // Wall time and CPU of one transfer of `bytes` of payload.
 struct Transfer {
@@ -409,12 +448,14 @@ struct Transfer {
   double daemon_cpu = 0;  // seconds
   double qemu_cpu = 0;
   double client_cpu = 0;
+  double tap_packets = 0;
   double MiBs() const { return double(bytes) / (1 << 20) / seconds; }
 };
 
 template <class F>
 Transfer Timed(const Cpu& cpu, size_t bytes, F&& body) {
   const double d0 = CpuSeconds(cpu.daemon), q0 = CpuSeconds(cpu.qemu), c0 = SelfCpuSeconds();
+  const double p0 = TapPackets(cpu.tap);
   const auto t0 = Clock::now();
   body();
   Transfer t;
@@ -423,6 +464,7 @@ Transfer Timed(const Cpu& cpu, size_t bytes, F&& body) {
   t.daemon_cpu = CpuSeconds(cpu.daemon) - d0;
   t.qemu_cpu = CpuSeconds(cpu.qemu) - q0;
   t.client_cpu = SelfCpuSeconds() - c0;
+  t.tap_packets = TapPackets(cpu.tap) - p0;
   return t;
 }
 
@@ -482,16 +524,19 @@ Json TransferJson(const std::vector<Transfer>& runs) {
   Json runs_json = Json::array();
   for (double m : mibs) runs_json.push_back(Round(m));
   // CPU per MiB of payload over all runs (longer than one run: less tick rounding).
-  double bytes = 0, daemon = 0, qemu = 0;
+  double bytes = 0, daemon = 0, qemu = 0, packets = 0;
   for (const auto& t : runs) {
     bytes += double(t.bytes);
     daemon += t.daemon_cpu;
     qemu += t.qemu_cpu;
+    packets += t.tap_packets;
   }
   const double mib = bytes / (1 << 20);
   return {{"mib_s", Round(Median(mibs))},
           {"edgevirtd_cpu_ms_per_mib", Round(1000 * daemon / mib)},
           {"qemu_cpu_ms_per_mib", Round(1000 * qemu / mib)},
+          // Segments the guest sent and received per MiB of payload (ACKs included).
+          {"guest_packets_per_mib", Round(packets / mib, 1)},
           {"runs_mib_s", runs_json},
           {"edgevirtd_cpu_pct", Round(Median(dcpu), 1)},
           {"qemu_cpu_pct", Round(Median(qcpu), 1)},
@@ -608,7 +653,8 @@ int Run(const Options& o) {
       " after " + std::to_string(int(to_address_ms)) + " ms");
   auto qemus = PidsWith({"qemu-system", tmp.string()});
   if (qemus.size() != 1) Die("expected one QEMU, found " + std::to_string(qemus.size()));
-  const Cpu cpu{daemon.pid(), qemus[0]};
+  const Cpu cpu{daemon.pid(), qemus[0], FindTap()};
+  if (cpu.tap.empty()) Die("no (or more than one) tap device in the network namespace");
   out["vm"] = {{"create_to_running_ms", Round(to_running_ms, 1)},
                {"create_to_address_ms", Round(to_address_ms, 1)},
                {"guest_ip", guest_ip}};

@@ -46,6 +46,8 @@ for name in ("echo", "download"):
         for k in ("edgevirtd_cpu_pct", "qemu_cpu_pct", "client_cpu_pct",
                   "edgevirtd_cpu_ms_per_mib", "qemu_cpu_ms_per_mib"):
             assert isinstance(t[k], (int, float)) and t[k] >= 0, (name, side, k, t)
+        # Every payload byte crossed the guest's tap: at most ~64 KiB per packet (GSO).
+        assert t["guest_packets_per_mib"] >= 16, (name, side, t)
     # (CPU shares are sampled in clock ticks: a short transfer may show 0.)
     positive(s["ratio"], f"{name}.ratio")
     want = s["portforward"]["mib_s"] / s["direct"]["mib_s"]
