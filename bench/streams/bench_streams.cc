@@ -724,10 +724,10 @@ int Run(const Options& o) {
     if (fd < 0) Die("connect " + guest_ip + ":" + std::to_string(port) + ": " + strerror(errno));
     return std::make_unique<TcpPipe>(fd);
   };
-  // The guest's `nc -ll -p 7 -e cat` forks a cat per connection and listens again; a connection
-  // that lands in between is accepted by the kernel and then reset, which closes the WebSocket
-  // right after the upgrade. So every echo connection first echoes a few bytes, and is opened
-  // again (up to 5 times) if that fails.
+  // With several connections opened at once, the guest's echo service (busybox `nc -ll -e cat`,
+  // which forks per connection and listens again) dropped one right after accepting it, so its
+  // WebSocket closed right after the upgrade. So every echo connection first echoes a few bytes,
+  // and is opened again (up to 5 times) if that fails.
   auto open_echo_pf = [&] {
     for (int attempt = 1;; ++attempt) {
       auto ws = open_pf(7);
@@ -814,7 +814,7 @@ int Run(const Options& o) {
                         {"target_ratio", 0.8}};
 
   // ---- REST latency while streams are busy ----------------------------------------------------
-  // GETs of the VMI, one every 5 ms for `rest_seconds`, with only the console open, then again
+  // GETs of the VMI, 5 ms apart, for `rest_seconds`, with only the console open, then again
   // while `sessions` port-forwards echo continuously (each in a thread of its own, 64 KiB at a
   // time).
   auto rest_latency = [&](double seconds) {
