@@ -7,10 +7,12 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <ctime>
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "common/log.h"
 #include "image/manifest.h"
 #include "image/reference.h"
 
@@ -40,6 +42,41 @@ std::string HexString(const unsigned char* md, unsigned int len) {
     out += kHex[md[i] & 15];
   }
   return out;
+}
+
+uint64_t RoundUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+uint64_t RoundDown(uint64_t v, uint64_t a) { return v / a * a; }
+
+// pwrite(2) of all `n` bytes at `at`; 0 or the errno. `done` (optional) gets the bytes written.
+int PwriteAll(int fd, const char* data, size_t n, uint64_t at, size_t* done) {
+  size_t total = 0;
+  while (total < n) {
+    ssize_t w = ::pwrite(fd, data + total, n - total, static_cast<off_t>(at + total));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (done != nullptr) *done = total;
+      return errno;
+    }
+    total += static_cast<size_t>(w);
+  }
+  if (done != nullptr) *done = total;
+  return 0;
+}
+
+// The file `path` opened for O_DIRECT writes with at most kDirectAlign alignment, or an invalid
+// fd (file systems without O_DIRECT, or asking for a larger alignment).
+UniqueFd OpenDirect(const fs::path& path, size_t align) {
+  struct statx sx;
+  if (::statx(AT_FDCWD, path.c_str(), 0, STATX_DIOALIGN, &sx) == 0 &&
+      (sx.stx_mask & STATX_DIOALIGN) != 0) {
+    // Linux >= 6.1 says what it needs; 0 means no O_DIRECT on this file.
+    if (sx.stx_dio_offset_align == 0 || sx.stx_dio_offset_align > align ||
+        sx.stx_dio_mem_align > align) {
+      return UniqueFd();
+    }
+  }
+  // Older kernels: try; a write refused with EINVAL falls back to buffered (WriteChunk).
+  return UniqueFd(::open(path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC));
 }
 
 Status WriteAll(int fd, const char* data, size_t n, const std::string& what) {
@@ -85,24 +122,41 @@ Error BadDigest(std::string_view digest) {
 
 struct Ingest::Writer {
   struct Item {
-    std::vector<char> chunk;
+    Chunk chunk;
     bool checkpoint = false;
     uint64_t offset = 0;  // offset_ after this item (for the checkpoint)
   };
   std::mutex mu;
-  // work: queue non-empty or stop; space: a slot freed or the syncer done; sync_work: a
-  // checkpoint to take.
+  // work: an item queued or stop (writer and hasher); space: an item retired or the syncer
+  // done; sync_work: a checkpoint to take.
   std::condition_variable work, space, sync_work;
+  // Items stay queued until both the writer and the hasher are past them; they take them in
+  // order: queue[write_next] is the writer's next, queue[hash_next] the hasher's (deque
+  // elements keep their address while others are pushed and popped).
   std::deque<Item> queue;
-  std::vector<std::vector<char>> spare;  // chunks to reuse
-  bool busy = false, stop = false;
+  size_t write_next = 0, hash_next = 0;
+  std::vector<Chunk> spare;  // buffers to reuse
+  bool writing = false, hashing = false, stop = false;
   // Checkpoints run on a thread of their own, so that neither the writer nor libcurl's
   // receive loop waits for a flush: the writer hands over the offset it has written up to, the
   // syncer fdatasyncs (also flushing bytes written after it, which is harmless) and records it.
   uint64_t sync_target = 0, synced = 0;
   bool syncing = false;
   Status error = Ok();
-  std::thread thread, syncer;
+  std::thread writer, hasher, syncer;
+
+  // Drops the items both threads are done with, keeping their buffers. Called with mu held.
+  void Retire() {
+    const size_t done = std::min(write_next, hash_next);
+    for (size_t i = 0; i < done; ++i) {
+      Chunk& c = queue.front().chunk;
+      c.size = c.skew = 0;
+      if (c.buf && spare.size() < kQueueChunks) spare.push_back(std::move(c));
+      queue.pop_front();
+    }
+    write_next -= done;
+    hash_next -= done;
+  }
 };
 
 Ingest::Ingest() : writer_(std::make_unique<Writer>()) {}
@@ -119,14 +173,45 @@ void Ingest::StopWriter() {
   }
   writer_->work.notify_all();
   writer_->sync_work.notify_all();
-  if (writer_->thread.joinable()) writer_->thread.join();
+  if (writer_->writer.joinable()) writer_->writer.join();
+  if (writer_->hasher.joinable()) writer_->hasher.join();
   if (writer_->syncer.joinable()) writer_->syncer.join();
 }
 
-Status Ingest::WriteChunk(const std::vector<char>& chunk) {
-  RETURN_IF_ERROR(WriteAll(fd_.get(), chunk.data(), chunk.size(), "ingest " + hex_));
-  EVP_DigestUpdate(md_, chunk.data(), chunk.size());
-  written_ += chunk.size();
+Status Ingest::WriteBuffered(const char* data, size_t n, uint64_t at) {
+  int err = PwriteAll(fd_.get(), data, n, at, nullptr);
+  if (err != 0) return ErrnoError("write ingest " + hex_, err);
+  return Ok();
+}
+
+Status Ingest::WriteChunk(const Chunk& chunk) {
+  const char* data = chunk.data();
+  const size_t n = chunk.size;
+  const uint64_t at = written_;
+  const uint64_t a = RoundUp(at, kDirectAlign), b = RoundDown(at + n, kDirectAlign);
+  if (direct_fd_ && a < b) {
+    // Head and tail that do not fill an aligned block go through the page cache; the aligned
+    // middle straight to the device (its address is aligned too: see Chunk::skew).
+    RETURN_IF_ERROR(WriteBuffered(data, a - at, at));
+    size_t done = 0;
+    int err = PwriteAll(direct_fd_.get(), data + (a - at), b - a, a, &done);
+    if (err == EINVAL) {
+      // The file system took O_DIRECT at open but refuses these writes (alignment it did not
+      // report, or no support at all): the rest of this ingest is buffered.
+      EV_LOG(kInfo) << "ingest " << hex_ << ": O_DIRECT write refused (EINVAL); buffered writes";
+      direct_fd_.reset();
+      direct_.store(false);
+      RETURN_IF_ERROR(WriteBuffered(data + (a - at) + done, (b - a) - done, a + done));
+    } else if (err != 0) {
+      return ErrnoError("write ingest " + hex_, err);
+    }
+    RETURN_IF_ERROR(WriteBuffered(data + (b - at), at + n - b, b));
+    written_ += n;
+    kicked_ = written_;  // nothing of the middle waits in the page cache
+    return Ok();
+  }
+  RETURN_IF_ERROR(WriteBuffered(data, n, at));
+  written_ += n;
   // Start writeback of what has accumulated without waiting for it, so that the disk works
   // while the network does and the checkpoint's fdatasync finds little left to write.
   if (written_ - kicked_ >= kWritebackBytes) {
@@ -148,29 +233,51 @@ Status Ingest::SyncAndRecord(uint64_t offset) {
 Status Ingest::Submit(bool checkpoint) {
   Writer& w = *writer_;
   std::unique_lock lock(w.mu);
-  if (!w.thread.joinable()) {
-    w.thread = std::thread([this] {
+  if (!w.writer.joinable()) {
+    w.writer = std::thread([this] {
       Writer& wr = *writer_;
       std::unique_lock l(wr.mu);
       for (;;) {
-        wr.work.wait(l, [&] { return wr.stop || !wr.queue.empty(); });
+        wr.work.wait(l, [&] { return wr.stop || wr.write_next < wr.queue.size(); });
         if (wr.stop) return;  // the owner drains before it stops when the data matters
-        Writer::Item item = std::move(wr.queue.front());
-        wr.queue.pop_front();
-        wr.busy = true;
+        Writer::Item& item = wr.queue[wr.write_next];
+        wr.writing = true;
         const bool failed = !wr.error;
         l.unlock();
         Status st = Ok();
-        if (!failed && !item.chunk.empty()) st = WriteChunk(item.chunk);
+        if (!failed && item.chunk.size > 0) st = WriteChunk(item.chunk);
         l.lock();
         if (!st && wr.error) wr.error = st;
         if (st && item.checkpoint && item.offset > wr.sync_target) {
           wr.sync_target = item.offset;
           wr.sync_work.notify_one();
         }
-        item.chunk.clear();
-        if (wr.spare.size() < kQueueChunks) wr.spare.push_back(std::move(item.chunk));
-        wr.busy = false;
+        ++wr.write_next;
+        wr.writing = false;
+        wr.Retire();
+        wr.space.notify_all();
+      }
+    });
+  }
+  if (!w.hasher.joinable()) {
+    w.hasher = std::thread([this] {
+      Writer& wr = *writer_;
+      std::unique_lock l(wr.mu);
+      for (;;) {
+        wr.work.wait(l, [&] { return wr.stop || wr.hash_next < wr.queue.size(); });
+        if (wr.stop) return;
+        Writer::Item& item = wr.queue[wr.hash_next];
+        wr.hashing = true;
+        const bool failed = !wr.error;
+        l.unlock();
+        // After an error the digest no longer matters: the ingest is reset or abandoned.
+        if (!failed && item.chunk.size > 0) {
+          EVP_DigestUpdate(md_, item.chunk.data(), item.chunk.size);
+        }
+        l.lock();
+        ++wr.hash_next;
+        wr.hashing = false;
+        wr.Retire();
         wr.space.notify_all();
       }
     });
@@ -197,25 +304,25 @@ Status Ingest::Submit(bool checkpoint) {
   }
   w.space.wait(lock, [&] { return w.queue.size() < kQueueChunks || !w.error; });
   if (!w.error) return w.error;
-  Writer::Item item{std::move(fill_), checkpoint, offset_};
-  w.queue.push_back(std::move(item));
+  w.queue.push_back(Writer::Item{std::move(fill_), checkpoint, offset_});
+  fill_ = Chunk();
   if (!w.spare.empty()) {
     fill_ = std::move(w.spare.back());
     w.spare.pop_back();
-  } else {
-    fill_ = {};
   }
   lock.unlock();
-  w.work.notify_one();
+  w.work.notify_all();
   return Ok();
 }
 
 Status Ingest::Drain() {
-  if (!fill_.empty()) RETURN_IF_ERROR(Submit(false));
+  if (fill_.size > 0) RETURN_IF_ERROR(Submit(false));
   Writer& w = *writer_;
   std::unique_lock lock(w.mu);
   w.space.wait(lock, [&] {
-    return (w.queue.empty() && !w.busy && !w.syncing && w.sync_target == w.synced) || !w.error;
+    return (w.queue.empty() && !w.writing && !w.hashing && !w.syncing &&
+            w.sync_target == w.synced) ||
+           !w.error;
   });
   return w.error;
 }
@@ -241,13 +348,23 @@ Status Ingest::Append(const char* data, size_t n) {
                                          std::to_string(size_));
   }
   while (n > 0) {
-    if (fill_.capacity() < kChunkBytes) fill_.reserve(kChunkBytes);
-    const size_t take = std::min(n, kChunkBytes - fill_.size());
-    fill_.insert(fill_.end(), data, data + take);
+    if (!fill_.buf) {
+      fill_.buf.reset(static_cast<char*>(std::aligned_alloc(kDirectAlign, kChunkBytes)));
+      if (!fill_.buf) return MakeError(Code::kInternal, "out of memory for ingest " + hex_);
+    }
+    // The chunk's first byte is at file offset `start`; it ends on the next kChunkBytes
+    // boundary of the file. skew + capacity <= kChunkBytes because kDirectAlign divides
+    // kChunkBytes.
+    const uint64_t start = offset_ - fill_.size;
+    if (fill_.size == 0) fill_.skew = static_cast<size_t>(start % kDirectAlign);
+    const size_t capacity = kChunkBytes - static_cast<size_t>(start % kChunkBytes);
+    const size_t take = std::min(n, capacity - fill_.size);
+    std::memcpy(fill_.data() + fill_.size, data, take);
+    fill_.size += take;
     data += take;
     n -= take;
     offset_ += take;
-    if (fill_.size() == kChunkBytes) RETURN_IF_ERROR(Submit(false));
+    if (fill_.size == capacity) RETURN_IF_ERROR(Submit(false));
   }
   return Ok();
 }
@@ -558,6 +675,8 @@ Result<std::unique_ptr<Ingest>> ContentStore::OpenIngest(std::string_view digest
   ingest->committed_.store(committed);
   RETURN_IF_ERROR(ingest->Rehash());
   ingest->written_ = ingest->kicked_ = ingest->requested_ = ingest->offset_;
+  if (direct_io_) ingest->direct_fd_ = OpenDirect(path, Ingest::kDirectAlign);
+  ingest->direct_.store(static_cast<bool>(ingest->direct_fd_));
   if (::lseek(ingest->fd_.get(), static_cast<off_t>(ingest->offset_), SEEK_SET) < 0) {
     return ErrnoError("seek " + path.string(), errno);
   }

@@ -18,6 +18,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <deque>
 #include <filesystem>
 #include <memory>
@@ -36,10 +37,18 @@ namespace edgevirt::image {
 class ContentStore;
 
 // One partial download, owned by one writer (see the protocol above). Not thread-safe: one
-// thread calls it. Writing and hashing run on a private thread of the Ingest, and checkpoints
-// (fdatasync + index record) on another, so that the caller (libcurl's receive loop) never waits
-// for the disk, a flush or SHA-256 unless the bounded queue between them (kQueueChunks chunks of
-// kChunkBytes) is full.
+// thread calls it. Writing, hashing and checkpoints (fdatasync + index record) each run on a
+// private thread of the Ingest, so that the caller (libcurl's receive loop) never waits for the
+// disk, a flush or SHA-256 unless the bounded queue between them (kQueueChunks chunks of
+// kChunkBytes) is full, and the disk and SHA-256 work at the same time.
+//
+// Chunks end on kChunkBytes boundaries of the file and sit in buffers aligned to kDirectAlign
+// (a chunk that starts off a boundary is placed at the same offset modulo kDirectAlign), so
+// the aligned part of every chunk is written with O_DIRECT from the buffer: no copy into the
+// page cache and no page-cache writeback, whose CPU cost and slow flush bounded the pull
+// (bench/README.md, images). Unaligned heads and tails, and file systems that refuse O_DIRECT,
+// use ordinary buffered writes. Durability is unchanged: a checkpoint and Commit fdatasync the
+// file, which also flushes the device's write cache for the O_DIRECT writes.
 class Ingest {
  public:
   ~Ingest();
@@ -48,6 +57,12 @@ class Ingest {
 
   static constexpr size_t kChunkBytes = size_t{1} << 20;
   static constexpr size_t kQueueChunks = 6;
+  // O_DIRECT alignment of file offsets, lengths and buffers; file systems asking for more
+  // (statx STATX_DIOALIGN) get buffered writes.
+  static constexpr size_t kDirectAlign = 4096;
+
+  // True while the aligned parts of chunks go through O_DIRECT (for tests and the bench).
+  bool direct() const { return direct_.load(); }
 
   // Bytes accepted by Append. They are written and hashed in order; a write error is returned
   // by the next Append, Checkpoint, Reset or Commit.
@@ -76,7 +91,14 @@ class Ingest {
 
  private:
   friend class ContentStore;
-  struct Writer;  // the writing thread and its queue (content.cc)
+  struct Writer;  // the writing, hashing and syncing threads and their queue (content.cc)
+  // A kChunkBytes buffer aligned to kDirectAlign; the data starts `skew` bytes in, so that a
+  // byte's address and its file offset are congruent modulo kDirectAlign.
+  struct Chunk {
+    std::unique_ptr<char, void (*)(void*)> buf{nullptr, &std::free};
+    size_t skew = 0, size = 0;
+    char* data() const { return buf.get() + skew; }
+  };
   Ingest();
   Status Rehash();
   // Hands the chunk being filled (possibly empty) to the writer; with `checkpoint` the writer
@@ -86,7 +108,8 @@ class Ingest {
   Status Drain();
   void StopWriter();
   // Writer side.
-  Status WriteChunk(const std::vector<char>& chunk);
+  Status WriteChunk(const Chunk& chunk);
+  Status WriteBuffered(const char* data, size_t n, uint64_t at);
   Status SyncAndRecord(uint64_t offset);
 
   ContentStore* store_ = nullptr;
@@ -96,10 +119,12 @@ class Ingest {
   uint64_t requested_ = 0;  // offset of the last checkpoint asked for
   uint64_t written_ = 0;    // writer: bytes written
   uint64_t kicked_ = 0;     // writer: writeback started up to here (sync_file_range)
-  std::vector<char> fill_;  // the chunk being filled by Append
+  Chunk fill_;              // the chunk being filled by Append
   std::unique_ptr<Writer> writer_;
   int64_t started_ = 0;  // unix seconds, kept across resumes
   UniqueFd fd_, lock_fd_;
+  UniqueFd direct_fd_;  // the same file opened O_DIRECT; closed if the file system refuses it
+  std::atomic<bool> direct_{false};
   EVP_MD_CTX* md_ = nullptr;
   bool done_ = false;
 };
@@ -139,6 +164,9 @@ class ContentStore {
   // blob is already present (another writer made it meanwhile).
   Result<std::unique_ptr<Ingest>> OpenIngest(std::string_view digest, uint64_t size,
                                              const std::atomic<bool>* cancel = nullptr);
+  // Ingests opened afterwards write only through the page cache (the path taken where the
+  // file system refuses O_DIRECT). For tests and the bench.
+  void DisableDirectIoForTest() { direct_io_ = false; }
 
  private:
   friend class Ingest;
@@ -148,6 +176,7 @@ class ContentStore {
 
   std::filesystem::path dir_;
   internal::Index* index_;
+  bool direct_io_ = true;
 };
 
 }  // namespace edgevirt::image
