@@ -16,6 +16,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -165,6 +166,15 @@ long VmHwmKib() {
   return -1;
 }
 
+// User + system CPU seconds of `who` (RUSAGE_SELF: every thread of this process;
+// RUSAGE_CHILDREN: the children waited for so far).
+double CpuSeconds(int who) {
+  struct rusage ru;
+  ::getrusage(who, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
@@ -253,9 +263,11 @@ int Main(int argc, char** argv) {
   // curl of the blob URL (also warms the registry's page cache for the runs after it).
   std::string blob_url = "http://" + host + "/v2/bench/disk/blobs/" + layer;
   fs::path curl_out = work / "curl.out";
+  const double children_cpu = CpuSeconds(RUSAGE_CHILDREN);
   auto t0 = Clock::now();
   MustRun({"curl", "-sSf", "-o", curl_out.string(), blob_url}, std::chrono::seconds(3600));
   double curl_s = Seconds(t0, Clock::now());
+  const double curl_cpu = CpuSeconds(RUSAGE_CHILDREN) - children_cpu;
   if (fs::file_size(curl_out) != layer_size) Die("curl got a short blob");
   fs::remove(curl_out);
   // The same, made durable like our blobs (curl, then sync(1) of the file): our puller
@@ -284,6 +296,7 @@ int Main(int argc, char** argv) {
     image::RegistryClient client(o);
     auto ref = image::ParseReference(host + "/bench/disk:v1");
     auto start = Clock::now();
+    const double cpu_start = CpuSeconds(RUSAGE_SELF);
     auto m = client.Resolve(*ref, {});
     std::string err;
     if (!m) {
@@ -298,6 +311,7 @@ int Main(int argc, char** argv) {
         {"ok", ok},
         {"error", err},
         {"seconds", secs},
+        {"cpu_seconds", CpuSeconds(RUSAGE_SELF) - cpu_start},
         {"hwm_before_kib", before},
         {"hwm_after_kib",
          VmHwmKib()}}.dump();
@@ -355,6 +369,11 @@ int Main(int argc, char** argv) {
                         {"ratio_vs_skopeo_ge_1_5", vs_skopeo >= 1.5},
                         {"rss_growth_lt_32_mib", growth < 32 * 1024}}}};
   out["edgevirt"]["rss_growth_kib"] = growth;
+  // CPU time per MiB (user + system of the process, all threads; kernel writeback done later
+  // by flusher threads is not in curl's): steadier than throughput on a shared machine.
+  const double mib = static_cast<double>(layer_size) / (1 << 20);
+  out["edgevirt"]["cpu_ms_per_mib"] = ours["cpu_seconds"].get<double>() * 1000 / mib;
+  out["curl"]["cpu_ms_per_mib"] = curl_cpu * 1000 / mib;
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }
