@@ -3,7 +3,10 @@
 // into an OCI directory, in the same run; plus the peak RSS growth of our puller. Prints one
 // JSON object on stdout; progress goes to stderr.
 //
-//   bench_images [--size BYTES|NM|NG] [--dir DIR] [--keep]
+//   bench_images [--size BYTES|NM|NG] [--dir DIR] [--keep] [--buffered]
+//
+// --buffered: the puller writes through the page cache only (no O_DIRECT), as it does where
+// the file system refuses O_DIRECT; for comparing the two write paths on one machine.
 //
 // The layer is a gzip stream of stored (uncompressed) deflate blocks of random bytes: valid
 // gzip that nothing can shrink, so skopeo copies it as is. The registry is Debian's
@@ -60,6 +63,7 @@ struct Flags {
   uint64_t size = uint64_t{4} << 30;
   std::string dir;
   bool keep = false;
+  bool buffered = false;
 };
 
 uint64_t ParseSize(const std::string& s) {
@@ -92,8 +96,10 @@ Flags ParseFlags(int argc, char** argv) {
       f.dir = value();
     else if (a == "--keep")
       f.keep = true;
+    else if (a == "--buffered")
+      f.buffered = true;
     else
-      Die("usage: bench_images [--size BYTES|NM|NG] [--dir DIR] [--keep]");
+      Die("usage: bench_images [--size BYTES|NM|NG] [--dir DIR] [--keep] [--buffered]");
   }
   return f;
 }
@@ -291,6 +297,7 @@ int Main(int argc, char** argv) {
     auto index = image::internal::Index::Open(store_dir / "index");
     if (!index) ::_exit(2);
     image::ContentStore store(store_dir, index->get());
+    if (flags.buffered) store.DisableDirectIoForTest();
     image::ClientOptions o;
     o.registries.push_back(image::RegistryHost{host, true, false, ""});
     image::RegistryClient client(o);
@@ -356,6 +363,7 @@ int Main(int argc, char** argv) {
   double vs_curl = curl_s / ours_s, vs_skopeo = skopeo_s / ours_s;
   ordered_json out = {{"bench", "images"},
                       {"layer_bytes", layer_size},
+                      {"puller_o_direct_allowed", !flags.buffered},
                       {"edgevirt", Figure(layer_size, ours_s)},
                       {"curl", Figure(layer_size, curl_s)},
                       {"curl_then_sync", Figure(layer_size, curl_sync_s)},
