@@ -33,6 +33,9 @@
 #include <unordered_map>
 #include <vector>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -49,7 +52,9 @@
 #include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
 
 #include "api/http_internal.h"
 #include "common/fd.h"
@@ -102,6 +107,104 @@ std::optional<uint32_t> PeerUid(int fd) {
   socklen_t len = sizeof(cred);
   if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return std::nullopt;
   return static_cast<uint32_t>(cred.uid);
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+
+// The last OpenSSL error queue entry as text (the queue is cleared).
+std::string OpenSslError() {
+  unsigned long code = 0;
+  unsigned long last = 0;
+  while ((code = ERR_get_error()) != 0) last = code;
+  if (last == 0) return "unknown OpenSSL error";
+  char buf[256];
+  ERR_error_string_n(last, buf, sizeof(buf));
+  return buf;
+}
+
+// ALPN: kubectl (Go) offers h2 and http/1.1 and would speak h2 if we chose it; we only serve
+// HTTP/1.1, so select it or nothing (a client offering only h2 proceeds without ALPN).
+int SelectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+               unsigned int inlen, void*) {
+  static constexpr unsigned char kHttp11[] = {'h', 't', 't', 'p', '/', '1', '.', '1'};
+  for (unsigned int i = 0; i < inlen;) {
+    const unsigned int len = in[i];
+    if (i + 1 + len > inlen) break;
+    if (len == sizeof(kHttp11) && std::memcmp(in + i + 1, kHttp11, len) == 0) {
+      *out = in + i + 1;
+      *outlen = static_cast<unsigned char>(len);
+      return SSL_TLSEXT_ERR_OK;
+    }
+    i += 1 + len;
+  }
+  return SSL_TLSEXT_ERR_NOACK;
+}
+
+Result<std::unique_ptr<net::ssl::context>> MakeTlsContext(const TlsOptions& o) {
+  auto ctx = std::make_unique<net::ssl::context>(net::ssl::context::tls_server);
+  SSL_CTX* native = ctx->native_handle();
+  ErrorCode ec;
+  ctx->set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
+                       net::ssl::context::no_sslv3 | net::ssl::context::single_dh_use,
+                   ec);
+  if (ec || SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION) != 1) {
+    return MakeError(Code::kInternal, "TLS: cannot require TLS 1.2: " + OpenSslError());
+  }
+  if (ctx->use_certificate_chain_file(o.cert_file, ec); ec) {
+    return MakeError(Code::kInvalid, "TLS certificate " + o.cert_file + ": " + OpenSslError());
+  }
+  if (ctx->use_private_key_file(o.key_file, net::ssl::context::pem, ec); ec) {
+    return MakeError(Code::kInvalid, "TLS key " + o.key_file + ": " + OpenSslError());
+  }
+  if (SSL_CTX_check_private_key(native) != 1) {
+    return MakeError(Code::kInvalid,
+                     "TLS key " + o.key_file + " does not match certificate " + o.cert_file);
+  }
+  SSL_CTX_set_alpn_select_cb(native, SelectAlpn, nullptr);
+  static constexpr unsigned char kSessionContext[] = "edgevirtd";
+  SSL_CTX_set_session_id_context(native, kSessionContext, sizeof(kSessionContext) - 1);
+  if (!o.client_ca_file.empty()) {
+    if (ctx->load_verify_file(o.client_ca_file, ec); ec) {
+      return MakeError(Code::kInvalid, "TLS client CA " + o.client_ca_file + ": " + OpenSslError());
+    }
+    STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(o.client_ca_file.c_str());
+    if (names == nullptr) {
+      return MakeError(Code::kInvalid,
+                       "TLS client CA " + o.client_ca_file + ": no certificate in it");
+    }
+    SSL_CTX_set_client_CA_list(native, names);  // takes ownership
+    // Asked for, verified when sent, not required: token users have none.
+    ctx->set_verify_mode(net::ssl::verify_peer, ec);
+  } else {
+    ctx->set_verify_mode(net::ssl::verify_none, ec);
+  }
+  ERR_clear_error();
+  return ctx;
+}
+
+// The verified client certificate's CN and O values, if the client sent one.
+std::optional<HttpRequest::ClientCertificate> PeerCertificate(SSL* ssl) {
+  X509* cert = SSL_get0_peer_certificate(ssl);
+  if (cert == nullptr || SSL_get_verify_result(ssl) != X509_V_OK) return std::nullopt;
+  HttpRequest::ClientCertificate out;
+  const X509_NAME* subject = X509_get_subject_name(cert);
+  auto text = [](const X509_NAME_ENTRY* e) {
+    const ASN1_STRING* data = X509_NAME_ENTRY_get_data(e);
+    unsigned char* utf8 = nullptr;
+    const int len = ASN1_STRING_to_UTF8(&utf8, data);
+    std::string s = len > 0 ? std::string(reinterpret_cast<char*>(utf8), len) : std::string();
+    OPENSSL_free(utf8);
+    return s;
+  };
+  for (int i = -1; (i = X509_NAME_get_index_by_NID(subject, NID_commonName, i)) >= 0;) {
+    out.common_name = text(X509_NAME_get_entry(subject, i));
+  }
+  for (int i = -1; (i = X509_NAME_get_index_by_NID(subject, NID_organizationName, i)) >= 0;) {
+    out.organizations.push_back(text(X509_NAME_get_entry(subject, i)));
+  }
+  if (out.common_name.empty()) return std::nullopt;
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -235,6 +338,8 @@ class ServerState {
 
   const ServerOptions options;
   const Handler handler;
+  // The HTTPS listeners' context (certificate, key, client CAs); set before any connection.
+  std::unique_ptr<net::ssl::context> tls;
   // The whole 503 answer to a connection beyond max_connections, rendered once.
   const std::string busy_response;
   const std::shared_ptr<StreamGate> gate = std::make_shared<StreamGate>();
@@ -712,15 +817,20 @@ websocket::close_reason EndReason(const std::string& reason) {
 //   kClosed
 // A streamed response always ends the connection (kStreaming → kLingering or kClosed), as does
 // a WebSocket (kUpgrading → kWebSocket → kClosed).
-template <class Protocol>
+//
+// With kTls the stream is an ssl_stream over the TCP stream: the handshake runs first (under
+// read_timeout, in kIdle), timeouts and closing act on the TCP layer, and the lingering close
+// sends TLS close_notify (async_shutdown) instead of shutdown(SHUT_WR).
+template <class Protocol, bool kTls = false>
 class Connection final : public ConnectionBase {
  public:
-  using Stream = beast::basic_stream<Protocol, net::any_io_executor, beast::unlimited_rate_policy>;
+  using Basic = beast::basic_stream<Protocol, net::any_io_executor, beast::unlimited_rate_policy>;
+  using Stream = std::conditional_t<kTls, beast::ssl_stream<Basic>, Basic>;
 
   Connection(std::shared_ptr<ServerState> server, typename Protocol::socket socket,
              std::optional<uint32_t> peer_uid)
       : ConnectionBase(std::move(server)),
-        stream_(std::move(socket)),
+        stream_(MakeStream(std::move(socket), *server_)),
         peer_uid_(peer_uid),
         ws_timer_(stream_.get_executor()) {}
 
@@ -733,18 +843,27 @@ class Connection final : public ConnectionBase {
   }
 
   void Start() {
-    net::dispatch(stream_.get_executor(), [self = Self()] { self->WaitForRequest(); });
+    net::dispatch(stream_.get_executor(), [self = Self()] {
+      if constexpr (kTls) {
+        self->Handshake();
+      } else {
+        self->WaitForRequest();
+      }
+    });
   }
 
   // Called before Start() when the connection is over max_connections: a best-effort 503
   // written without blocking, then close. No asynchronous operation is pending yet, so touching
   // the socket from the acceptor's strand is safe.
   void RejectBusy() {
-    const std::string& r = server_->busy_response;
-    (void)::send(stream_.socket().native_handle(), r.data(), r.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if constexpr (!kTls) {  // a TLS client could not read a plain answer: just close
+      const std::string& r = server_->busy_response;
+      (void)::send(Lowest().socket().native_handle(), r.data(), r.size(),
+                   MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
     ErrorCode ec;
-    stream_.socket().shutdown(net::socket_base::shutdown_both, ec);
-    stream_.close();
+    Lowest().socket().shutdown(net::socket_base::shutdown_both, ec);
+    Lowest().close();
   }
 
   void Drain() override {
@@ -791,12 +910,43 @@ class Connection final : public ConnectionBase {
   }
   const ServerOptions& opts() const { return server_->options; }
 
+  static Stream MakeStream(typename Protocol::socket socket, ServerState& server) {
+    if constexpr (kTls) {
+      return Stream(std::move(socket), *server.tls);
+    } else {
+      return Stream(std::move(socket));
+    }
+  }
+  // The TCP (or unix) stream: timeouts, shutdown, close.
+  Basic& Lowest() { return beast::get_lowest_layer(stream_); }
+
+  // TLS: the handshake must complete within read_timeout, like a first request.
+  void Handshake() {
+    if constexpr (kTls) {
+      if (draining_ || server_->Stopping()) return Close();
+      phase_ = State::kIdle;
+      Lowest().expires_after(opts().read_timeout);
+      stream_.async_handshake(net::ssl::stream_base::server,
+                              beast::bind_front_handler(&Connection::OnHandshake, Self()));
+    }
+  }
+
+  void OnHandshake(ErrorCode ec) {
+    if (phase_ == State::kClosed) return;
+    if (ec) {
+      EV_LOG(kDebug) << "TLS handshake failed: " << ec.message();
+      return Close();
+    }
+    if constexpr (kTls) client_certificate_ = PeerCertificate(stream_.native_handle());
+    WaitForRequest();
+  }
+
   void WaitForRequest() {
     if (phase_ == State::kClosed) return;
     if (draining_ || server_->Stopping()) return Close();
     if (buffer_.size() > 0) return ReadHeader();  // a pipelined request is already here
     phase_ = State::kIdle;
-    stream_.expires_after(served_ == 0 ? opts().read_timeout : opts().idle_timeout);
+    Lowest().expires_after(served_ == 0 ? opts().read_timeout : opts().idle_timeout);
     stream_.async_read_some(buffer_.prepare(kReadChunk),
                             beast::bind_front_handler(&Connection::OnFirstBytes, Self()));
   }
@@ -815,7 +965,7 @@ class Connection final : public ConnectionBase {
         std::min<size_t>(opts().max_header_bytes, std::numeric_limits<uint32_t>::max())));
     parser_->body_limit(opts().max_body_bytes);
     // The first request's clock started at accept; later ones start at their first byte.
-    if (served_ > 0) stream_.expires_after(opts().read_timeout);
+    if (served_ > 0) Lowest().expires_after(opts().read_timeout);
     http::async_read_header(stream_, buffer_, *parser_,
                             beast::bind_front_handler(&Connection::OnHeader, Self()));
   }
@@ -919,6 +1069,8 @@ class Connection final : public ConnectionBase {
       }
       req.body = std::move(msg.body());
       req.peer_uid = peer_uid_;
+      req.tls = kTls;
+      req.client_certificate = client_certificate_;
       const auto start = std::chrono::steady_clock::now();
       HttpResponse answer = CallHandler(*server_, req);
       if (answer.blocking)
@@ -937,7 +1089,7 @@ class Connection final : public ConnectionBase {
   void Defer(HttpResponse::DeferredFn fn, HttpRequest req, unsigned version, bool head,
              bool keep_alive, std::chrono::steady_clock::time_point start) {
     phase_ = State::kHandling;
-    stream_.expires_never();
+    Lowest().expires_never();
     auto task = [self = Self(), fn = std::move(fn), req = std::move(req), version, head, keep_alive,
                  start]() mutable {
       HttpResponse answer = CallDeferred(fn, req);
@@ -1016,7 +1168,7 @@ class Connection final : public ConnectionBase {
     first_chunk_ = std::move(r.body);
     head_only_ = head;
     phase_ = State::kWriting;
-    stream_.expires_after(opts().write_timeout);
+    Lowest().expires_after(opts().write_timeout);
     http::async_write_header(stream_, stream_head_msg_->serializer,
                              beast::bind_front_handler(&Connection::OnStreamHeader, Self()));
   }
@@ -1041,7 +1193,7 @@ class Connection final : public ConnectionBase {
                                                opts().stream_queue_bytes, std::move(wake));
     // No read or idle deadline while streaming (expires_never while nothing is pending; later
     // expires_after calls, made with this read pending, only arm the write timer).
-    stream_.expires_never();
+    Lowest().expires_never();
     buffer_.clear();  // a pipelined request is never answered: the stream ends the connection
     ReadForHangup();
     if (draining_ || server_->Stopping()) {
@@ -1138,7 +1290,7 @@ class Connection final : public ConnectionBase {
       written_bytes_ += writing_[i].size();
     }
     write_in_flight_ = true;
-    stream_.expires_after(opts().write_timeout);
+    Lowest().expires_after(opts().write_timeout);
     net::async_write(stream_, write_buffers_,
                      beast::bind_front_handler(&Connection::OnStreamWritten, Self()));
   }
@@ -1147,7 +1299,7 @@ class Connection final : public ConnectionBase {
     last_chunk_ = true;
     if (!chunked_) return EndStream();  // HTTP/1.0: the close ends the body
     write_in_flight_ = true;
-    stream_.expires_after(opts().write_timeout);
+    Lowest().expires_after(opts().write_timeout);
     net::async_write(stream_, net::buffer(kLastChunk.data(), kLastChunk.size()),
                      beast::bind_front_handler(&Connection::OnStreamWritten, Self()));
   }
@@ -1174,7 +1326,7 @@ class Connection final : public ConnectionBase {
 
   void Write(bool keep_alive) {
     phase_ = State::kWriting;
-    stream_.expires_after(opts().write_timeout);
+    Lowest().expires_after(opts().write_timeout);
     http::async_write(stream_, *response_,
                       beast::bind_front_handler(&Connection::OnWritten, Self(), keep_alive));
   }
@@ -1190,12 +1342,15 @@ class Connection final : public ConnectionBase {
   void LingerClose() {
     phase_ = State::kLingering;
     ErrorCode ec;
-    stream_.socket().shutdown(net::socket_base::shutdown_send, ec);
-    if (ec) return Close();
+    // TLS: close_notify goes out first (StartLinger); the TCP FIN follows with the close.
+    if constexpr (!kTls) {
+      Lowest().socket().shutdown(net::socket_base::shutdown_send, ec);
+      if (ec) return Close();
+    }
     if (read_pending_) {
       // A streamed response's hang-up read has no deadline; cancel it, and OnHangupRead starts
       // the lingering read with one.
-      stream_.socket().cancel(ec);
+      Lowest().socket().cancel(ec);
       return;
     }
     StartLinger();
@@ -1203,8 +1358,14 @@ class Connection final : public ConnectionBase {
 
   void StartLinger() {
     buffer_.clear();
-    stream_.expires_after(std::min<std::chrono::seconds>(kLingerTimeout, opts().read_timeout));
-    Discard();
+    Lowest().expires_after(std::min<std::chrono::seconds>(kLingerTimeout, opts().read_timeout));
+    if constexpr (kTls) {
+      // Sends close_notify and waits (at most the linger time) for the client's, which Go and
+      // curl send when they close: the client has read our answer by then.
+      stream_.async_shutdown([self = Self()](ErrorCode) { self->Close(); });
+    } else {
+      Discard();
+    }
   }
 
   void Discard() {
@@ -1221,7 +1382,7 @@ class Connection final : public ConnectionBase {
   void Close() {
     if (phase_ == State::kClosed) return;
     phase_ = State::kClosed;
-    stream_.close();  // cancels pending operations and the timer; noexcept
+    Lowest().close();  // cancels pending operations and the timer; noexcept
     if (channel_) channel_->End();
     ws_timer_.cancel();
     if (ws_channel_) ws_channel_->Detach();
@@ -1237,7 +1398,7 @@ class Connection final : public ConnectionBase {
     phase_ = State::kUpgrading;
     device_ = std::move(answer.websocket);
     ws_opts_ = answer.websocket_options;
-    stream_.expires_never();  // the websocket stream keeps its own timers
+    Lowest().expires_never();  // the websocket stream keeps its own timers
     buffer_.clear();
     ws_.emplace(stream_);
     websocket::stream_base::timeout timeout{};
@@ -1429,6 +1590,7 @@ class Connection final : public ConnectionBase {
   State phase_ = State::kIdle;
   Stream stream_;
   const std::optional<uint32_t> peer_uid_;
+  std::optional<HttpRequest::ClientCertificate> client_certificate_;  // TLS, after the handshake
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::optional<BeastResponse> response_;
@@ -1480,9 +1642,9 @@ class ListenerBase {
   virtual void Close() = 0;
 };
 
-template <class Protocol>
+template <class Protocol, bool kTls = false>
 class Listener final : public ListenerBase,
-                       public std::enable_shared_from_this<Listener<Protocol>> {
+                       public std::enable_shared_from_this<Listener<Protocol, kTls>> {
  public:
   Listener(net::io_context& ioc, std::shared_ptr<ServerState> state,
            typename Protocol::acceptor acceptor, std::string name)
@@ -1531,7 +1693,7 @@ class Listener final : public ListenerBase,
     } else {
       peer_uid = PeerUid(socket.native_handle());
     }
-    auto conn = std::make_shared<Connection<Protocol>>(state_, std::move(socket), peer_uid);
+    auto conn = std::make_shared<Connection<Protocol, kTls>>(state_, std::move(socket), peer_uid);
     switch (state_->Register(conn)) {
       case ServerState::Admission::kAdmitted:
         conn->Start();
@@ -1589,6 +1751,18 @@ class HttpServerImpl final : public HttpServer {
         ioc_(std::max(1, state_->options.io_threads)) {}
 
   ~HttpServerImpl() override { Stop(kDestructorGrace); }
+
+  // The HTTPS context, when some listener needs it.
+  Status SetUpTls() {
+    const auto& o = state_->options;
+    if (std::none_of(o.listen.begin(), o.listen.end(), [](const ListenAddress& a) {
+          return a.kind == ListenAddress::Kind::kHttps;
+        })) {
+      return Ok();
+    }
+    ASSIGN_OR_RETURN(state_->tls, MakeTlsContext(o.tls));
+    return Ok();
+  }
 
   Status Bind() {
     for (const ListenAddress& a : state_->options.listen) {
@@ -1686,8 +1860,13 @@ class HttpServerImpl final : public HttpServer {
     bound.host = local.address().to_string();
     bound.port = local.port();
     bound_.push_back(bound.ToString());
-    listeners_.push_back(
-        std::make_shared<Listener<tcp>>(ioc_, state_, std::move(acceptor), bound_.back()));
+    if (a.kind == ListenAddress::Kind::kHttps) {
+      listeners_.push_back(
+          std::make_shared<Listener<tcp, true>>(ioc_, state_, std::move(acceptor), bound_.back()));
+    } else {
+      listeners_.push_back(
+          std::make_shared<Listener<tcp>>(ioc_, state_, std::move(acceptor), bound_.back()));
+    }
     return Ok();
   }
 
@@ -1777,10 +1956,10 @@ Status ValidateOptions(const ServerOptions& o) {
   for (const ListenAddress& a : o.listen) {
     // Re-checks addresses built without Parse (e.g. a non-loopback kHttp).
     ASSIGN_OR_RETURN(ListenAddress parsed, ListenAddress::Parse(a.ToString()));
-    if (parsed.kind == ListenAddress::Kind::kHttps) {
-      return MakeError(Code::kUnsupported, "listen " + a.ToString() +
-                                               ": TLS is not available yet; use http:// on a "
-                                               "loopback address or a unix: socket");
+    if (parsed.kind == ListenAddress::Kind::kHttps &&
+        (o.tls.cert_file.empty() || o.tls.key_file.empty())) {
+      return MakeError(Code::kInvalid,
+                       "listen " + a.ToString() + ": https needs a certificate and a key");
     }
   }
   return Ok();
@@ -1794,9 +1973,10 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(ServerOptions options, Han
   try {
     auto server = std::make_unique<HttpServerImpl>(std::move(options), std::move(handler));
     // On error `server` is destroyed: listeners close and created socket files are removed.
+    RETURN_IF_ERROR(server->SetUpTls());
     RETURN_IF_ERROR(server->Bind());
     RETURN_IF_ERROR(server->Run());
-    for (const auto& a : server->BoundAddresses()) EV_LOG(kInfo) << "serving HTTP on " << a;
+    for (const auto& a : server->BoundAddresses()) EV_LOG(kInfo) << "serving on " << a;
     return std::unique_ptr<HttpServer>(std::move(server));
   } catch (const std::exception& e) {
     // std::thread creation (system_error), allocation failures.

@@ -1,7 +1,7 @@
 // The HTTP listener of edgevirtd (Boost.Beast on Asio): plain HTTP/1.1 on unix sockets and on
 // loopback TCP, with chunked streaming responses (the transport of Kubernetes watches). The
-// Kubernetes API machinery (issue "KubeVirt API machinery") is built on top; TLS and WebSocket
-// upgrades extend this server later (see README.md, "Extension points").
+// Kubernetes API machinery (issue "KubeVirt API machinery") is built on top. HTTPS listeners
+// (TLS 1.2+, ALPN http/1.1 only, optional client certificates) serve the same connections.
 #pragma once
 
 #include <chrono>
@@ -20,8 +20,8 @@
 namespace edgevirt::api {
 
 // One `api.listen` entry: "unix:/run/edgevirt/edgevirtd.sock", "http://127.0.0.1:8080",
-// "http://[::1]:8080". Plain HTTP is accepted on loopback addresses only; "https://" is parsed
-// but refused until TLS exists.
+// "http://[::1]:8080", "https://0.0.0.0:8443". Plain HTTP is accepted on loopback addresses only;
+// HTTPS on any address (it needs ServerOptions::tls).
 struct ListenAddress {
   enum class Kind { kUnix, kHttp, kHttps };
   Kind kind = Kind::kUnix;
@@ -47,6 +47,15 @@ struct HttpRequest {
   std::string body;
   // The peer's credentials on a unix socket (SO_PEERCRED); nullopt on TCP.
   std::optional<uint32_t> peer_uid;
+  // True on an HTTPS listener.
+  bool tls = false;
+  // The client certificate of an HTTPS connection, when the client sent one and it verified
+  // against ServerOptions::tls.client_ca_file (an unverifiable one fails the handshake).
+  struct ClientCertificate {
+    std::string common_name;                 // the subject's CN (the user name)
+    std::vector<std::string> organizations;  // the subject's O values (the groups)
+  };
+  std::optional<ClientCertificate> client_certificate;
 
   // First value of a header (name case-insensitive), or empty.
   std::string_view Header(std::string_view name) const;
@@ -176,8 +185,20 @@ bool IsWebSocketUpgrade(const HttpRequest& request);
 // exception escaping it is caught, logged and answered with 500.
 using Handler = std::function<HttpResponse(const HttpRequest&)>;
 
+// The certificate of the HTTPS listeners (PEM files, read once by Start).
+struct TlsOptions {
+  std::string cert_file;  // the server certificate, optionally followed by its chain
+  std::string key_file;   // its private key
+  // When set, clients may present a certificate signed by a CA in this file (verified in the
+  // handshake; HttpRequest::client_certificate). Clients without a certificate are accepted.
+  std::string client_ca_file;
+};
+
 struct ServerOptions {
   std::vector<ListenAddress> listen;
+  // Needed when `listen` has an https:// address: TLS 1.2 or later, ALPN "http/1.1" only (h2
+  // is never negotiated). The handshake must complete within read_timeout.
+  TlsOptions tls;
   int io_threads = 2;
   size_t max_body_bytes = 3 << 20;         // larger bodies: 413
   size_t max_header_bytes = 64 << 10;      // larger headers: 431
@@ -199,8 +220,8 @@ class HttpServer {
   // Binds every address (failing as a whole if any bind fails, naming the address), then serves
   // on `io_threads` threads. Unix socket files are created with mode 0600 (root-only) after
   // removing a stale socket file; a path that exists and is not a socket, or a socket another
-  // process still listens on, is kAlreadyExists. "https://" is kUnsupported ("TLS is not
-  // available yet"); a non-loopback "http://" or a bad option is kInvalid.
+  // process still listens on, is kAlreadyExists. "https://" without a usable certificate and
+  // key in options.tls, a non-loopback "http://" or a bad option is kInvalid.
   static Result<std::unique_ptr<HttpServer>> Start(ServerOptions options, Handler handler);
   // Calls Stop with a grace of one second if it has not been called.
   virtual ~HttpServer() = default;

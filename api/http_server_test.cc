@@ -327,13 +327,13 @@ TEST_CASE("request helpers decode paths and query parameters") {
 
 // ----- serving ---------------------------------------------------------------------------------
 
-TEST_CASE("https and bad options are refused by Start") {
+TEST_CASE("https without a certificate and bad options are refused by Start") {
   ServerOptions o;
   o.listen = {Addr("https://127.0.0.1:0")};
   auto s = HttpServer::Start(o, Echo);
   REQUIRE_FALSE(s.has_value());
-  CHECK(s.error().code == Code::kUnsupported);
-  CHECK(s.error().message.find("TLS is not available yet") != std::string::npos);
+  CHECK(s.error().code == Code::kInvalid);
+  CHECK(s.error().message.find("https needs a certificate and a key") != std::string::npos);
 
   // A hand-built non-loopback http address is re-checked.
   ListenAddress open;

@@ -45,7 +45,8 @@ DEB_PACKAGES=(
   clang libclang-rt-14-dev
   # bench/api: the load generator and the reference server
   wrk etcd-server
-  # image/: the registry client (libcurl, OpenSSL SHA-256), layer extraction (libarchive)
+  # image/: the registry client (libcurl, OpenSSL SHA-256), layer extraction (libarchive);
+  # api/: HTTPS listeners, the generated CA and certificates, tokens (OpenSSL: libssl-dev)
   libcurl4-openssl-dev libssl-dev libarchive-dev
   # image tests: a real registry (CNCF distribution 2.8), skopeo to push, bcrypt htpasswd, the
   # token server's RS256 signing, zstd layers
