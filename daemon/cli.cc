@@ -15,6 +15,8 @@ std::string UsageText() {
   edgevirtd [--config FILE] [--state-dir DIR] [--listen ADDR]... [--log-level LEVEL]
   edgevirtd check-config FILE
   edgevirtd [--config FILE] [--state-dir DIR] image list|import PATH|pull REF|prune [--budget SIZE]
+  edgevirtd [--config FILE] [--state-dir DIR] kubeconfig [--user NAME] [--server URL]
+            [--role admin|viewer] [--client-cert]
   edgevirtd --version
   edgevirtd --help
 
@@ -25,8 +27,8 @@ Options:
                      it exists, otherwise the embedded defaults are used.
   --state-dir DIR    Overrides stateDir (default /var/lib/edgevirt).
   --listen ADDR      Overrides api.listen; repeat it for several addresses. ADDR is
-                     unix:PATH or http://HOST:PORT (loopback only), e.g.
-                     --listen unix:/run/edgevirt/edgevirtd.sock --listen http://127.0.0.1:8080
+                     unix:PATH, https://HOST:PORT or http://HOST:PORT (loopback only), e.g.
+                     --listen unix:/run/edgevirt/edgevirtd.sock --listen https://0.0.0.0:8443
   --log-level LEVEL  Overrides log.level: error, warning, notice, info or debug.
   --version          Prints "edgevirtd VERSION" and exits.
   -h, --help         Prints this help and exits.
@@ -46,6 +48,13 @@ Commands:
                      Removes images no VMI uses, least recently used first, until the cache
                      holds at most SIZE (default 0: every unused image).
   The image commands work beside a running daemon: they open the same cache index.
+  kubeconfig         Prints a kubeconfig for kubectl and virtctl: the server URL (--server,
+                     default the first https listener, a wildcard address replaced by this
+                     host's name), the API's CA, and a bearer token of user NAME (--user,
+                     default admin) from the token file, added with --role (default admin) if
+                     NAME has none. --client-cert: a client certificate (CN NAME, O role)
+                     signed by the generated CA instead of a token. Works without the daemon
+                     running (creates the CA and the token file like a first start).
 
 Exit codes: 0 clean stop, 1 runtime failure, 2 usage or configuration error.
 Signals: SIGTERM/SIGINT stop gracefully within shutdown.timeout; SIGHUP re-reads the
@@ -129,6 +138,43 @@ Result<CliOptions> ParseCommandLine(const std::vector<std::string>& args) {
       }
       cli.command = CliOptions::Command::kImage;
       cli.image_args = std::move(rest);
+      return cli;
+    }
+    if (arg == "kubeconfig") {
+      cli.command = CliOptions::Command::kKubeconfig;
+      for (size_t j = i + 1; j < args.size(); ++j) {
+        std::string name = args[j];
+        std::optional<std::string> value;
+        if (name == "--client-cert") {
+          cli.kubeconfig.client_certificate = true;
+          continue;
+        }
+        if (auto eq = name.find('='); eq != std::string::npos) {
+          value = name.substr(eq + 1);
+          name = name.substr(0, eq);
+        }
+        if (name != "--user" && name != "--server" && name != "--role") {
+          return Usage("kubeconfig: unknown argument \"" + args[j] + "\"");
+        }
+        if (!value) {
+          if (j + 1 >= args.size()) return Usage("kubeconfig: " + name + " needs a value");
+          value = args[++j];
+        }
+        if (value->empty()) return Usage("kubeconfig: " + name + " needs a non-empty value");
+        if (name == "--user") {
+          cli.kubeconfig.user = *value;
+        } else if (name == "--server") {
+          if (value->rfind("https://", 0) != 0 && value->rfind("http://", 0) != 0) {
+            return Usage("kubeconfig: --server must be an https:// or http:// URL");
+          }
+          cli.kubeconfig.server = *value;
+        } else {
+          auto role = api::ParseRole(*value);
+          if (!role) return Usage("kubeconfig: --role: " + role.error().message);
+          cli.kubeconfig.role = *role;
+          cli.kubeconfig.role_given = true;
+        }
+      }
       return cli;
     }
     if (arg == "check-config") {

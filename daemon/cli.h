@@ -8,6 +8,7 @@
 
 #include "common/log.h"
 #include "common/result.h"
+#include "daemon/access.h"
 #include "daemon/config.h"
 
 namespace edgevirt::daemon {
@@ -24,6 +25,7 @@ struct CliOptions {
     kVersion,      // --version
     kCheckConfig,  // check-config FILE
     kImage,        // image list | import PATH | pull REF | prune [--budget SIZE]
+    kKubeconfig,   // kubeconfig [--user NAME] [--server URL] [--role R] [--client-cert]
   };
   Command command = Command::kRun;
   std::optional<std::string> config_path;  // --config FILE
@@ -32,6 +34,7 @@ struct CliOptions {
   std::optional<log::Level> log_level;  // --log-level L
   std::string check_config_path;        // FILE of check-config
   std::vector<std::string> image_args;  // image: the subcommand and its arguments
+  KubeconfigRequest kubeconfig;         // kubeconfig: its flags
 };
 
 // Parses argv[1..]. Accepts "--flag VALUE" and "--flag=VALUE". Errors (kInvalid) name the

@@ -13,6 +13,8 @@
 #include <sstream>
 #include <system_error>
 
+#include <boost/asio/ip/address.hpp>
+
 #include "api/http_server.h"
 #include "vmm/domain.h"
 
@@ -114,6 +116,14 @@ Result<std::string> ReadAbsolutePath(const YAML::Node& node, const Ctx& ctx) {
   ASSIGN_OR_RETURN(std::string s, ReadString(node, ctx));
   if (s.empty() || s[0] != '/') return ctx.Fail(node, "must be an absolute path, got " + Quote(s));
   return s;
+}
+
+// An absolute path, or "" / nothing for the key's default.
+Result<std::string> ReadOptionalPath(const YAML::Node& node, const Ctx& ctx) {
+  if (node.IsNull()) return std::string();
+  ASSIGN_OR_RETURN(std::string s, ReadString(node, ctx));
+  if (s.empty()) return s;
+  return ReadAbsolutePath(node, ctx);
 }
 
 Status ReadListen(const YAML::Node& node, const Ctx& ctx, std::vector<std::string>& out) {
@@ -595,6 +605,63 @@ const std::vector<KeySpec>& Keys() {
          return Ok();
        },
        [](const Config& c) { return FormatDuration(c.api.event_ttl); }},
+      {"api.tls.certFile",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.api.tls.cert_file, ReadOptionalPath(n, ctx));
+         return Ok();
+       },
+       [](const Config& c) { return c.api.tls.cert_file; }},
+      {"api.tls.keyFile",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.api.tls.key_file, ReadOptionalPath(n, ctx));
+         return Ok();
+       },
+       [](const Config& c) { return c.api.tls.key_file; }},
+      {"api.tls.caFile",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.api.tls.ca_file, ReadOptionalPath(n, ctx));
+         return Ok();
+       },
+       [](const Config& c) { return c.api.tls.ca_file; }},
+      {"api.tls.extraSANs",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         if (n.IsNull()) return c.api.tls.extra_sans.clear(), Ok();
+         if (!n.IsSequence()) return ctx.Fail(n, "expected a list, got " + Describe(n));
+         std::vector<std::string> sans;
+         for (size_t i = 0; i < n.size(); ++i) {
+           Ctx item_ctx{ctx.source, ctx.path + "[" + std::to_string(i) + "]"};
+           ASSIGN_OR_RETURN(std::string san, ReadString(n[i], item_ctx));
+           boost::system::error_code ec;
+           (void)boost::asio::ip::make_address(san, ec);
+           if (ec && !IsDnsSubdomain(san) &&
+               !(san.size() > 2 && san[0] == '*' && san[1] == '.' &&
+                 IsDnsSubdomain(san.substr(2)))) {
+             return item_ctx.Fail(n[i], "not an IP address or DNS name: " + Quote(san));
+           }
+           sans.push_back(std::move(san));
+         }
+         c.api.tls.extra_sans = std::move(sans);
+         return Ok();
+       },
+       [](const Config& c) { return JoinList(c.api.tls.extra_sans); }},
+      {"api.auth.tokenFile",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(c.api.auth.token_file, ReadOptionalPath(n, ctx));
+         return Ok();
+       },
+       [](const Config& c) { return c.api.auth.token_file; }},
+      {"api.auth.plainHttp",
+       [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
+         ASSIGN_OR_RETURN(std::string v, ReadString(n, ctx));
+         if (v != "token" && v != "none") {
+           return ctx.Fail(n, "expected \"token\" or \"none\", got " + Quote(v));
+         }
+         c.api.auth.plain_http_no_auth = v == "none";
+         return Ok();
+       },
+       [](const Config& c) {
+         return std::string(c.api.auth.plain_http_no_auth ? "none" : "token");
+       }},
       {"libvirt.uri",
        [](const YAML::Node& n, const Ctx& ctx, Config& c) -> Status {
          if (n.IsNull()) {  // "uri:" with nothing after it means the default, like ""
@@ -921,6 +988,12 @@ Status ReadMapping(const YAML::Node& node, const Ctx& ctx, Config& config) {
 
 }  // namespace
 
+std::string Config::EffectiveTokenFile() const {
+  return api.auth.token_file.empty() ? state_dir + "/tokens.csv" : api.auth.token_file;
+}
+
+std::string Config::PkiDir() const { return state_dir + "/pki"; }
+
 std::string Config::EffectiveLibvirtUri() const {
   if (!libvirt.uri.empty()) return libvirt.uri;
   return "qemu:///embed?root=" + state_dir + "/libvirt";
@@ -978,6 +1051,29 @@ Result<Config> ParseConfig(std::string_view yaml, std::string_view source) {
       return Invalid(source, at.Mark(),
                      "network.serviceCIDR: " + Quote(config.network.service_cidr) +
                          " overlaps network.cidr " + Quote(config.network.cidr));
+    }
+    // api.tls.certFile and keyFile go together; caFile only with them.
+    auto child = [](const YAML::Node& n, const char* key) -> YAML::Node {
+      if (!n.IsMap()) return YAML::Node();
+      for (auto it = n.begin(); it != n.end(); ++it) {
+        if (it->first.IsScalar() && it->first.Scalar() == key) return it->second;
+      }
+      return YAML::Node();
+    };
+    auto tls_mark = [&](const char* key) {
+      YAML::Node at = child(child(child(root, "api"), "tls"), key);
+      return at.IsDefined() && !at.IsNull() ? at.Mark() : root.Mark();
+    };
+    if (config.api.tls.cert_file.empty() != config.api.tls.key_file.empty()) {
+      const char* given = config.api.tls.cert_file.empty() ? "keyFile" : "certFile";
+      return Invalid(source, tls_mark(given),
+                     std::string("api.tls.") + given +
+                         ": api.tls.certFile and api.tls.keyFile must be set together");
+    }
+    if (!config.api.tls.ca_file.empty() && config.api.tls.cert_file.empty()) {
+      return Invalid(source, tls_mark("caFile"),
+                     "api.tls.caFile: only with api.tls.certFile and api.tls.keyFile (the "
+                     "generated CA is used otherwise)");
     }
   } catch (const YAML::Exception& e) {
     return Invalid(source, e.mark, e.msg);
@@ -1037,9 +1133,6 @@ Result<Config> LoadConfigFile(const std::filesystem::path& path) {
 Result<std::string> CanonicalListenAddress(std::string_view text) {
   auto addr = api::ListenAddress::Parse(text);
   if (!addr) return std::move(addr).error();
-  if (addr->kind == api::ListenAddress::Kind::kHttps) {
-    return MakeError(Code::kInvalid, "https is not supported yet: " + Quote(text));
-  }
   return addr->ToString();
 }
 

@@ -71,9 +71,9 @@ struct Config {
   std::string run_dir = "/run/edgevirt";        // runDir
 
   struct Api {
-    // api.listen: "unix:PATH", "http://HOST:PORT" (loopback only until TLS exists).
-    std::vector<std::string> listen = {"unix:/run/edgevirt/edgevirtd.sock",
-                                       "http://127.0.0.1:8080"};
+    // api.listen: "unix:PATH" (root-only), "https://HOST:PORT", "http://HOST:PORT" (loopback
+    // only).
+    std::vector<std::string> listen = {"unix:/run/edgevirt/edgevirtd.sock", "https://0.0.0.0:8443"};
     int io_threads = 2;                 // api.ioThreads
     uint64_t max_body_bytes = 3 << 20;  // api.maxBodyBytes
     uint64_t max_connections = 1024;    // api.maxConnections
@@ -85,6 +85,26 @@ struct Config {
     // and twice this (the apiserver's --min-request-timeout).
     std::chrono::milliseconds watch_timeout{1'800'000};
     std::chrono::milliseconds event_ttl{3'600'000};  // api.eventTTL: core/v1 Events expire
+    // api.tls: the HTTPS listeners' certificate. Both files empty: a CA and a server
+    // certificate are generated under <stateDir>/pki at first start (api/pki.h).
+    struct Tls {
+      std::string cert_file;  // api.tls.certFile: PEM certificate (and chain); with keyFile
+      std::string key_file;   // api.tls.keyFile: its PEM private key
+      // api.tls.caFile: with certFile, the CA that signed it: kubeconfigs carry it and client
+      // certificates are verified against it (empty: no client certificates, kubeconfigs
+      // without certificate-authority-data).
+      std::string ca_file;
+      // api.tls.extraSANs: more DNS names / IP addresses for the generated server certificate.
+      std::vector<std::string> extra_sans;
+      bool operator==(const Tls&) const = default;
+    } tls;
+    struct Auth {
+      std::string token_file;  // api.auth.tokenFile: empty = <stateDir>/tokens.csv
+      // api.auth.plainHttp: "token" (credentials as on https) or "none" (every request on a
+      // plain-HTTP loopback listener is admin: tests, single-user development hosts).
+      bool plain_http_no_auth = false;
+      bool operator==(const Auth&) const = default;
+    } auth;
     bool operator==(const Api&) const = default;
   } api;
 
@@ -187,6 +207,10 @@ struct Config {
   std::string DefaultStorageClass() const;
   // images.dir, or <stateDir>/images when it is empty.
   std::string EffectiveImagesDir() const;
+  // api.auth.tokenFile, or <stateDir>/tokens.csv when it is empty.
+  std::string EffectiveTokenFile() const;
+  // <stateDir>/pki: the generated CA and server certificate.
+  std::string PkiDir() const;
 };
 
 // Every key path the file may contain, leaves only ("api.listen", "store.eventRetention.age",
@@ -213,8 +237,8 @@ Result<std::chrono::milliseconds> ParseDuration(std::string_view text);
 // The shortest exact form: 90000ms -> "1m30s", 3600000ms -> "1h".
 std::string FormatDuration(std::chrono::milliseconds d);
 
-// Validates one api.listen entry with api::ListenAddress::Parse (https is refused until TLS
-// exists) and returns its canonical form, which tells duplicates apart.
+// Validates one api.listen entry with api::ListenAddress::Parse and returns its canonical form,
+// which tells duplicates apart.
 Result<std::string> CanonicalListenAddress(std::string_view text);
 
 // Byte sizes: a plain integer or an integer with a binary suffix "Ki", "Mi", "Gi", "Ti".

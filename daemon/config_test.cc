@@ -52,7 +52,12 @@ TEST_CASE("defaults are the documented values") {
   CHECK(c.state_dir == "/var/lib/edgevirt");
   CHECK(c.run_dir == "/run/edgevirt");
   CHECK(c.api.listen ==
-        std::vector<std::string>{"unix:/run/edgevirt/edgevirtd.sock", "http://127.0.0.1:8080"});
+        std::vector<std::string>{"unix:/run/edgevirt/edgevirtd.sock", "https://0.0.0.0:8443"});
+  CHECK(c.api.tls.cert_file.empty());
+  CHECK(c.api.tls.extra_sans.empty());
+  CHECK(c.EffectiveTokenFile() == "/var/lib/edgevirt/tokens.csv");
+  CHECK(c.PkiDir() == "/var/lib/edgevirt/pki");
+  CHECK_FALSE(c.api.auth.plain_http_no_auth);
   CHECK(c.api.io_threads == 2);
   CHECK(c.api.max_body_bytes == 3u << 20);
   CHECK(c.api.max_connections == 1024u);
@@ -101,6 +106,14 @@ api:
   watchBookmarkInterval: 5s
   watchTimeout: 1m
   eventTTL: 10m
+  tls:
+    certFile: /etc/ev/tls.crt
+    keyFile: /etc/ev/tls.key
+    caFile: /etc/ev/ca.crt
+    extraSANs: [edge.example]
+  auth:
+    tokenFile: /etc/ev/tokens.csv
+    plainHttp: none
 libvirt:
   uri: qemu:///system
 vms:
@@ -160,6 +173,12 @@ shutdown:
   CHECK(c.api.watch_bookmark_interval == 5s);
   CHECK(c.api.watch_timeout == 1min);
   CHECK(c.api.event_ttl == 10min);
+  CHECK(c.api.tls.cert_file == "/etc/ev/tls.crt");
+  CHECK(c.api.tls.key_file == "/etc/ev/tls.key");
+  CHECK(c.api.tls.ca_file == "/etc/ev/ca.crt");
+  CHECK(c.api.tls.extra_sans == std::vector<std::string>{"edge.example"});
+  CHECK(c.api.auth.token_file == "/etc/ev/tokens.csv");
+  CHECK(c.api.auth.plain_http_no_auth);
   CHECK(c.libvirt.uri == "qemu:///system");
   CHECK(c.EffectiveLibvirtUri() == "qemu:///system");
   CHECK_FALSE(c.vms.enabled);
@@ -278,12 +297,82 @@ TEST_CASE("bad listen addresses name the list index and the position") {
   CHECK_THAT(e, Catch::StartsWith("test.yaml:4:7: api.listen[1]: "));
   CHECK_THAT(ParseError("api:\n  listen: [\"ftp://127.0.0.1:21\"]\n"),
              Catch::Contains("test.yaml:2:12: api.listen[0]: "));
-  CHECK_THAT(ParseError("api:\n  listen: [\"https://127.0.0.1:8443\"]\n"),
-             Catch::Contains("api.listen[0]: ") && Catch::Contains("https"));
+  // HTTPS on any address.
+  auto https = ParseConfig("api:\n  listen: [\"https://0.0.0.0:8443\", \"https://[::]:9443\"]\n",
+                           "test.yaml");
+  REQUIRE(https.has_value());
+  CHECK(https->api.listen.size() == 2);
   CHECK_THAT(ParseError("api:\n  listen: [\"unix:/a\", \"unix:/a\"]\n"),
              Catch::Contains("api.listen[1]: duplicate address"));
   CHECK_THAT(ParseError("api:\n  listen: []\n"),
              Catch::Contains("test.yaml:2:11: api.listen: at least one address"));
+}
+
+TEST_CASE("api.tls and api.auth keys are validated with their positions") {
+  auto c = ParseConfig(
+      "api:\n"
+      "  tls:\n"
+      "    certFile: /etc/edgevirt/tls.crt\n"
+      "    keyFile: /etc/edgevirt/tls.key\n"
+      "    caFile: /etc/edgevirt/ca.crt\n"
+      "    extraSANs: [edge.example.com, 192.0.2.1, \"2001:db8::1\", \"*.edge.example.com\"]\n"
+      "  auth:\n"
+      "    tokenFile: /etc/edgevirt/tokens.csv\n"
+      "    plainHttp: none\n",
+      "test.yaml");
+  REQUIRE(c.has_value());
+  CHECK(c->api.tls.cert_file == "/etc/edgevirt/tls.crt");
+  CHECK(c->api.tls.key_file == "/etc/edgevirt/tls.key");
+  CHECK(c->api.tls.ca_file == "/etc/edgevirt/ca.crt");
+  CHECK(c->api.tls.extra_sans.size() == 4);
+  CHECK(c->EffectiveTokenFile() == "/etc/edgevirt/tokens.csv");
+  CHECK(c->api.auth.plain_http_no_auth);
+  CHECK_THAT(ParseError("api:\n  tls:\n    certFile: tls.crt\n"),
+             Catch::StartsWith("test.yaml:3:15: api.tls.certFile: must be an absolute path"));
+  CHECK_THAT(ParseError("api:\n  tls:\n    certFile: /a.crt\n"),
+             Catch::StartsWith("test.yaml:3:15: api.tls.certFile: api.tls.certFile and "
+                               "api.tls.keyFile must be set together"));
+  CHECK_THAT(ParseError("api:\n  tls:\n    caFile: /ca.crt\n"),
+             Catch::StartsWith("test.yaml:3:13: api.tls.caFile: only with"));
+  CHECK_THAT(ParseError("api:\n  tls:\n    extraSANs: [ok.example, \"bad name\"]\n"),
+             Catch::StartsWith("test.yaml:3:29: api.tls.extraSANs[1]: not an IP address or DNS"));
+  CHECK_THAT(ParseError("api:\n  auth:\n    plainHttp: off\n"),
+             Catch::StartsWith("test.yaml:3:16: api.auth.plainHttp: expected \"token\" or"));
+  CHECK_THAT(ParseError("api:\n  auth:\n    tokenFil: /x\n"),
+             Catch::Contains("unknown key \"api.auth.tokenFil\""));
+}
+
+TEST_CASE("kubeconfig command line") {
+  auto cli = ParseCommandLine({"--state-dir", "/srv/ev", "kubeconfig", "--user", "vera",
+                               "--server=https://edge:8443", "--role", "viewer"});
+  REQUIRE(cli.has_value());
+  CHECK(cli->command == CliOptions::Command::kKubeconfig);
+  CHECK(cli->kubeconfig.user == "vera");
+  CHECK(cli->kubeconfig.server == "https://edge:8443");
+  CHECK(cli->kubeconfig.role == api::Role::kViewer);
+  CHECK(cli->kubeconfig.role_given);
+  CHECK_FALSE(cli->kubeconfig.client_certificate);
+  cli = ParseCommandLine({"kubeconfig", "--client-cert"});
+  REQUIRE(cli.has_value());
+  CHECK(cli->kubeconfig.user == "admin");
+  CHECK(cli->kubeconfig.client_certificate);
+  CHECK_FALSE(ParseCommandLine({"kubeconfig", "--role", "root"}).has_value());
+  CHECK_FALSE(ParseCommandLine({"kubeconfig", "--server", "edge:8443"}).has_value());
+  CHECK_FALSE(ParseCommandLine({"kubeconfig", "--bogus"}).has_value());
+}
+
+TEST_CASE("the default kubeconfig server follows api.listen") {
+  Config c;
+  c.api.listen = {"unix:/x.sock", "https://192.0.2.5:9443"};
+  CHECK(DefaultServerUrl(c) == "https://192.0.2.5:9443");
+  c.api.listen = {"unix:/x.sock", "https://[2001:db8::5]:9443"};
+  CHECK(DefaultServerUrl(c) == "https://[2001:db8::5]:9443");
+  c.api.listen = {"unix:/x.sock", "http://127.0.0.1:8080"};
+  CHECK(DefaultServerUrl(c) == "http://127.0.0.1:8080");
+  c.api.listen = {"unix:/x.sock", "https://0.0.0.0:8443"};
+  const std::string wildcard = DefaultServerUrl(c);
+  CHECK_THAT(wildcard, Catch::StartsWith("https://") && Catch::EndsWith(":8443"));
+  CHECK_THAT(wildcard, !Catch::Contains("0.0.0.0"));
 }
 
 TEST_CASE("images keys are validated") {

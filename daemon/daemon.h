@@ -12,6 +12,7 @@
 //   http.h     the HTTP handler: health endpoints and Kubernetes 404 Status
 #pragma once
 
+#include "daemon/access.h"
 #include "daemon/claims.h"
 #include "daemon/cli.h"
 #include "daemon/config.h"

@@ -97,10 +97,14 @@ Status EnsureDirectory(const std::string& key, const std::string& dir, mode_t mo
 }
 
 // The address the watchdog probes: a unix socket when there is one (no TCP TIME_WAIT
-// churn from a probe every few hundred milliseconds), else the first TCP listener.
+// churn from a probe every few hundred milliseconds), else a plain-HTTP one, else the first.
 std::string ProbeAddress(const std::vector<std::string>& bound) {
   for (const auto& a : bound) {
     if (a.rfind("unix:", 0) == 0) return a;
+  }
+  // Plain HTTP gets a real answer; HTTPS only a close after the failed handshake.
+  for (const auto& a : bound) {
+    if (a.rfind("http://", 0) == 0) return a;
   }
   return bound.empty() ? std::string() : bound.front();
 }
@@ -164,6 +168,19 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   }
   if (Status s = EnsureDirectory("runDir", config.run_dir, 0755); !s) {
     return Fail(notifier, "prepare run directory", s.error());
+  }
+  // The API's certificate (generated under <stateDir>/pki at first start) and token file
+  // (an admin token at first start), before anything else is opened.
+  api::TlsOptions tls_options;
+  for (const auto& text : config.api.listen) {
+    if (text.rfind("https://", 0) != 0) continue;
+    auto tls = PrepareTls(config);
+    if (!tls) return Fail(notifier, "api.tls", tls.error());
+    tls_options = std::move(*tls);
+    break;
+  }
+  if (Status s = EnsureTokenFile(config); !s) {
+    return Fail(notifier, "api.auth.tokenFile", s.error());
   }
 
   store::Options store_options;
@@ -320,6 +337,7 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
     if (!addr) return Fail(notifier, "api.listen", addr.error());  // validated already
     server_options.listen.push_back(std::move(*addr));
   }
+  server_options.tls = tls_options;
   server_options.io_threads = config.api.io_threads;
   server_options.max_body_bytes = config.api.max_body_bytes;
   server_options.max_connections = config.api.max_connections;
@@ -333,9 +351,12 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
 
   api::subresources::Subresources subresources(machinery->registry(), controller.get());
   auto started_server = api::HttpServer::Start(
-      server_options, metrics::WithMetrics(MakeApiHandler(std::move(checks), machinery.get(),
-                                                          &subresources, &daemon_metrics),
-                                           daemon_metrics));
+      server_options,
+      metrics::WithMetrics(
+          api::WithAuth({config.EffectiveTokenFile(), config.api.auth.plain_http_no_auth},
+                        MakeApiHandler(std::move(checks), machinery.get(), &subresources,
+                                       &daemon_metrics)),
+          daemon_metrics));
   if (!started_server) {
     store_open = false;
     controller.reset();
@@ -504,12 +525,23 @@ int main(int argc, char** argv) {
       return CheckConfig(cli->check_config_path);
     case CliOptions::Command::kRun:
     case CliOptions::Command::kImage:
+    case CliOptions::Command::kKubeconfig:
       break;
   }
   auto resolved = ResolveConfig(*cli);
   if (!resolved) {
     std::fprintf(stderr, "edgevirtd: %s\n", resolved.error().message.c_str());
     return kExitUsage;
+  }
+  if (cli->command == CliOptions::Command::kKubeconfig) {
+    edgevirt::log::Configure(edgevirt::log::Level::kWarning, edgevirt::log::Target::kStderr);
+    auto kubeconfig = MakeKubeconfig(resolved->config, cli->kubeconfig);
+    if (!kubeconfig) {
+      std::fprintf(stderr, "edgevirtd kubeconfig: %s\n", kubeconfig.error().message.c_str());
+      return kExitFailure;
+    }
+    std::fputs(kubeconfig->c_str(), stdout);
+    return kExitOk;
   }
   if (cli->command == CliOptions::Command::kImage) {
     edgevirt::log::Configure(resolved->config.log.level, edgevirt::log::Target::kStderr);

@@ -51,8 +51,11 @@ Result<int> ProbeHttp(std::string_view address, std::string_view path,
     }
     std::memcpy(un->sun_path, addr.path.c_str(), addr.path.size() + 1);
     len = sizeof(sockaddr_un);
-  } else if (addr.kind == api::ListenAddress::Kind::kHttp) {
+  } else {
     std::string host = addr.host == "localhost" ? "127.0.0.1" : addr.host;
+    // A wildcard listener is reached on loopback.
+    if (host == "0.0.0.0") host = "127.0.0.1";
+    if (host == "::") host = "::1";
     if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
       host = host.substr(1, host.size() - 2);
     }
@@ -69,9 +72,8 @@ Result<int> ProbeHttp(std::string_view address, std::string_view path,
     } else {
       return MakeError(Code::kInvalid, where + ": not an IP address: " + host);
     }
-  } else {
-    return MakeError(Code::kUnsupported, where + ": only unix: and http:// can be probed");
   }
+  const bool https = addr.kind == api::ListenAddress::Kind::kHttps;
 
   UniqueFd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!fd) return ErrnoError(where + ": socket", errno);
@@ -114,7 +116,10 @@ Result<int> ProbeHttp(std::string_view address, std::string_view path,
     ssize_t n = ::recv(fd.get(), buf, sizeof(buf), 0);
     if (n > 0) {
       head.append(buf, static_cast<size_t>(n));
-    } else if (n == 0) {
+    } else if (n == 0 || (n < 0 && https && errno == ECONNRESET)) {
+      // HTTPS: the plain request is not a TLS ClientHello, so an io thread fails the handshake
+      // and closes the connection: that close is the answer (a hung server would not close).
+      if (https && head.empty()) return 0;
       return MakeError(Code::kUnavailable, where + ": connection closed before a response");
     } else if (errno == EAGAIN || errno == EINTR) {
       RETURN_IF_ERROR(WaitFor(fd.get(), POLLIN, deadline, where + ": read"));

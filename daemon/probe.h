@@ -10,9 +10,11 @@
 
 namespace edgevirt::daemon {
 
-// Sends "GET <path>" to `address` (an api.listen form: "unix:/path" or "http://host:port") and
-// returns the response's status code. The whole exchange is bounded by `timeout` (kTimeout);
-// connection failures are kUnavailable.
+// Sends "GET <path>" to `address` (an api.listen form: "unix:/path", "http://host:port",
+// "https://host:port"; a wildcard host is reached on loopback) and returns the response's status
+// code. HTTPS is not spoken: the server closing the connection after the failed handshake is
+// the answer (status 0). The whole exchange is bounded by `timeout` (kTimeout); connection
+// failures are kUnavailable.
 Result<int> ProbeHttp(std::string_view address, std::string_view path,
                       std::chrono::milliseconds timeout);
 

@@ -102,6 +102,8 @@ runDir: $tmp/run
 api:
   listen:
     - http://127.0.0.1:0
+  auth:
+    plainHttp: none
   maxConnections: 4096
 ${io_threads:+  ioThreads: $io_threads}
 cgroups:

@@ -140,6 +140,8 @@ runDir: $tmp/run
 api:
   listen:
     - http://127.0.0.1:0
+  auth:
+    plainHttp: none
 vms:
   hostDiskDirs: [$tmp/disks]
 cgroups:

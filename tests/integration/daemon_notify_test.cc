@@ -99,13 +99,18 @@ TEST_CASE("starts without a config file, READY after the API answers, watchdog, 
     CHECK(readyz->status == 200);
     CHECK_THAT(readyz->body,
                Catch::Contains("[+]store ok") && Catch::Contains("readyz check passed"));
-    // The KubeVirt API is served...
-    auto api = HttpGet(tcp, "/apis/kubevirt.io/v1");
+    // The KubeVirt API is served (to root on the unix socket without a token; plain HTTP wants
+    // a token by default)...
+    auto anonymous = HttpGet(tcp, "/apis/kubevirt.io/v1");
+    REQUIRE(anonymous.has_value());
+    CHECK(anonymous->status == 401);
+    CHECK(nlohmann::json::parse(anonymous->body).value("reason", "") == "Unauthorized");
+    auto api = HttpGet("unix:" + api_sock, "/apis/kubevirt.io/v1");
     REQUIRE(api.has_value());
     CHECK(api->status == 200);
     CHECK(nlohmann::json::parse(api->body).value("kind", "") == "APIResourceList");
     // ...and everything else is Kubernetes' 404 Status.
-    auto other = HttpGet(tcp, "/no/such/path");
+    auto other = HttpGet("unix:" + api_sock, "/no/such/path");
     REQUIRE(other.has_value());
     CHECK(other->status == 404);
     CHECK(nlohmann::json::parse(other->body) == nlohmann::json::parse(R"({

@@ -5,7 +5,7 @@
 # runDir, log target in the temp directory), so no host path is touched and no mount namespace
 # is needed. $EDGEVIRT_KUBECTL overrides the kubectl binary (default /usr/bin/kubectl).
 foreach(test kubectl_apply_test kubectl_get_test kubectl_edit_test kubectl_invalid_test api_watch_test
-             api_crash_test kubectl_service_test)
+             api_crash_test kubectl_service_test kubectl_auth_test)
   if(NOT EXISTS ${CMAKE_CURRENT_LIST_DIR}/${test}.cc)
     continue()
   endif()

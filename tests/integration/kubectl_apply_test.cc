@@ -222,16 +222,16 @@ TEST_CASE("server-side apply: create, update, conflict with another manager, for
   }
 }
 
-// The README's walk-through: examples/kubeconfig names the daemon's default listener, and
+// examples/kubeconfig names the plain-HTTP loopback listener its comment configures, and
 // examples/vm-web.yaml applies as it is (default validation) and reads back.
-TEST_CASE("examples/: the kubeconfig points at the default listener; vm-web.yaml applies") {
+TEST_CASE("examples/: the kubeconfig points at the loopback listener; vm-web.yaml applies") {
   KubectlEnv env("ev-kubectl-apply");
   Kubectl& k = env.kubectl;
   const auto examples = std::filesystem::path(EDGEVIRT_SOURCE_DIR) / "examples";
 
   auto view = MustRun(k, {"--kubeconfig", (examples / "kubeconfig").string(), "config", "view",
                           "-o", "jsonpath={.clusters[0].cluster.server}"});
-  CHECK(view.out == "http://127.0.0.1:8080");  // daemon/config.h: the default api.listen
+  CHECK(view.out == "http://127.0.0.1:8080");  // the listener its comment configures
 
   auto created = MustRun(k, {"apply", "-f", (examples / "vm-web.yaml").string()});
   CHECK(created.out == "virtualmachine.kubevirt.io/web created\n");
