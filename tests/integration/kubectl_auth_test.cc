@@ -179,6 +179,54 @@ TEST_CASE("kubectl over TLS with the printed kubeconfig; 401, 403, client certif
   auto secrets = k.Run({vk, "get", "secrets"});
   CHECK(secrets.code != 0);
   CHECK_THAT(secrets.err, Catch::Contains("Forbidden"));
+  // WebSocket upgrades are checked like any request: a viewer's console upgrade is refused
+  // before any device is looked at; the admin's gets past authorization (404: no such VMI).
+  {
+    auto token_of = [](const std::string& kubeconfig) {
+      const auto at = kubeconfig.find("token: \"") + 8;
+      return kubeconfig.substr(at, kubeconfig.find('"', at) - at);
+    };
+    const std::string ca = (daemon.state() / "pki" / "ca.crt").string();
+    const std::string console =
+        daemon.url() +
+        "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/tls-vm/"
+        "console";
+    auto upgrade = [&](const std::string& token, bool status_only) {
+      std::vector<std::string> argv{"/usr/bin/curl",
+                                    "-sS",
+                                    "--http1.1",
+                                    "--cacert",
+                                    ca,
+                                    "-H",
+                                    "Authorization: Bearer " + token,
+                                    "-H",
+                                    "Connection: Upgrade",
+                                    "-H",
+                                    "Upgrade: websocket",
+                                    "-H",
+                                    "Sec-WebSocket-Version: 13",
+                                    "-H",
+                                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                                    "-H",
+                                    "Sec-WebSocket-Protocol: plain.kubevirt.io"};
+      if (status_only) argv.insert(argv.end(), {"-o", "/dev/null", "-w", "%{http_code}"});
+      argv.push_back(console);
+      return RunCommand(argv, tmp.path());
+    };
+    auto [code, body] = upgrade(token_of(ReadFile(viewer)), false);
+    CHECK(code == 0);
+    INFO(body);
+    const Json status = Json::parse(body);
+    CHECK(status["code"] == 403);
+    CHECK(status["message"] ==
+          "virtualmachineinstances.subresources.kubevirt.io \"tls-vm\" is forbidden: User "
+          "\"vera\" cannot get resource \"virtualmachineinstances/console\" in API group "
+          "\"subresources.kubevirt.io\" in the namespace \"default\"");
+    auto [acode, astatus] = upgrade(token_of(admin_text), true);
+    CHECK(acode == 0);
+    CHECK(astatus == "404");
+  }
+
   // A viewer may not become admin by asking for another role.
   {
     auto [code, out] = RunCommand({EdgevirtdPath(), "--state-dir", daemon.state().string(),
