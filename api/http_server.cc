@@ -1976,7 +1976,7 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(ServerOptions options, Han
     RETURN_IF_ERROR(server->SetUpTls());
     RETURN_IF_ERROR(server->Bind());
     RETURN_IF_ERROR(server->Run());
-    for (const auto& a : server->BoundAddresses()) EV_LOG(kInfo) << "serving on " << a;
+    for (const auto& a : server->BoundAddresses()) EV_LOG(kInfo) << "serving HTTP on " << a;
     return std::unique_ptr<HttpServer>(std::move(server));
   } catch (const std::exception& e) {
     // std::thread creation (system_error), allocation failures.
