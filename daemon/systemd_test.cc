@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "api/api.h"
 #include "common/fd.h"
 #include "daemon/notify.h"
 #include "daemon/probe.h"
@@ -241,6 +242,30 @@ TEST_CASE("ProbeHttp returns the status code and honours the timeout") {
   auto refused = ProbeHttp("unix:" + (tmp.path() / "none.sock").string(), "/livez", 200ms);
   REQUIRE_FALSE(refused.has_value());
   CHECK(refused.error().code == Code::kUnavailable);
+}
+
+TEST_CASE("ProbeHttp on an HTTPS listener: the close after the failed handshake is the answer") {
+  TempDir tmp;
+  api::PkiPaths pki{tmp.path() / "pki"};
+  REQUIRE(api::EnsureServerPki(pki, api::HostSans({})).has_value());
+  api::ServerOptions o;
+  o.listen.push_back(*api::ListenAddress::Parse("https://127.0.0.1:0"));
+  o.tls = {pki.ServerCert().string(), pki.ServerKey().string(), ""};
+  auto server = api::HttpServer::Start(
+      o, [](const api::HttpRequest&) { return api::HttpResponse::Text(200, "ok"); });
+  REQUIRE(server.has_value());
+  const std::string bound = (*server)->BoundAddresses().at(0);
+  auto status = ProbeHttp(bound, "/livez", 2s);
+  REQUIRE(status.has_value());
+  CHECK(*status == 0);
+  // The wildcard form of the same port is probed on loopback.
+  const std::string port = bound.substr(bound.rfind(':') + 1);
+  status = ProbeHttp("https://0.0.0.0:" + port, "/livez", 2s);
+  REQUIRE(status.has_value());
+  (*server)->Stop(std::chrono::milliseconds(100));
+  auto gone = ProbeHttp(bound, "/livez", 500ms);
+  REQUIRE_FALSE(gone.has_value());
+  CHECK(gone.error().code == Code::kUnavailable);
 }
 
 }  // namespace
