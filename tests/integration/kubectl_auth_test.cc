@@ -129,6 +129,21 @@ TEST_CASE("kubectl over TLS with the printed kubeconfig; 401, 403, client certif
   CHECK(created.out == "virtualmachine.kubevirt.io/tls-vm created\n");
   auto got = MustRun(k, {kc, "get", "vm", "tls-vm", "-o", "jsonpath={.spec.runStrategy}"});
   CHECK(got.out == "Halted");
+  // A watch streams over TLS and ends cleanly (last chunk, then close_notify) at its timeout.
+  {
+    const auto at = admin_text.find("token: \"") + 8;
+    const std::string token = admin_text.substr(at, admin_text.find('"', at) - at);
+    auto [code, events] = RunCommand(
+        {"/usr/bin/curl", "-sS", "--cacert", (daemon.state() / "pki" / "ca.crt").string(), "-H",
+         "Authorization: Bearer " + token,
+         daemon.url() +
+             "/apis/kubevirt.io/v1/namespaces/default/virtualmachines?watch=true&timeoutSeconds=1"},
+        tmp.path());
+    CHECK(code == 0);
+    const Json first = Json::parse(events.substr(0, events.find('\n')));
+    CHECK(first["type"] == "ADDED");
+    CHECK(first["object"]["metadata"]["name"] == "tls-vm");
+  }
   // The same user again: the same token (no second line).
   CHECK(ReadFile(daemon.Kubeconfig("admin2.kubeconfig", {})) == admin_text);
 
