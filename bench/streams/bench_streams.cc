@@ -593,8 +593,10 @@ int Run(const Options& o) {
   {
     std::ofstream cfg(tmp / "edgevirtd.yaml");
     cfg << "stateDir: " << (tmp / "state").string() << "\nrunDir: " << (tmp / "run").string()
-        << "\napi:\n  listen:\n    - http://127.0.0.1:0\nvms:\n  hostDiskDirs: ["
-        << (tmp / "disks").string() << "]\n"
+        << "\napi:\n  listen:\n    - http://127.0.0.1:0\n"
+        // Plain HTTP on loopback without credentials: the relay is measured, not the auth.
+        << "  auth:\n    plainHttp: none\nvms:\n  hostDiskDirs: [" << (tmp / "disks").string()
+        << "]\n"
         << cgroups.Config() << "log:\n  level: info\n  target: stderr\n";
   }
   Daemon daemon(o.edgevirtd, tmp / "edgevirtd.yaml", tmp);
