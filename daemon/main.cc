@@ -353,9 +353,9 @@ int Run(const CliOptions& cli, ResolvedConfig running, SignalWaiter& signals) {
   auto started_server = api::HttpServer::Start(
       server_options,
       metrics::WithMetrics(
-          api::WithAuth({config.EffectiveTokenFile(), config.api.auth.plain_http_no_auth},
-                        MakeApiHandler(std::move(checks), machinery.get(), &subresources,
-                                       &daemon_metrics)),
+          api::WithAuth(
+              {config.EffectiveTokenFile(), config.api.auth.plain_http_no_auth},
+              MakeApiHandler(std::move(checks), machinery.get(), &subresources, &daemon_metrics)),
           daemon_metrics));
   if (!started_server) {
     store_open = false;

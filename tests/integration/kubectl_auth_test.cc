@@ -240,6 +240,19 @@ TEST_CASE("kubectl over TLS with the printed kubeconfig; 401, 403, client certif
     auto [acode, astatus] = upgrade(token_of(admin_text), true);
     CHECK(acode == 0);
     CHECK(astatus == "404");
+    // A viewer may read /metrics (what a Prometheus scrape job gets); without credentials it
+    // is 401 like any other path but the health endpoints.
+    auto [mcode, metrics] = RunCommand(
+        {"/usr/bin/curl", "-sS", "--cacert", ca, "-H",
+         "Authorization: Bearer " + token_of(ReadFile(viewer)), daemon.url() + "/metrics"},
+        tmp.path());
+    CHECK(mcode == 0);
+    CHECK_THAT(metrics, Catch::Contains("# TYPE edgevirt_api_request_duration_seconds histogram"));
+    auto [ncode, nstatus] = RunCommand({"/usr/bin/curl", "-sS", "--cacert", ca, "-o", "/dev/null",
+                                        "-w", "%{http_code}", daemon.url() + "/metrics"},
+                                       tmp.path());
+    CHECK(ncode == 0);
+    CHECK(nstatus == "401");
   }
 
   // A viewer may not become admin by asking for another role.
