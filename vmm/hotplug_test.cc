@@ -1,11 +1,13 @@
 // The pure part of disk hotplug: the XML reader, the disks of a live domain XML, and the <disk>
 // element of a disk to attach (target and scsi unit chosen from what the domain uses). The
-// hotplug itself, against QEMU and a guest, is tests/integration/vmm_hotplug_test.cc.
+// hotplug itself, against QEMU and a guest, is tests/integration/vmm_hotplug_test.cc. Also the
+// console of a live domain XML (live_xml.h).
 #include "vmm/hotplug.h"
 
 #include <string>
 
 #include "tests/support/catch.h"
+#include "vmm/live_xml.h"
 #include "vmm/xml_reader.h"
 
 namespace edgevirt::vmm {
@@ -286,6 +288,106 @@ TEST_CASE("HotplugDiskXml writes the disk as DomainXml does") {
     INFO("hotplug XML:\n" << *element << "domain XML:\n" << *after);
     CHECK(after->find(indented) != std::string::npos);
   }
+}
+
+// The <devices> of libvirt 9.0's live XML for DomainXml's pty console with a log (as
+// `virsh dumpxml` printed it for a running domain, other devices left out).
+constexpr std::string_view kPtyConsoleXml = R"(<domain type='qemu' id='3'>
+  <name>default_vm1</name>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <serial type='pty'>
+      <source path='/dev/pts/0'/>
+      <log file='/var/lib/edgevirt/vms/u1/serial0.log' append='on'/>
+      <target type='isa-serial' port='0'>
+        <model name='isa-serial'/>
+      </target>
+      <alias name='serial0'/>
+    </serial>
+    <console type='pty' tty='/dev/pts/0'>
+      <source path='/dev/pts/0'/>
+      <log file='/var/lib/edgevirt/vms/u1/serial0.log' append='on'/>
+      <target type='serial' port='0'/>
+      <alias name='serial0'/>
+    </console>
+  </devices>
+</domain>)";
+
+// The same for the unix console an older edgevirtd defined (QEMU binds the socket).
+constexpr std::string_view kUnixConsoleXml = R"(<domain type='qemu' id='4'>
+  <name>default_vm1</name>
+  <devices>
+    <serial type='unix'>
+      <source mode='bind' path='/var/lib/edgevirt/vms/u1/serial0.sock'/>
+      <log file='/var/lib/edgevirt/vms/u1/serial0.log' append='on'/>
+      <target type='isa-serial' port='0'>
+        <model name='isa-serial'/>
+      </target>
+      <alias name='serial0'/>
+    </serial>
+    <console type='unix'>
+      <source mode='bind' path='/var/lib/edgevirt/vms/u1/serial0.sock'/>
+      <log file='/var/lib/edgevirt/vms/u1/serial0.log' append='on'/>
+      <target type='serial' port='0'/>
+      <alias name='serial0'/>
+    </console>
+  </devices>
+</domain>)";
+
+// Every occurrence (the <serial> and its <console> twin).
+std::string ReplaceAll(std::string_view xml, std::string_view what, std::string_view with) {
+  std::string s(xml);
+  for (size_t at = s.find(what); at != std::string::npos; at = s.find(what, at + with.size())) {
+    s.replace(at, what.size(), with);
+  }
+  return s;
+}
+
+TEST_CASE("ParseLiveConsole: the console a running domain was started with") {
+  auto pty = ParseLiveConsole(kPtyConsoleXml);
+  REQUIRE(pty);
+  CHECK(pty->kind == ConsoleKind::kPty);
+  CHECK(pty->socket_path.empty());
+  CHECK(pty->log_path == "/var/lib/edgevirt/vms/u1/serial0.log");
+
+  auto unix_console = ParseLiveConsole(kUnixConsoleXml);
+  REQUIRE(unix_console);
+  CHECK(unix_console->kind == ConsoleKind::kUnix);
+  CHECK(unix_console->socket_path == "/var/lib/edgevirt/vms/u1/serial0.sock");
+  CHECK(unix_console->log_path == "/var/lib/edgevirt/vms/u1/serial0.log");
+
+  // Without a <console>, serial port 0 is the console; without either there is none.
+  std::string serial_only(kUnixConsoleXml);
+  serial_only.erase(serial_only.find("    <console"),
+                    serial_only.find("</console>\n") + 11 - serial_only.find("    <console"));
+  auto from_serial = ParseLiveConsole(serial_only);
+  REQUIRE(from_serial);
+  CHECK(from_serial->kind == ConsoleKind::kUnix);
+  CHECK(from_serial->socket_path == "/var/lib/edgevirt/vms/u1/serial0.sock");
+  auto none = ParseLiveConsole("<domain><devices><emulator>q</emulator></devices></domain>");
+  REQUIRE(none);
+  CHECK(none->kind == ConsoleKind::kNone);
+  CHECK(none->log_path.empty());
+  CHECK(ParseLiveConsole("<domain/>")->kind == ConsoleKind::kNone);
+  auto no_log = ParseLiveConsole("<domain><devices><console type='pty'/></devices></domain>");
+  REQUIRE(no_log);
+  CHECK(no_log->kind == ConsoleKind::kPty);
+  CHECK(no_log->log_path.empty());
+
+  // What cannot be relayed, and what is not a domain XML.
+  auto file = ParseLiveConsole(ReplaceAll(kPtyConsoleXml, "type='pty'", "type='file'"));
+  REQUIRE_FALSE(file);
+  CHECK(file.error().code == Code::kUnsupported);
+  CHECK(file.error().message.find("\"file\"") != std::string::npos);
+  auto connect = ParseLiveConsole(ReplaceAll(kUnixConsoleXml, "mode='bind'", "mode='connect'"));
+  REQUIRE_FALSE(connect);
+  CHECK(connect.error().code == Code::kUnsupported);
+  auto no_path = ParseLiveConsole(
+      "<domain><devices><console type='unix'><source mode='bind'/></console></devices></domain>");
+  REQUIRE_FALSE(no_path);
+  CHECK(no_path.error().code == Code::kInvalid);
+  CHECK(ParseLiveConsole("<domainsnapshot/>").error().code == Code::kInvalid);
+  CHECK(ParseLiveConsole("<domain>").error().code == Code::kInvalid);
 }
 
 }  // namespace

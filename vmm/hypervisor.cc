@@ -24,6 +24,7 @@
 #include "vmm/console_libvirt.h"
 #include "vmm/domain_stats_libvirt.h"
 #include "vmm/hotplug.h"
+#include "vmm/live_xml.h"
 
 namespace edgevirt::vmm {
 namespace {
@@ -619,6 +620,15 @@ Status Hypervisor::DefineAndStartPaused(const DomainSpec& spec) {
 Result<std::unique_ptr<ConsoleStream>> Hypervisor::OpenConsole(DomainId id) {
   ASSIGN_OR_RETURN(DomPtr dom, impl_->Lookup(id));
   return OpenLibvirtConsole(impl_->conn.get(), dom.get(), "domain " + std::string(id));
+}
+
+Result<ConsoleSpec> Hypervisor::LiveConsole(DomainId id) {
+  ASSIGN_OR_RETURN(DomPtr dom, impl_->Lookup(id));
+  RETURN_IF_ERROR(impl_->RequireActive(dom.get(), "find the console of", id));
+  ASSIGN_OR_RETURN(std::string live, impl_->XmlDesc(dom.get(), 0, id));
+  auto console = ParseLiveConsole(live);
+  if (!console) return std::move(console).error().Wrap("console of domain " + std::string(id));
+  return console;
 }
 
 Result<std::string> Hypervisor::Screenshot(DomainId id) {

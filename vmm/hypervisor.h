@@ -226,6 +226,14 @@ class Hypervisor {
   // gets libvirt's reason). Errors: kNotFound (no such domain), kConflict (not running),
   // kUnavailable (libvirt could not open the console), kInternal.
   Result<std::unique_ptr<ConsoleStream>> OpenConsole(DomainId id);
+  // The serial console the running domain was started with, from its live XML
+  // (virDomainGetXMLDesc(0)): kPty (OpenConsole reaches it), kUnix with the socket QEMU listens
+  // on (libvirt 9.0 streams no other kind: connect to socket_path), or kNone; log_path as
+  // defined. A domain keeps its console until it stops, whatever a newer DomainSpec says, so
+  // this is how to reach the console of a domain started earlier. Errors: kNotFound (no such
+  // domain), kConflict (not running), kUnsupported (a chardev ConsoleKind cannot express),
+  // kInternal.
+  Result<ConsoleSpec> LiveConsole(DomainId id);
   // A PNG of the domain's screen 0 (virDomainScreenshot: QEMU's screendump, a PPM, encoded
   // here). Needs a video device (DomainSpec::vnc_socket_path gives one). Blocks the caller
   // while QEMU writes the picture (milliseconds). Errors: kNotFound, kConflict (not running, or

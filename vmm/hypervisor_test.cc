@@ -169,6 +169,30 @@ TEST_CASE("Disk hotplug on test:///default: live disks, refusals, no QEMU pid") 
   CHECK(h.LiveDisks("default_vm1").error().code == Code::kConflict);
 }
 
+// The console a running domain has, from libvirt's live XML. The test driver starts no domain
+// paused (StartPaused is refused), so only its own running domain, which has no serial port,
+// is read here; the pty and unix consoles of real QEMU domains are read in vm_streams_test,
+// and libvirt's XML for them is parsed in hotplug_test.cc.
+TEST_CASE("LiveConsole on test:///default: none, not running, no such domain") {
+  HypervisorOptions opts;
+  opts.uri = "test:///default";
+  auto hv = Hypervisor::Open(opts);
+  if (!hv) FAIL(hv.error().ToString());
+  Hypervisor& h = **hv;
+
+  auto none = h.LiveConsole("test");
+  REQUIRE(none);
+  CHECK(none->kind == ConsoleKind::kNone);
+  CHECK(none->log_path.empty());
+  CHECK(h.LiveConsole("nosuchvm").error().code == Code::kNotFound);
+
+  DomainSpec spec = MinimalSpec();
+  spec.console = {ConsoleKind::kUnix, "/run/edgevirt/vms/u1/serial0.sock",
+                  "/run/edgevirt/vms/u1/serial0.log"};
+  REQUIRE(h.Define(spec));
+  CHECK(h.LiveConsole("default_vm1").error().code == Code::kConflict);
+}
+
 TEST_CASE("Open refuses a relative root and a bad qemu user") {
   HypervisorOptions opts;
   opts.root = "relative/root";
