@@ -913,6 +913,11 @@ constexpr char kStreamSubprotocol[] = "plain.kubevirt.io";
 // virt-api's port-forward: pings every second, the connection is dropped after a minute
 // without anything from the client.
 constexpr std::chrono::seconds kPortForwardReadTimeout{60};
+// The serial console's send queue: a UART delivers tens of KB/s, so the server's default
+// (1 MiB, sized for VNC and port-forward) would let a client that falls behind see output up to
+// a MiB late (and the effect of its keys, Ctrl-C, that late) while the daemon holds it. 64 KiB
+// is four console reads; beyond it the guest is held back (back-pressure).
+constexpr size_t kConsoleSendQueueBytes = 64 * 1024;
 
 ApiError StreamError(const Error& e, const std::string& name) {
   switch (e.code) {
@@ -1013,6 +1018,9 @@ HttpResponse Subresources::Streaming(const Target& t, const std::string& resourc
   r.websocket = std::shared_ptr<Stream>(std::move(*stream));
   r.websocket_options.subprotocol = kStreamSubprotocol;
   if (port_forward) r.websocket_options.read_timeout = kPortForwardReadTimeout;
+  if (kind == VmiRuntime::StreamKind::kConsole) {
+    r.websocket_options.send_queue_bytes = kConsoleSendQueueBytes;
+  }
   return r;
 }
 

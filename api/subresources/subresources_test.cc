@@ -831,10 +831,14 @@ TEST_CASE("streams: OpenStream gets the kind, port and protocol; its errors map 
     r->websocket->Close();
     return opts;
   };
-  CHECK(open(kSr + "virtualmachineinstances/vm1/console").read_timeout.count() == 0);
-  open(kSr + "virtualmachineinstances/vm1/vnc");
-  CHECK(open(kSr + "virtualmachineinstances/vm1/portforward/22").read_timeout ==
-        std::chrono::seconds(60));
+  const auto console = open(kSr + "virtualmachineinstances/vm1/console");
+  CHECK(console.read_timeout.count() == 0);
+  CHECK(console.send_queue_bytes == 64 * 1024);  // a console queues little (back-pressure)
+  CHECK(open(kSr + "virtualmachineinstances/vm1/vnc").send_queue_bytes ==
+        WebSocketOptions{}.send_queue_bytes);
+  const auto pf = open(kSr + "virtualmachineinstances/vm1/portforward/22");
+  CHECK(pf.read_timeout == std::chrono::seconds(60));
+  CHECK(pf.send_queue_bytes == WebSocketOptions{}.send_queue_bytes);
   open(kSr + "virtualmachines/vm1/portforward/8080/udp");
   open(
       "/apis/subresources.kubevirt.io/v1alpha3/namespaces/default/virtualmachineinstances/vm1/"
