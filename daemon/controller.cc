@@ -1866,11 +1866,21 @@ Result<std::unique_ptr<api::Stream>> Controller::OpenStream(const Json& vmi, Str
       if (!enabled("autoattachSerialConsole")) {
         return Error(Code::kNotFound, "the VMI has no serial console (autoattachSerialConsole)");
       }
-      vmm::ConsoleSpec console;
-      console.kind = vmm::ConsoleKind::kUnix;
-      console.socket_path = dir + "/serial0.sock";
-      ASSIGN_OR_RETURN(auto stream, OpenSerialConsole(*impl_->hv_, dname, console));
-      return impl_->sessions_.Adopt(uid, "console", std::move(stream));
+      // The console the running domain has, not the kind vmi_domain.cc defines today: a
+      // domain an older edgevirtd started keeps its unix socket console until it stops.
+      auto console = impl_->hv_->LiveConsole(dname);
+      if (!console) {
+        if (console.error().code == Code::kConflict) {
+          return Error(Code::kUnavailable, "VMI is not running");
+        }
+        return Error(console.error());
+      }
+      if (console->kind == vmm::ConsoleKind::kNone) {
+        return Error(Code::kNotFound, "the VMI's domain has no serial console");
+      }
+      vmm::Hypervisor& hv = *impl_->hv_;
+      return impl_->sessions_.Open(uid, "console",
+                                   [&] { return OpenSerialConsole(hv, dname, *console); });
     }
     case StreamKind::kVnc: {
       if (!enabled("autoattachGraphicsDevice")) {

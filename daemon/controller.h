@@ -98,8 +98,9 @@ class Controller : public api::subresources::VmiRuntime {
   Status SoftReboot(const Json& vmi) override;
   Status Reset(const Json& vmi) override;
   Result<Json> GuestAgent(const Json& vmi, std::string_view kind) override;
-  // console (QEMU's serial chardev), vnc (QEMU's VNC socket): one session of each per VMI, a
-  // new one ends the old; portforward: TCP/UDP to the VMI's default-network address.
+  // console (a libvirt console stream on the domain's pty; the chardev socket of a domain an
+  // older edgevirtd started with a unix console), vnc (QEMU's VNC socket): one session of each
+  // per VMI, a new one ends the old; portforward: TCP/UDP to the VMI's default-network address.
   Result<std::unique_ptr<api::Stream>> OpenStream(const Json& vmi, StreamKind kind, uint16_t port,
                                                   std::string_view protocol) override;
   Result<std::string> Screenshot(const Json& vmi) override;

@@ -517,6 +517,24 @@ std::unique_ptr<api::Stream> SessionRegistry::Adopt(const std::string& vmi_uid,
   return std::make_unique<SessionStream>(std::move(session));
 }
 
+Result<std::unique_ptr<api::Stream>> SessionRegistry::Open(
+    const std::string& vmi_uid, std::string_view kind,
+    const std::function<Result<std::unique_ptr<api::Stream>>()>& open) {
+  const std::string key = vmi_uid + '\0' + std::string(kind);
+  std::shared_ptr<Session> old;
+  {
+    std::lock_guard lock(state_->mu);
+    auto it = state_->sessions.find(key);
+    if (it != state_->sessions.end()) {
+      old = it->second.session.lock();
+      state_->sessions.erase(it);
+    }
+  }
+  if (old) old->Replace(ReplacedReason(kind));
+  ASSIGN_OR_RETURN(std::unique_ptr<api::Stream> stream, open());
+  return Adopt(vmi_uid, kind, std::move(stream));
+}
+
 size_t SessionRegistry::size() const {
   std::lock_guard lock(state_->mu);
   size_t n = 0;

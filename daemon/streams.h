@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -45,13 +46,15 @@ Result<std::unique_ptr<api::Stream>> OpenUdpStream(const std::string& ip, uint16
                                                    uint32_t mark = 0);
 // The console of vmm (libvirt stream) as an api::Stream.
 std::unique_ptr<api::Stream> WrapConsole(std::unique_ptr<vmm::ConsoleStream> console);
-// The serial console of the running domain `domain` defined with `console`:
-//  - kPty: a libvirt console stream (Hypervisor::OpenConsole, VIR_DOMAIN_CONSOLE_FORCE);
-//  - kUnix: QEMU's chardev socket itself (OpenUnixStream). libvirt 9.0's virDomainOpenConsole
-//    refuses every chardev but a pty ("character device console0 is not using a PTY"), and the
-//    daemon defines the console as a unix socket (vmi_domain.cc). QEMU serves one client at a
-//    time on it and accepts the next when that one leaves (checked by hand with QEMU 7.2), so the
-//    SessionRegistry's closing of the previous session is what lets a new one through.
+// The serial console of the running domain `domain`, whose console is `console` (as
+// Hypervisor::LiveConsole reads it from the live XML: what the domain was started with):
+//  - kPty (what vmi_domain.cc defines): a libvirt console stream (Hypervisor::OpenConsole,
+//    VIR_DOMAIN_CONSOLE_FORCE: libvirt ends a stream another client holds on it);
+//  - kUnix (domains an older edgevirtd started, still running after an upgrade): QEMU's chardev
+//    socket itself (OpenUnixStream), since libvirt 9.0's virDomainOpenConsole refuses every
+//    chardev but a pty ("character device console0 is not using a PTY"). QEMU serves one client
+//    at a time on it and accepts the next when that one leaves (checked by hand with QEMU 7.2),
+//    so the SessionRegistry's closing of the previous session is what lets a new one through.
 //  - kNone: kNotFound ("no serial console": autoattachSerialConsole false).
 Result<std::unique_ptr<api::Stream>> OpenSerialConsole(vmm::Hypervisor& hv, std::string_view domain,
                                                        const vmm::ConsoleSpec& console);
@@ -69,6 +72,16 @@ class SessionRegistry {
 
   std::unique_ptr<api::Stream> Adopt(const std::string& vmi_uid, std::string_view kind,
                                      std::unique_ptr<api::Stream> stream);
+  // Ends the session registered for (uid, kind), if any, as Adopt would (its client gets
+  // on_end(ReplacedReason(kind))), THEN calls `open` and adopts the stream it returns; `open`'s
+  // error is returned as is (the old session stays ended). For devices that take the device
+  // away from the old client themselves when the new one opens: libvirt's
+  // VIR_DOMAIN_CONSOLE_FORCE ends the old console stream with a plain end of file, which its
+  // client (virtctl: any close but 1001) would take as a reason to reconnect and take the
+  // console back, for ever. Ended first, the old client always sees the replaced reason.
+  Result<std::unique_ptr<api::Stream>> Open(
+      const std::string& vmi_uid, std::string_view kind,
+      const std::function<Result<std::unique_ptr<api::Stream>>()>& open);
   // Sessions currently registered (for tests and metrics).
   size_t size() const;
   // "a new <kind> connection replaced this one".

@@ -423,6 +423,53 @@ TEST_CASE("SessionRegistry: a session replaced before Start gets on_end at Start
   CHECK(sink.reason() == "a new vnc connection replaced this one");
 }
 
+TEST_CASE("SessionRegistry::Open ends the old session before the device is opened") {
+  TcpServer server(Echo);
+  SessionRegistry reg;
+  Sink first, second;
+  auto opened = reg.Open("uid-1", "console", [&]() -> Result<std::unique_ptr<api::Stream>> {
+    return OpenTcpStream("127.0.0.1", server.port());
+  });
+  REQUIRE(opened);
+  auto s1 = std::move(*opened);
+  s1->Start(first.OnData(), first.OnEnd());
+  REQUIRE(s1->Write("one"));
+  REQUIRE(first.WaitBytes(3));
+
+  // Like libvirt's VIR_DOMAIN_CONSOLE_FORCE, opening the device would end the old session with
+  // a plain end of file; its client must have been told "replaced" before that.
+  int ends_at_open = -1;
+  std::string reason_at_open;
+  opened = reg.Open("uid-1", "console", [&]() -> Result<std::unique_ptr<api::Stream>> {
+    ends_at_open = first.ends();
+    reason_at_open = first.reason();
+    return OpenTcpStream("127.0.0.1", server.port());
+  });
+  REQUIRE(opened);
+  CHECK(ends_at_open == 1);
+  CHECK(reason_at_open == SessionRegistry::ReplacedReason("console"));
+  auto s2 = std::move(*opened);
+  s2->Start(second.OnData(), second.OnEnd());
+  REQUIRE(s2->Write("two"));
+  REQUIRE(second.WaitBytes(3));
+  CHECK(reg.size() == 1);
+  s1.reset();  // the replaced stream leaves the new one registered
+  CHECK(reg.size() == 1);
+  CHECK(first.ends() == 1);
+
+  // A device that cannot be opened: its error, and the old session is ended all the same.
+  auto refused = reg.Open("uid-1", "console", []() -> Result<std::unique_ptr<api::Stream>> {
+    return MakeError(Code::kUnavailable, "no console today");
+  });
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code == Code::kUnavailable);
+  CHECK(refused.error().message == "no console today");
+  REQUIRE(second.WaitEnd());
+  CHECK(second.reason() == SessionRegistry::ReplacedReason("console"));
+  CHECK(reg.size() == 0);
+  CHECK(second.ends() == 1);
+}
+
 TEST_CASE("OpenSerialConsole: a unix console is QEMU's socket, no console is kNotFound") {
   // A hypervisor on libvirt's test driver (no QEMU): only the unix and none paths are used.
   vmm::HypervisorOptions opts;

@@ -1037,10 +1037,11 @@ Result<VmiPlan> PlanVmi(const Json& vmi, const VmiHostOptions& host, const Secre
 
   // Serial console, VNC, guest agent, TPM.
   if (Bool(Get(devices, "autoattachSerialConsole"), true)) {
-    d.console.kind = vmm::ConsoleKind::kUnix;
-    d.console.socket_path = dir + "/serial0.sock";
+    // A pty, so that the console is a libvirt stream (virDomainOpenConsole opens only ptys in
+    // libvirt 9.0); QEMU's chardev log records the guest's output whether or not a console
+    // session is attached.
+    d.console.kind = vmm::ConsoleKind::kPty;
     d.console.log_path = dir + "/serial0.log";
-    if (auto st = CheckSocketPath(d.console.socket_path); !st) return fail(std::move(st).error());
   }
   if (Bool(Get(devices, "autoattachGraphicsDevice"), true)) {
     // In a subdirectory QEMU may write to: QEMU 7.2 binds the VNC socket itself (libvirt 9.0

@@ -176,8 +176,9 @@ spec:
   CHECK(d.disks[3].name == "scratch");
   CHECK(d.disks[3].bus == vmm::DiskBus::kSata);
 
-  CHECK(d.console.kind == vmm::ConsoleKind::kUnix);
-  CHECK(d.console.socket_path == dir + "/serial0.sock");
+  // A pty (the console is a libvirt stream) whose output QEMU also logs.
+  CHECK(d.console.kind == vmm::ConsoleKind::kPty);
+  CHECK(d.console.socket_path.empty());
   CHECK(d.console.log_path == dir + "/serial0.log");
   CHECK(d.vnc_socket_path == dir + "/vnc/vnc.sock");
   CHECK(d.guest_agent_socket_path == dir + "/qga.sock");
@@ -204,7 +205,9 @@ spec:
            "<source file='" + dir + "/cloudinit-seed.iso'/>", "<target dev='vda' bus='virtio'/>",
            "<alias name='ua-seed'/>", "<serial>DATA1</serial>",
            "<source mode='bind' path='" + dir + "/qga.sock'/>",
-           "<listen type='socket' socket='" + dir + "/vnc/vnc.sock'/>"}) {
+           "<listen type='socket' socket='" + dir + "/vnc/vnc.sock'/>",
+           "<serial type='pty'>\n      <log file='" + dir + "/serial0.log' append='on'/>",
+           "<console type='pty'>"}) {
     INFO(piece);
     CHECK(xml->find(piece) != std::string::npos);
   }
@@ -247,7 +250,12 @@ TEST_CASE("CPU models, autoattach switches, TPM and EFI") {
     auto plan = f.Plan(yaml);
     REQUIRE(plan.has_value());
     CHECK(plan->domain.console.kind == vmm::ConsoleKind::kNone);
+    CHECK(plan->domain.console.log_path.empty());
     CHECK(plan->domain.vnc_socket_path.empty());
+    auto none_xml = vmm::DomainXml(plan->domain);
+    REQUIRE(none_xml.has_value());
+    CHECK(none_xml->find("<serial") == std::string::npos);
+    CHECK(none_xml->find("<console") == std::string::npos);
     CHECK_FALSE(plan->domain.guest_agent_socket_path.empty());
   }
   SECTION("TPM") {

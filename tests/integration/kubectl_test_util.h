@@ -412,7 +412,9 @@ class WatchStream {
 class EdgevirtDaemon {
  public:
   // `api_config`: more keys of the `api:` section, indented by two spaces ("  ioThreads: 4\n");
-  // `extra_config`: more top-level YAML (e.g. a `store:` section).
+  // it follows the `listen` list directly, so items indented by four ("    - unix:/x.sock\n")
+  // add listeners (url() stays the loopback one); `extra_config`: more top-level YAML (e.g. a
+  // `store:` section).
   explicit EdgevirtDaemon(std::filesystem::path dir, const std::string& api_config = "",
                           const std::string& extra_config = "")
       : dir_(std::move(dir)), cgroups_(dir_) {

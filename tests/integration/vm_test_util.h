@@ -1,21 +1,23 @@
 // Helpers for the tests that boot the test guest through the real edgevirtd: a daemon whose
 // config allows hostDisk volumes under the test's own disk directory, VM manifests that boot a
-// private copy of the test guest (tests/fixtures/guest), the guest's serial log and serial
-// console (the per-VMI files under <stateDir>/vms/<uid>/), QEMU processes found in /proc, and
-// the subresource requests exactly as virtctl v1.0 sends them.
+// private copy of the test guest (tests/fixtures/guest), the guest's serial log (the per-VMI
+// file <stateDir>/vms/<uid>/serial0.log), the serial console through the daemon's console
+// WebSocket, QEMU processes found in /proc, and the subresource requests exactly as virtctl
+// v1.0 sends them.
 #pragma once
 
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 
+#include <chrono>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tests/integration/kubectl_test_util.h"
 #include "tests/support/qemu.h"
+#include "tests/support/websocket_client.h"
 
 namespace edgevirt::testing {
 
@@ -23,12 +25,14 @@ inline std::filesystem::path GuestDir() { return EDGEVIRT_GUEST_DIR; }
 
 // A daemon + kubectl whose hostDisk directory holds copies of the test guest.
 struct VmEnv {
-  // `extra_config`: more top-level YAML for the daemon (e.g. a `storage:` section).
-  explicit VmEnv(const std::string& prefix, const std::string& extra_config = "")
+  // `extra_config`: more top-level YAML for the daemon (e.g. a `storage:` section);
+  // `api_config`: more of its `api:` section (see EdgevirtDaemon).
+  explicit VmEnv(const std::string& prefix, const std::string& extra_config = "",
+                 const std::string& api_config = "")
       : tmp(prefix),
         disks(MakeDisks(tmp)),
         daemon(
-            tmp / "daemon", "",
+            tmp / "daemon", api_config,
             "vms:\n  hostDiskDirs: [" + disks.string() + "]\n  resyncPeriod: 5s\n" + extra_config),
         kubectl(tmp / "kubectl"),
         reaper(tmp.path().string(), EDGEVIRT_BINARY_DIR "/vmm_test_roots") {
@@ -151,20 +155,47 @@ struct VmEnv {
         timeout);
   }
 
-  // Types `line` into the guest's root shell on its serial console.
-  bool SerialType(const std::string& uid, const std::string& line) {
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    const std::string path = (VmiDir(uid) / "serial0.sock").string();
-    if (path.size() >= sizeof(addr.sun_path)) return false;
-    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return false;
-    const std::string text = "\n" + line + "\n";
-    bool ok = ::send(fd.get(), text.data(), text.size(), MSG_NOSIGNAL) ==
-              static_cast<ssize_t>(text.size());
+  // The name of the VMI whose uid is `uid` ("" when no VMI in namespace default has it).
+  std::string VmiNameOf(const std::string& uid) {
+    auto r = Http(daemon.url(), "GET",
+                  "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances");
+    if (r.status != 200) return "";
+    Json list = ParseJson(r.body);
+    for (const Json& vmi : list.value("items", Json::array())) {
+      if (vmi["metadata"].value("uid", "") == uid) return vmi["metadata"].value("name", "");
+    }
+    return "";
+  }
+
+  // Types `line` into the guest's root shell through the daemon's console WebSocket, as
+  // `virtctl console` does (.../virtualmachineinstances/<name>/console, subprotocol
+  // plain.kubevirt.io, binary frames; a session open before is replaced), and keeps the session
+  // until the guest echoed the start of the line back: QEMU reads a pty only once it noticed
+  // that someone opened it (it polls once a second), so closing at once could leave the keys
+  // unread. False when the VMI with this uid is gone, the console cannot be opened, or no echo
+  // came within `timeout`. The shell's output is in the serial log (SerialLog, WaitSerial).
+  bool SerialType(const std::string& uid, const std::string& line,
+                  std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+    const std::string name = VmiNameOf(uid);
+    if (name.empty()) return false;
+    WebSocketClient ws;
+    if (!ws.Connect(
+            daemon.url(),
+            "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/" + name +
+                "/console",
+            {{"User-Agent", "virtctl/v1.0.0 (linux/amd64)"}})) {
+      return false;
+    }
+    if (!ws.SendBinary("\n" + line + "\n")) return false;
+    // The echo: the line's first characters come back together (a long line may be wrapped by
+    // the shell's line editor further on).
+    const std::string echo = line.substr(0, 20);
+    const bool echoed = ws.ReadUntil(echo, timeout).find(echo) != std::string::npos;
+    // QEMU reads the rest as the UART takes it; what it has not read yet stays in the pty for
+    // it after the session closes. A moment for the newline anyway, as typing would take.
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    return ok;
+    ws.Close();
+    return echoed;
   }
 
   std::vector<pid_t> Qemus() { return QemuPidsUnder(daemon.state_dir().string()); }
