@@ -149,6 +149,7 @@ TEST_CASE("a VM boots from kubectl apply and answers virtctl's lifecycle request
     CHECK(r.status == 409);
 
     r = env.Virtctl("PUT", "virtualmachines", "vm1", "start", "{}");
+    INFO("start: " << r.status << " " << r.body);
     CHECK(r.status == 202);
     REQUIRE(env.WaitPhase("vm1", "Running"));
     const std::string uid2 = Uid(env.Vmi("vm1"));
