@@ -358,8 +358,10 @@ class VmOps {
   }
 
   // getRunningJson as a merge patch of the main resource (so admission runs and the spec change
-  // bumps metadata.generation); spec.running when the VM uses it. The resourceVersion read
-  // with `vm` makes it conditional: a VM changed meanwhile gets 409 instead of a blind write.
+  // bumps metadata.generation); spec.running when the VM uses it. Unconditional, as KubeVirt
+  // sends it: the controller writes the VM's status all the time (printableStatus, conditions),
+  // and a resourceVersion precondition turned such a write between the read and the patch into
+  // a 409 that virtctl does not retry (seen as a flake of `virtctl start` right after a stop).
   std::optional<ApiError> PatchRunning(const Json& vm, bool running, bool dry_run) {
     Json patch = Json::object();
     if (Find(vm, {"spec", "runStrategy"}) != nullptr) {
@@ -367,7 +369,6 @@ class VmOps {
     } else {
       patch["spec"]["running"] = running;
     }
-    patch["metadata"]["resourceVersion"] = Str(vm, {"metadata", "resourceVersion"});
     machinery::WriteOptions options;
     options.dry_run = dry_run;
     options.field_manager = kFieldManager;
