@@ -431,12 +431,12 @@ class EdgevirtDaemon {
                   "\n"
                   "api:\n"
                   "  listen:\n"
-                  "    - http://127.0.0.1:0\n"
+                  "    - http://127.0.0.1:0\n" +
+                  api_config +
                   // Plain HTTP on loopback without credentials: these tests drive the API, not
                   // its authentication (tests/integration/kubectl_auth_test.cc does that).
                   "  auth:\n"
-                  "    plainHttp: none\n" +
-                  api_config +
+                  "    plainHttp: none\n"
                   "log:\n"
                   "  level: info\n"
                   "  target: stderr\n"
