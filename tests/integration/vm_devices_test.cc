@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <iostream>
 #include <set>
 
 #include "cgroup/device_filter.h"
@@ -390,8 +391,13 @@ TEST_CASE("an ephemeral volume boots the guest from a claim through a discarded 
   // The guest writes through to the overlay only.
   REQUIRE(f.e.SerialType(uid,
                          "dd if=/dev/zero of=/dev/vda bs=4096 count=16 seek=1000 && "
-                         "sync && echo WROTE-DONE"));
-  REQUIRE(f.e.WaitSerial(uid, "WROTE-DONE", 2, 60s));
+                         "sync && echo WROTE\"\"-DONE"));
+  // The marker as printed, not as echoed (the quotes split it; the echo may be wrapped too).
+  const bool wrote = f.e.WaitSerial(uid, "WROTE-DONE", 1, 60s);
+  if (!wrote) {
+    std::cerr << "serial log, raw:\n" << nlohmann::json(f.e.SerialLog(uid)).dump() << "\n";
+  }
+  REQUIRE(wrote);
   CHECK(ReadFile(image) == before);
   auto del = Http(f.e.daemon.url(), "DELETE",
                   "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/eph");

@@ -319,9 +319,10 @@ TEST_CASE("VM networking: DHCP, NAT, bindings, a host-bridge NIC, Services, kill
   }
 
   // The guest reaches its gateway (the bridge) and the other VM.
-  REQUIRE(env.SerialType(uid_a, "ping -c 2 -W 5 10.208.0.1 >/dev/null && echo GW-PING-OK"));
+  // Markers as printed, not as echoed: the quotes split them in the typed line.
+  REQUIRE(env.SerialType(uid_a, "ping -c 2 -W 5 10.208.0.1 >/dev/null && echo GW-PING\"\"-OK"));
   CHECK(env.WaitSerial(uid_a, "GW-PING-OK", 1, 60s));
-  REQUIRE(env.SerialType(uid_a, "wget -q -O - http://" + ip_b + "/ && echo VM2VM-OK"));
+  REQUIRE(env.SerialType(uid_a, "wget -q -O - http://" + ip_b + "/ && echo VM2VM\"\"-OK"));
   CHECK(env.WaitSerial(uid_a, "VM2VM-OK", 1, 60s));
 
   // The host reaches the guests' services; masquerade with ports admits only those.

@@ -11,7 +11,9 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -167,13 +169,14 @@ struct VmEnv {
     return "";
   }
 
-  // Types `line` into the guest's root shell through the daemon's console WebSocket, as
-  // `virtctl console` does (.../virtualmachineinstances/<name>/console, subprotocol
-  // plain.kubevirt.io, binary frames; a session open before is replaced), and keeps the session
-  // until the guest echoed the start of the line back: QEMU reads a pty only once it noticed
-  // that someone opened it (it polls once a second), so closing at once could leave the keys
-  // unread. False when the VMI with this uid is gone, the console cannot be opened, or no echo
-  // came within `timeout`. The shell's output is in the serial log (SerialLog, WaitSerial).
+  // Types `line` and Enter into the guest's serial shell through the daemon's console
+  // WebSocket, as `virtctl console` does (.../virtualmachineinstances/<name>/console,
+  // subprotocol plain.kubevirt.io, binary frames; a session open before is replaced); output is
+  // read from SerialLog. False when the VMI with this uid is gone, the console cannot be opened,
+  // or the echo did not come within `timeout`. The session stays
+  // open until the shell has echoed the whole line and then moved to a new line for the Enter:
+  // QEMU stops reading a pty while nobody holds it open, so input it has not read when the
+  // session closes would wait for the next session (a UART under TCG takes a long line slowly).
   bool SerialType(const std::string& uid, const std::string& line,
                   std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
     const std::string name = VmiNameOf(uid);
@@ -186,16 +189,52 @@ struct VmEnv {
             {{"User-Agent", "virtctl/v1.0.0 (linux/amd64)"}})) {
       return false;
     }
-    if (!ws.SendBinary("\n" + line + "\n")) return false;
-    // The echo: the line's first characters come back together (a long line may be wrapped by
-    // the shell's line editor further on).
-    const std::string echo = line.substr(0, 20);
-    const bool echoed = ws.ReadUntil(echo, timeout).find(echo) != std::string::npos;
-    // QEMU reads the rest as the UART takes it; what it has not read yet stays in the pty for
-    // it after the session closes. A moment for the newline anyway, as typing would take.
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    std::string seen;
+    auto read_until = [&](const std::function<bool()>& done) {
+      while (!done()) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) return false;
+        auto m = ws.Receive(left);
+        if (!m) return false;
+        if (m->binary) seen += m->data;
+      }
+      return true;
+    };
+    // A fresh prompt, the text, its echo (the line editor wraps long lines), then Enter.
+    if (!ws.SendBinary("\n" + line)) return false;
+    if (!read_until([&] { return EchoedText(seen).find(line) != std::string::npos; })) return false;
+    seen.clear();
+    if (!ws.SendBinary("\n")) return false;
+    if (!read_until([&] { return seen.find('\n') != std::string::npos; })) return false;
     ws.Close();
-    return echoed;
+    return true;
+  }
+
+  // What a terminal shows of `out` on one line: CR and LF dropped, a backspace erasing the
+  // character before it, escape sequences (ESC [ ... final byte) removed.
+  static std::string EchoedText(std::string_view out) {
+    std::string text;
+    for (size_t i = 0; i < out.size(); ++i) {
+      const char c = out[i];
+      if (c == '\r' || c == '\n') continue;
+      if (c == '\b') {
+        if (!text.empty()) text.pop_back();
+        continue;
+      }
+      if (c == '\x1b') {
+        if (i + 1 < out.size() && out[i + 1] == '[') {
+          i += 2;
+          while (i < out.size() && !(out[i] >= 0x40 && out[i] <= 0x7e)) ++i;
+        } else {
+          ++i;
+        }
+        continue;
+      }
+      text += c;
+    }
+    return text;
   }
 
   std::vector<pid_t> Qemus() { return QemuPidsUnder(daemon.state_dir().string()); }
