@@ -90,6 +90,8 @@ pid_t ForkExecWithLimits(const std::string& program, char* const argv[], char* c
   dfl.sa_handler = SIG_DFL;
   const rlimit cpu{options.rlimit_cpu_seconds, options.rlimit_cpu_seconds};
   const rlimit as{options.rlimit_as_bytes, options.rlimit_as_bytes};
+  // Before the fork: the child may not allocate.
+  const char* stdin_path = options.stdin_path.empty() ? "/dev/null" : options.stdin_path.c_str();
   pid_t pid = ::fork();
   if (pid < 0) {
     *err = errno;
@@ -101,7 +103,7 @@ pid_t ForkExecWithLimits(const std::string& program, char* const argv[], char* c
       if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
     }
     ::sigprocmask(SIG_SETMASK, &empty, nullptr);
-    int null_fd = ::open("/dev/null", O_RDONLY);
+    int null_fd = ::open(stdin_path, O_RDONLY);
     if (::setpgid(0, 0) != 0 || null_fd < 0 || ::dup2(null_fd, 0) < 0 || ::dup2(out_fd, 1) < 0 ||
         ::dup2(err_fd, 2) < 0 ||
         (options.rlimit_cpu_seconds != 0 && ::setrlimit(RLIMIT_CPU, &cpu) != 0) ||
@@ -169,7 +171,8 @@ Result<ExecResult> Exec(const std::vector<std::string>& argv, const ExecOptions&
 
   SpawnSetup setup;
   // dup2 clears FD_CLOEXEC on the target, so only 0, 1 and 2 survive the exec.
-  ::posix_spawn_file_actions_addopen(setup.actions(), 0, "/dev/null", O_RDONLY, 0);
+  const std::string stdin_path = options.stdin_path.empty() ? "/dev/null" : options.stdin_path;
+  ::posix_spawn_file_actions_addopen(setup.actions(), 0, stdin_path.c_str(), O_RDONLY, 0);
   ::posix_spawn_file_actions_adddup2(setup.actions(), out_w.get(), 1);
   ::posix_spawn_file_actions_adddup2(setup.actions(), err_w.get(), 2);
   sigset_t empty, all;

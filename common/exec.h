@@ -23,6 +23,8 @@ struct ExecOptions {
   // allocations fail), as KubeVirt bounds `qemu-img info` on untrusted images.
   uint64_t rlimit_cpu_seconds = 0;
   uint64_t rlimit_as_bytes = 0;
+  // The child's stdin: this file, opened read-only; empty = /dev/null.
+  std::string stdin_path;
 };
 
 struct ExecResult {
@@ -46,12 +48,12 @@ inline constexpr std::string_view kExecSearchPath = "/usr/bin:/usr/sbin:/bin:/sb
 Result<std::string> ResolveProgram(std::string_view program);
 
 // Runs argv[0] (resolved by ResolveProgram) with argv as its argument vector — never through a
-// shell — with stdin /dev/null, stdout and stderr captured, the environment reduced to
-// PATH=kExecSearchPath and LC_ALL=C (stable messages), all signals at their default disposition
-// and unblocked (the daemon blocks SIGTERM/SIGINT/SIGHUP and ignores SIGPIPE in every thread,
-// and a spawned child would inherit both), in a process group of its own. Returns the outcome
-// whatever the exit status, including a timeout (timed_out, signal SIGKILL). Errors only when
-// the program cannot be started: kInvalid (empty argv), kNotFound (program), kInternal (pipes,
+// shell — with stdin /dev/null (or options.stdin_path), stdout and stderr captured, the environment
+// reduced to PATH=kExecSearchPath and LC_ALL=C (stable messages), all signals at their default
+// disposition and unblocked (the daemon blocks SIGTERM/SIGINT/SIGHUP and ignores SIGPIPE in every
+// thread, and a spawned child would inherit both), in a process group of its own. Returns the
+// outcome whatever the exit status, including a timeout (timed_out, signal SIGKILL). Errors only
+// when the program cannot be started: kInvalid (empty argv), kNotFound (program), kInternal (pipes,
 // spawn).
 Result<ExecResult> Exec(const std::vector<std::string>& argv, const ExecOptions& options = {});
 

@@ -4,10 +4,9 @@
 // server), else `promtool` on PATH.
 #pragma once
 
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdio>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +14,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "common/exec.h"
 
 namespace edgevirt::testing {
 
@@ -49,13 +50,15 @@ inline PromtoolResult PromtoolCheckMetrics(const std::string& exposition) {
   if (fd < 0) return r;
   ::close(fd);
   { std::ofstream(path, std::ios::binary) << exposition; }
-  const std::string cmd = promtool + " check metrics < " + path + " 2>&1";
-  if (FILE* p = ::popen(cmd.c_str(), "r")) {
-    char buf[4096];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-    const int status = ::pclose(p);
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  // argv, no shell: the exposition goes in on stdin from the file.
+  ExecOptions options;
+  options.stdin_path = path;
+  options.timeout = std::chrono::seconds(60);
+  if (auto done = Exec({promtool, "check", "metrics"}, options); done.has_value()) {
+    r.output = done->stdout_text + done->stderr_text;
+    r.exit_code = done->signal == 0 ? done->exit_code : -1;
+  } else {
+    r.output = done.error().message;
   }
   std::filesystem::remove(path);
   std::istringstream lines(r.output);

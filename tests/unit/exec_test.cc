@@ -53,6 +53,32 @@ TEST_CASE("Exec reports exit status, stdout and stderr") {
   CHECK(env->stdout_text == "PATH=/usr/bin:/usr/sbin:/bin:/sbin\nLC_ALL=C\n");
 }
 
+TEST_CASE("Exec feeds stdin from options.stdin_path, else /dev/null, on both spawn paths") {
+  char path[] = "/tmp/edgevirt-exec-stdin-XXXXXX";
+  const int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  const std::string text = "line one\n$HOME *\n";
+  REQUIRE(::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
+  ::close(fd);
+  for (const bool limits : {false, true}) {  // posix_spawn, then fork (rlimits)
+    INFO("with rlimits: " << limits);
+    ExecOptions o;
+    if (limits) o.rlimit_cpu_seconds = 30;
+    auto none = Exec({"cat"}, o);
+    REQUIRE(none.has_value());
+    CHECK(none->ok());
+    CHECK(none->stdout_text.empty());
+    o.stdin_path = path;
+    auto fed = Exec({"cat"}, o);
+    REQUIRE(fed.has_value());
+    CHECK(fed->stdout_text == text);
+    o.stdin_path = "/no/such/file";
+    auto missing = Exec({"cat"}, o);
+    CHECK_FALSE((missing.has_value() && missing->ok()));
+  }
+  ::unlink(path);
+}
+
 TEST_CASE("Exec bounds captured output and keeps draining") {
   ExecOptions o;
   o.max_output_bytes = 1000;
