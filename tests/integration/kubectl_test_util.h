@@ -19,7 +19,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -484,6 +486,17 @@ class EdgevirtDaemon {
   // address.
   ~EdgevirtDaemon() {
     child_.reset();
+    // A failed REQUIRE unwinds through here before the temp directory goes: show what the last
+    // daemons said (ctest --output-on-failure keeps it), e.g. why one refused connections.
+    if (std::uncaught_exceptions() > 0) {
+      for (int i = std::max(1, starts_ - 1); i <= starts_; ++i) {
+        const std::string err = ReadFile(dir_ / ("edgevirtd-" + std::to_string(i) + ".stderr"));
+        const size_t from = err.size() > 16384 ? err.size() - 16384 : 0;
+        std::cerr << "---- edgevirtd start " << i << " stderr (last " << err.size() - from
+                  << " bytes) ----\n"
+                  << err.substr(from) << "\n";
+      }
+    }
     const std::string conf = "--conf-file=" + (dir_ / "run" / "net" / "dnsmasq.conf").string();
     std::error_code ec;
     for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
