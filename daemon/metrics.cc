@@ -241,27 +241,33 @@ void Metrics::CollectVmis(Exposition& out) const {
   out.Add("edgevirt_metrics_source_up", {{"source", "vmis"}}, vmis ? 1 : 0);
   if (!vmis) return;
 
-  // kubevirt_vmi_phase_count (virt-controller's): VMIs per node and phase, lower-case phase,
-  // "<none>" for an absent label value.
+  // kubevirt_vmi_phase_count (virt-controller's pkg/monitoring/vmistats in v1.0): VMIs per node
+  // and phase, the phase lower-cased as it is (an unset phase is ""), "<none>" for an absent
+  // annotation. instance_type/preference: KubeVirt names only instance types whose object carries
+  // a whitelisted vendor label (kubevirt.io, redhat.com) and reports "<other>" for the rest;
+  // edgevirt serves no instancetype objects, so a VMI that names one reports "<other>".
   std::map<Labels, double> phases;
   for (const auto& vmi : *vmis) {
-    std::string phase = Lower(Str(vmi, {"status", "phase"}));
-    if (phase.empty()) phase = "pending";  // KubeVirt's VmPhaseUnset counts as pending
-    std::string node = Str(vmi, {"status", "nodeName"});
+    const std::string phase = Lower(Str(vmi, {"status", "phase"}));
+    const std::string node = Str(vmi, {"status", "nodeName"});
     const auto& ann = vmi["metadata"].value("annotations", nlohmann::json::object());
     auto annotation = [&](const char* key) {
       auto it = ann.find(key);
-      return it != ann.end() && it->is_string() && !it->get<std::string>().empty()
-                 ? it->get<std::string>()
-                 : std::string("<none>");
+      return it != ann.end() && it->is_string() ? it->get<std::string>() : std::string("<none>");
     };
-    phases[{{"node", node.empty() ? "<none>" : node},
+    auto named = [&](const char* key, const char* cluster_key) {
+      return ann.contains(key) || ann.contains(cluster_key) ? std::string("<other>")
+                                                            : std::string("<none>");
+    };
+    phases[{{"node", node},
             {"phase", phase},
             {"os", annotation("vm.kubevirt.io/os")},
             {"workload", annotation("vm.kubevirt.io/workload")},
             {"flavor", annotation("vm.kubevirt.io/flavor")},
-            {"instance_type", annotation("kubevirt.io/instancetype-name")},
-            {"preference", annotation("kubevirt.io/preference-name")}}] += 1;
+            {"instance_type",
+             named("kubevirt.io/instancetype-name", "kubevirt.io/cluster-instancetype-name")},
+            {"preference",
+             named("kubevirt.io/preference-name", "kubevirt.io/cluster-preference-name")}}] += 1;
   }
   out.Declare("kubevirt_vmi_phase_count", "Sum of VMIs per phase and node.", Type::kGauge);
   for (const auto& [labels, n] : phases) out.Add("kubevirt_vmi_phase_count", labels, n);

@@ -133,7 +133,12 @@ TEST_CASE("KubeVirt VMI metrics from VMIs and domain stats") {
   src.vmis = [] {
     return Result<std::vector<nlohmann::json>>(std::vector<nlohmann::json>{
         Vmi("default", "vm1", "Running"), Vmi("default", "vm2", "Scheduling"),
-        Vmi("other", "vm3", "Running")});
+        Vmi("other", "vm3", "Running"), [] {
+          auto v = Vmi("other", "vm4", "Running");
+          v["metadata"]["annotations"] = {{"vm.kubevirt.io/os", "fedora"},
+                                          {"kubevirt.io/cluster-instancetype-name", "u1.small"}};
+          return v;
+        }()});
   };
   src.domain_stats = [s] { return Result<std::vector<vmm::DomainStats>>({s}); };
   src.queue_depth = [] { return size_t{3}; };
@@ -148,6 +153,11 @@ TEST_CASE("KubeVirt VMI metrics from VMIs and domain stats") {
       "preference=\"<none>\"}";
   CHECK(has("kubevirt_vmi_phase_count{node=\"edge-1\",phase=\"running\"" + none + " 2"));
   CHECK(has("kubevirt_vmi_phase_count{node=\"edge-1\",phase=\"scheduling\"" + none + " 1"));
+  // Annotations as KubeVirt reads them; an instance type it cannot vouch for is "<other>".
+  CHECK(
+      has("kubevirt_vmi_phase_count{node=\"edge-1\",phase=\"running\",os=\"fedora\","
+          "workload=\"<none>\",flavor=\"<none>\",instance_type=\"<other>\","
+          "preference=\"<none>\"} 1"));
   const std::string vm1 = "node=\"edge-1\",namespace=\"default\",name=\"vm1\"";
   CHECK(has("kubevirt_vmi_memory_resident_bytes{" + vm1 + "} 1024000"));
   CHECK(has("kubevirt_vmi_memory_domain_bytes_total{" + vm1 + "} 536870912"));
