@@ -49,11 +49,16 @@ case "$cmd" in
     configure_and_build "$BUILD_DIR"
     ;;
   test)
+    # Each stage's wall time, so a CI log shows where its time budget goes.
+    stage() { echo "dev.sh: $1 done at ${SECONDS}s"; }
     deps
+    stage "install-deps"
     # Line tables only (-g1): backtraces keep file:line, and the compile is ~20% faster than -g.
     configure_and_build "$BUILD_DIR" -DEDGEVIRT_WERROR=ON -DEDGEVIRT_FAULT_INJECTION=ON \
       -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG"
+    stage "build"
     (cd "$BUILD_DIR" && ctest --output-on-failure -j "$JOBS")
+    stage "ctest"
     # The sanitizer build only needs what the unit tests run: building every target again with
     # ASan would double CI's compile time. -O1, the level ASan's documentation suggests,
     # compiles ~35% faster than -O2 under instrumentation.
@@ -61,7 +66,9 @@ case "$cmd" in
       -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" -DEDGEVIRT_WERROR=ON -DEDGEVIRT_SANITIZE=ON -DEDGEVIRT_BUILD_BENCH=OFF
     mapfile -t unit_targets < <(unit_test_targets "$ASAN_BUILD_DIR")
     cmake --build "$ASAN_BUILD_DIR" -j "$JOBS" --target "${unit_targets[@]}"
+    stage "sanitizer build"
     (cd "$ASAN_BUILD_DIR" && ctest --output-on-failure -j "$JOBS" -L unit)
+    stage "sanitizer ctest"
     ;;
   format)
     git ls-files '*.cc' '*.h' | xargs clang-format -i
