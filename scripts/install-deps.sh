@@ -48,9 +48,14 @@ DEB_PACKAGES=(
   # image/: the registry client (libcurl, OpenSSL SHA-256), layer extraction (libarchive);
   # api/: HTTPS listeners, the generated CA and certificates, tokens (OpenSSL: libssl-dev)
   libcurl4-openssl-dev libssl-dev libarchive-dev
+  # edgevirtd links libarchive.a (cmake/EdgevirtStaticDeps.cmake): its other dependencies'
+  # development links (libnettle, liblzma, libzstd, libxml2 come with the packages above)
+  liblz4-dev libacl1-dev
   # image tests: a real registry (CNCF distribution 2.8), skopeo to push, bcrypt htpasswd, the
   # token server's RS256 signing, zstd layers
   docker-registry skopeo umoci apache2-utils python3-cryptography zstd
+  # readelf (binutils) for the linkage check
+  binutils
 )
 
 # AlmaLinux 9 (EPEL provides yaml-cpp, json, catch2 and cpp-httplib; CRB provides lmdb-devel).
