@@ -54,8 +54,10 @@ DEB_PACKAGES=(
   # image tests: a real registry (CNCF distribution 2.8), skopeo to push, bcrypt htpasswd, the
   # token server's RS256 signing, zstd layers
   docker-registry skopeo umoci apache2-utils python3-cryptography zstd
-  # readelf (binutils) for the linkage check
-  binutils
+  # packaging/: the RPM is built (from the existing build) and inspected here with Debian's
+  # rpmbuild; the DEB with dpkg-deb (dpkg) and its maintainer scripts' deb-systemd-helper
+  # (init-system-helpers); readelf (binutils) for the linkage check
+  rpm init-system-helpers binutils
 )
 
 # AlmaLinux 9 (EPEL provides yaml-cpp, json, catch2 and cpp-httplib; CRB provides lmdb-devel).
@@ -77,6 +79,8 @@ RPM_PACKAGES=(
   clang compiler-rt
   libcurl-devel openssl-devel libarchive-devel
   skopeo httpd-tools python3-cryptography zstd
+  # packaging/build-rpm.sh (rpmbuild, the systemd scriptlet macros); not tried on AlmaLinux yet
+  rpm-build systemd-rpm-macros
 )
 
 case "${ID}:${ID_LIKE:-}" in
