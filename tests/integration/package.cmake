@@ -7,7 +7,7 @@ if(TARGET edgevirtd AND EDGEVIRT_STATIC_DEPS AND NOT EDGEVIRT_SANITIZE)
   add_test(NAME edgevirtd_linkage
     COMMAND ${PROJECT_SOURCE_DIR}/tests/package/check-linkage.sh $<TARGET_FILE:edgevirtd>
             ${EDGEVIRT_LINKAGE_ALLOWED})
-  set_tests_properties(edgevirtd_linkage PROPERTIES LABELS "unit;package" TIMEOUT 60)
+  set_tests_properties(edgevirtd_linkage PROPERTIES LABELS "lint;package" TIMEOUT 60)
 endif()
 
 # package_test: builds the DEB and the RPM from this build directory's edgevirtd (no second
