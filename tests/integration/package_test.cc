@@ -225,6 +225,8 @@ class PackageHost {
                   static_cast<unsigned long long>(rng()));
     env["INVOCATION_ID"] = id;
     env["WATCHDOG_PID"] = std::nullopt;
+    // systemd's PATH for system services (the daemon runs nft, dnsmasq, qemu-img, ip, ...).
+    env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
     // systemd forks the service inside its cgroup: the test moves itself there for the fork
     // and back right after, so the daemon is born in the unit's cgroup.
     {
@@ -401,6 +403,8 @@ TEST_CASE("the DEB installs, runs under its unit's command line, upgrades, remov
     auto [code, out] = RunCommand({kBinary, "check-config", "/etc/edgevirt/edgevirtd.yaml"}, tmp);
     CHECK(code == 0);
     CHECK(out == "/etc/edgevirt/edgevirtd.yaml: ok\n");
+    // It is examples/edgevirtd.yaml, whose keys daemon_config_test compares with the parser's.
+    CHECK(ReadFile("/etc/edgevirt/edgevirtd.yaml") == ReadFile(Source("examples/edgevirtd.yaml")));
   }
   // Depends names the package of every library the binary needs.
   {
