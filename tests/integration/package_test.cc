@@ -287,7 +287,7 @@ class PackageHost {
   std::vector<std::pair<fs::path, fs::perms>> restore_;
 };
 
-// The paths a .deb installs (`dpkg-deb -c`), without the directories every system has.
+// The paths a .deb installs (`dpkg-deb -c`), directories included, without the root.
 std::vector<std::string> DebPaths(const fs::path& deb, const fs::path& out_dir) {
   auto [code, out] = RunCommand({"/usr/bin/dpkg-deb", "-c", deb.string()}, out_dir);
   REQUIRE(code == 0);
