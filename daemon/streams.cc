@@ -57,6 +57,20 @@ class FdCore : public std::enable_shared_from_this<FdCore> {
       want_writable_ = true;
       return false;
     }
+    if (out_.empty()) {
+      // Nothing waits before these bytes: send them on the caller's thread, as much as the
+      // socket takes now. The common case then costs no wake-up of the stream's thread (a
+      // context switch and an eventfd write and read per message, most of a relayed message's
+      // cost). What the socket does not take, and a failed send, go to the buffer: the thread
+      // sends the rest once the socket is writable, or meets the error again and ends the
+      // stream (on_end with "send: ...").
+      ssize_t n;
+      do {
+        n = ::send(fd_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      } while (n < 0 && errno == EINTR);
+      if (n >= 0 && (datagram_ || size_t(n) == bytes.size())) return true;
+      if (n > 0) bytes.remove_prefix(size_t(n));
+    }
     if (datagram_ || out_.empty()) {
       out_.emplace_back(bytes);
     } else {
