@@ -5,8 +5,10 @@
 // device and calls these; nothing here knows KubeVirt objects.
 //
 // fd streams: one thread per stream polls the socket and an eventfd (woken by Write, Resume,
-// Close). Reads stop while on_data has returned false; client bytes wait in a bounded buffer
-// (kWriteBufferBytes; Write returns false when full, on_writable fires once there is room).
+// Close). Reads stop while on_data has returned false. Write sends on the caller's thread when
+// nothing is buffered; what the socket does not take waits in a bounded buffer
+// (kStreamWriteBufferBytes; Write returns false when full, on_writable fires once there is
+// room) for the stream's thread.
 // on_data, on_end and on_writable run on the stream's thread; Close (and the destructor) wait
 // for it to finish unless called from inside one of those callbacks.
 #pragma once
