@@ -364,6 +364,81 @@ TEST_CASE("WebSocket: every message is one Write and every on_data one message (
   CHECK(got == std::vector<std::string>{"x", "yy", "zzz"});
 }
 
+// One client frame as a client must send it (masked), with the 7/16/64-bit length forms.
+std::string ClientFrame(uint8_t opcode, bool fin, std::string_view payload) {
+  std::string f;
+  f += static_cast<char>((fin ? 0x80 : 0x00) | opcode);
+  const size_t n = payload.size();
+  if (n < 126) {
+    f += static_cast<char>(0x80 | n);
+  } else if (n < 65536) {
+    f += static_cast<char>(0x80 | 126);
+    f += static_cast<char>(n >> 8);
+    f += static_cast<char>(n & 0xff);
+  } else {
+    f += static_cast<char>(0x80 | 127);
+    for (int shift = 56; shift >= 0; shift -= 8) f += static_cast<char>((n >> shift) & 0xff);
+  }
+  const char key[4] = {0x12, 0x34, 0x56, 0x78};
+  f.append(key, 4);
+  for (size_t i = 0; i < n; ++i) f += static_cast<char>(payload[i] ^ key[i % 4]);
+  return f;
+}
+
+TEST_CASE("WebSocket: frames that arrive together are split into the right messages") {
+  // The server reads up to 64 KiB at once and serves Beast's frame reads from memory
+  // (ReadAhead): several messages in one TCP write, a message fragmented around a ping, one
+  // message larger than a read, a text message between them (ignored).
+  Devices d;
+  auto s = StartServer(d.MakeHandler());
+  namespace net = boost::asio;
+  namespace websocket = boost::beast::websocket;
+  net::io_context ioc;
+  net::ip::tcp::socket sock(ioc);
+  const std::string hostport = s.address.substr(7);
+  const size_t colon = hostport.rfind(':');
+  sock.connect({net::ip::make_address(hostport.substr(0, colon)),
+                static_cast<uint16_t>(std::stoi(hostport.substr(colon + 1)))});
+  websocket::stream<net::ip::tcp::socket&> ws(sock);
+  ws.handshake(hostport, "/ws");
+  auto dev = d.Last();
+  REQUIRE(dev);
+
+  std::string big(200 * 1024, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 7 + i / 251);
+  std::string burst;
+  burst += ClientFrame(0x2, true, "first");
+  burst += ClientFrame(0x2, false, "frag-a,");  // a message in three frames, a ping between
+  burst += ClientFrame(0x0, false, "frag-b,");
+  burst += ClientFrame(0x9, true, "ping");
+  burst += ClientFrame(0x0, true, "frag-c");
+  burst += ClientFrame(0x1, true, "text is ignored");
+  burst += ClientFrame(0x2, true, big);
+  burst += ClientFrame(0x2, true, "");
+  burst += ClientFrame(0x2, true, "last");
+  net::write(sock, net::buffer(burst));
+
+  const std::vector<std::string> want = {"first", "frag-a,frag-b,frag-c", big, "", "last"};
+  REQUIRE(dev->WaitWrites(want.size(), 5s));
+  std::this_thread::sleep_for(100ms);  // nothing more (the text message) may follow
+  const std::vector<std::string> got = dev->Take();
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    INFO("message " << i << " of " << got[i].size() << " bytes");
+    CHECK(got[i] == want[i]);
+  }
+  // The ping in the middle was answered, and the connection is still usable both ways.
+  bool pong = false;
+  ws.control_callback([&](websocket::frame_type kind, boost::beast::string_view payload) {
+    if (kind == websocket::frame_type::pong && payload == "ping") pong = true;
+  });
+  dev->Emit("reply");
+  boost::beast::flat_buffer in;
+  ws.read(in);
+  CHECK(pong);
+  CHECK(boost::beast::buffers_to_string(in.data()) == "reply");
+}
+
 TEST_CASE("WebSocket: an echo device round-trips many messages") {
   Devices d;
   d.make = [](const HttpRequest&) { return std::make_shared<PipeStream>(1 << 20, true); };

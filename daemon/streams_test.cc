@@ -313,6 +313,32 @@ TEST_CASE("fd streams: on_data returning false holds the device back until Resum
   CHECK(sink.reason().empty());
 }
 
+TEST_CASE("fd streams: Write sends on the caller's thread when nothing is buffered") {
+  // Before Start there is no stream thread: the bytes can only reach the peer if Write itself
+  // sent them (the relay's common case: no wake-up of the stream's thread per message).
+  std::mutex mu;
+  std::condition_variable cv;
+  std::string received;
+  TcpServer server([&](int c) {
+    char buf[4096];
+    for (;;) {
+      ssize_t n = ::recv(c, buf, sizeof buf, 0);
+      if (n <= 0) return;
+      std::lock_guard lock(mu);
+      received.append(buf, size_t(n));
+      cv.notify_all();
+    }
+  });
+  auto s = OpenTcpStream("127.0.0.1", server.port());
+  REQUIRE(s);
+  REQUIRE((*s)->Write("sent at once"));
+  {
+    std::unique_lock lock(mu);
+    CHECK(cv.wait_for(lock, 5s, [&] { return received == "sent at once"; }));
+  }
+  (*s)->Close();
+}
+
 TEST_CASE("fd streams: Write refuses when the buffer is full and on_writable fires later") {
   std::mutex mu;
   std::condition_variable cv;
