@@ -64,10 +64,7 @@ class FdCore : public std::enable_shared_from_this<FdCore> {
       // cost). What the socket does not take, and a failed send, go to the buffer: the thread
       // sends the rest once the socket is writable, or meets the error again and ends the
       // stream (on_end with "send: ...").
-      ssize_t n;
-      do {
-        n = ::send(fd_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-      } while (n < 0 && errno == EINTR);
+      const ssize_t n = SendNow(bytes);
       if (n >= 0 && (datagram_ || size_t(n) == bytes.size())) return true;
       if (n > 0) bytes.remove_prefix(size_t(n));
     }
@@ -109,13 +106,22 @@ class FdCore : public std::enable_shared_from_this<FdCore> {
     }
   }
 
+  // One non-blocking send of what the socket takes now, retried on EINTR: the bytes sent, or -1
+  // with errno set.
+  ssize_t SendNow(std::string_view bytes) {
+    ssize_t n;
+    do {
+      n = ::send(fd_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    return n;
+  }
+
   // Sends what the socket takes now. Returns an error text when the connection failed.
   std::string FlushLocked() {
     while (!out_.empty()) {
       std::string& front = out_.front();
-      ssize_t n = ::send(fd_.get(), front.data(), front.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      const ssize_t n = SendNow(front);
       if (n < 0) {
-        if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) break;
         return std::string("send: ") + std::strerror(errno);
       }
