@@ -1544,7 +1544,6 @@ class Connection final : public ConnectionBase {
         device_->Write(std::string_view(static_cast<const char*>(in.data()), in.size()));
     if (!taken) {
       ws_pending_in_ = beast::buffers_to_string(in);
-      ws_in_pending_ = true;
     }
     ws_in_.consume(ws_in_.size());
     if (taken) WsRead();  // else on_writable → OnWsWake → WsDeliver retries, then reads
@@ -1553,9 +1552,8 @@ class Connection final : public ConnectionBase {
   // Hands the client's refused message to the device again; reads the next one once it was
   // taken.
   void WsDeliver() {
-    if (!device_->Write(ws_pending_in_)) return;  // on_writable → OnWsWake retries
-    ws_pending_in_.clear();
-    ws_in_pending_ = false;
+    if (!device_->Write(*ws_pending_in_)) return;  // on_writable → OnWsWake retries
+    ws_pending_in_.reset();
     WsRead();
   }
 
@@ -1566,7 +1564,7 @@ class Connection final : public ConnectionBase {
       for (auto& d : t.data) ws_out_.push_back(std::move(d));
     }
     if (t.end) ws_end_ = std::move(t.end);
-    if (t.writable && ws_in_pending_ && !ws_closing_) {
+    if (t.writable && ws_pending_in_ && !ws_closing_) {
       WsDeliver();
     }
     WsPump();
@@ -1697,9 +1695,8 @@ class Connection final : public ConnectionBase {
   WebSocketOptions ws_opts_;
   net::steady_timer ws_timer_;
   beast::flat_buffer ws_in_;
-  std::string ws_pending_in_;       // a client message the device has not taken yet
-  bool ws_in_pending_ = false;      // ws_pending_in_ holds one (it may be empty)
-  std::deque<std::string> ws_out_;  // device data to send, one message each
+  std::optional<std::string> ws_pending_in_;  // a client message the device has not taken yet
+  std::deque<std::string> ws_out_;            // device data to send, one message each
   std::optional<std::string> ws_end_;
   bool ws_write_in_flight_ = false;
   bool ws_ping_in_flight_ = false;
