@@ -157,6 +157,31 @@ void Echo(int c) {
   }
 }
 
+// What a test server receives on one connection, for the test thread to wait on.
+struct Received {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::string text;
+
+  // Reads `c` until the peer ends it, appending to text.
+  void ReadAll(int c) {
+    char buf[65536];
+    for (;;) {
+      ssize_t n = ::recv(c, buf, sizeof buf, 0);
+      if (n <= 0) return;
+      std::lock_guard lock(mu);
+      text.append(buf, size_t(n));
+      cv.notify_all();
+    }
+  }
+  // True once `done(text)` holds, false if `timeout` passes first.
+  template <class Pred>
+  bool WaitFor(std::chrono::milliseconds timeout, Pred done) {
+    std::unique_lock lock(mu);
+    return cv.wait_for(lock, timeout, [&] { return done(text); });
+  }
+};
+
 TEST_CASE("TCP port-forward round-trips bytes through an echo server") {
   TcpServer server(Echo);
   auto s = OpenTcpStream("127.0.0.1", server.port());
@@ -316,47 +341,24 @@ TEST_CASE("fd streams: on_data returning false holds the device back until Resum
 TEST_CASE("fd streams: Write sends on the caller's thread when nothing is buffered") {
   // Before Start there is no stream thread: the bytes can only reach the peer if Write itself
   // sent them (the relay's common case: no wake-up of the stream's thread per message).
-  std::mutex mu;
-  std::condition_variable cv;
-  std::string received;
-  TcpServer server([&](int c) {
-    char buf[4096];
-    for (;;) {
-      ssize_t n = ::recv(c, buf, sizeof buf, 0);
-      if (n <= 0) return;
-      std::lock_guard lock(mu);
-      received.append(buf, size_t(n));
-      cv.notify_all();
-    }
-  });
+  Received received;
+  TcpServer server([&](int c) { received.ReadAll(c); });
   auto s = OpenTcpStream("127.0.0.1", server.port());
   REQUIRE(s);
   REQUIRE((*s)->Write("sent at once"));
-  {
-    std::unique_lock lock(mu);
-    CHECK(cv.wait_for(lock, 5s, [&] { return received == "sent at once"; }));
-  }
+  CHECK(received.WaitFor(5s, [](const std::string& t) { return t == "sent at once"; }));
   (*s)->Close();
 }
 
 TEST_CASE("fd streams: Write refuses when the buffer is full and on_writable fires later") {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool go = false;
-  std::string received;
+  Received received;
+  bool go = false;  // guarded by received.mu
   TcpServer server([&](int c) {
     {
-      std::unique_lock lock(mu);
-      cv.wait(lock, [&] { return go; });
+      std::unique_lock lock(received.mu);
+      received.cv.wait(lock, [&] { return go; });
     }
-    char buf[65536];
-    for (;;) {
-      ssize_t n = ::recv(c, buf, sizeof buf, 0);
-      if (n <= 0) return;
-      std::lock_guard lock(mu);
-      received.append(buf, size_t(n));
-      cv.notify_all();
-    }
+    received.ReadAll(c);
   });
   auto s = OpenTcpStream("127.0.0.1", server.port());
   REQUIRE(s);
@@ -379,14 +381,11 @@ TEST_CASE("fd streams: Write refuses when the buffer is full and on_writable fir
   REQUIRE(refused);
   CHECK(writable.load() == 0);
   {
-    std::lock_guard lock(mu);
+    std::lock_guard lock(received.mu);
     go = true;
-    cv.notify_all();
+    received.cv.notify_all();
   }
-  {
-    std::unique_lock lock(mu);
-    REQUIRE(cv.wait_for(lock, 20s, [&] { return received.size() == taken; }));
-  }
+  REQUIRE(received.WaitFor(20s, [&](const std::string& t) { return t.size() == taken; }));
   CHECK(writable.load() == 1);  // once, after the refusal
   CHECK((*s)->Write(block));
 }
